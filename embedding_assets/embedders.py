@@ -1,0 +1,96 @@
+"""Embedders: one class per loader, built from a verified pinned version, model loaded once per process."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedding_assets.registry import ModelVersion
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+ENCODE_BATCH_SIZE = 64
+
+
+class Embedder:
+    """Encodes text with the exact weights a version pins; refuses anything else at construction."""
+
+    loader: ClassVar[str]
+
+    def __init__(self, version: ModelVersion):
+        self.version = version
+        self.weights_path: Path = version.verified_weights_path()
+        self.fingerprint = version.pinned_fingerprint()
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer, without padding or truncation, for counting tokens."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(self.weights_path / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def encode(self, texts: list[str], *, progress: bool = False, desc: str = "embedding") -> np.ndarray:
+        """Float32 vectors, one row per text, batched longest-first so padding is small."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.version.dimension), dtype=np.float32)
+        with tqdm(total=len(texts), desc=f"{desc} [{self.version.id}]", unit="chunk", disable=not progress) as bar:
+            for start in range(0, len(order), ENCODE_BATCH_SIZE):
+                batch = order[start : start + ENCODE_BATCH_SIZE]
+                out[batch] = self._encode_batch([texts[i] for i in batch])
+                bar.update(len(batch))
+        return out
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SentenceTransformerEmbedder(Embedder):
+    loader = "sentence-transformers"
+
+    @functools.cached_property
+    def model(self):
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(self.weights_path), device="cpu", local_files_only=True)
+        model.max_seq_length = self.version.max_tokens
+        return model
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(
+            texts, batch_size=len(texts), normalize_embeddings=self.version.normalize, convert_to_numpy=True
+        )
+
+
+class Model2VecEmbedder(Embedder):
+    loader = "model2vec"
+
+    @functools.cached_property
+    def model(self):
+        from model2vec import StaticModel
+
+        return StaticModel.from_pretrained(str(self.weights_path), normalize=self.version.normalize)
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, max_length=self.version.max_tokens, batch_size=len(texts))
+
+
+LOADERS: dict[str, type[Embedder]] = {cls.loader: cls for cls in (SentenceTransformerEmbedder, Model2VecEmbedder)}
+
+
+@functools.cache
+def _cached_embedder(version_json: str) -> Embedder:
+    version = ModelVersion.model_validate_json(version_json)
+    return LOADERS[version.loader](version)
+
+
+def embedder_for(version: ModelVersion) -> Embedder:
+    """The embedder for `version`, shared within the process; the fingerprint is checked on first use."""
+    return _cached_embedder(version.model_dump_json())

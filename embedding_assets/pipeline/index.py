@@ -1,0 +1,92 @@
+"""Index stage: one row per live chunk with its vector and provenance, upserted then pruned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_assets import settings, store
+from embedding_assets.registry import ModelVersion
+
+# Columns whose difference between chunks and index means the row must be rewritten.
+PROVENANCE_KEYS = ("chunk_hash", "doc_checksum", "pipeline_config_hash", "model_fingerprint")
+CHUNK_COLUMNS = ["chunk_id", "doc_id", "source_uri", "doc_checksum", "chunk_ordinal", "chunk_hash", "text"]
+
+
+@dataclass(frozen=True)
+class IndexSync:
+    rows_upserted: int
+    rows_deleted: int
+    rows_total: int
+    documents: int
+    table_version: int
+
+
+class MissingEmbeddingsError(RuntimeError):
+    """The cache lacks vectors for chunks the index needs: the embeddings stage did not finish."""
+
+
+def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
+    """Write rows for new or changed chunks, then delete rows of chunks that no longer exist."""
+    fingerprint = version.pinned_fingerprint()
+    config_hash = version.pipeline_config_hash()
+    name = settings.index_table(version.id)
+    chunks = store.read_columns(db, settings.chunks_table(version.id), CHUNK_COLUMNS)
+    indexed = store.read_columns(db, name, ["chunk_id", *PROVENANCE_KEYS])
+    current = {
+        cid: key for cid, *key in zip(*(indexed[c].to_pylist() for c in ["chunk_id", *PROVENANCE_KEYS]), strict=True)
+    }
+    wanted = [
+        i for i, (cid, h, c) in enumerate(zip(*(chunks[k].to_pylist() for k in ("chunk_id", "chunk_hash", "doc_checksum")), strict=True))
+        if current.get(cid) != [h, c, config_hash, fingerprint]
+    ]
+    table = store.open_table(db, name, store.index_schema(version.dimension))
+    rows = _index_rows(db, version, chunks.take(wanted), fingerprint, config_hash)
+    written = store.upsert(table, rows, "chunk_id")
+    live = set(chunks["chunk_id"].to_pylist())
+    deleted = store.delete_keys(table, "chunk_id", [cid for cid in current if cid not in live])
+    return IndexSync(
+        rows_upserted=written.inserted + written.updated,
+        rows_deleted=deleted,
+        rows_total=table.count_rows(),
+        documents=len(set(chunks["doc_id"].to_pylist())),
+        table_version=table.version,
+    )
+
+
+def _index_rows(
+    db: lancedb.DBConnection, version: ModelVersion, chunks: pa.Table, fingerprint: str, config_hash: str
+) -> pa.Table:
+    schema = store.index_schema(version.dimension)
+    if chunks.num_rows == 0:
+        return schema.empty_table()
+    cache = store.read_columns(
+        db, settings.cache_table(version.encoder_key()), ["chunk_hash", "vector", "embedded_at", "model_fingerprint"]
+    )
+    joined = chunks.join(cache, "chunk_hash", join_type="left outer")
+    missing = pc.sum(pc.is_null(joined["vector"])).as_py() or 0
+    if missing:
+        raise MissingEmbeddingsError(
+            f"{missing} chunks of {version.id!r} have no cached vector; materialize the embeddings asset first"
+        )
+    wrong = pc.sum(pc.not_equal(joined["model_fingerprint"], fingerprint)).as_py() or 0
+    if wrong:
+        raise ValueError(f"{wrong} cached vectors of {version.id!r} carry another model fingerprint")
+    n = joined.num_rows
+    now = datetime.now(UTC)
+    return pa.table(
+        {
+            **{c: joined[c] for c in ["doc_id", "source_uri", "doc_checksum", "chunk_id", "chunk_ordinal", "chunk_hash", "text"]},
+            "model_version": pa.array([version.id] * n, pa.string()),
+            "model_fingerprint": joined["model_fingerprint"],
+            "pipeline_config_hash": pa.array([config_hash] * n, pa.string()),
+            "embedded_at": joined["embedded_at"],
+            "indexed_at": pa.array([now] * n, store.TIMESTAMP),
+            "vector": joined["vector"],
+        },
+        schema=schema,
+    )

@@ -1,0 +1,197 @@
+"""The model registry: one YAML file of pinned model versions, each the key of an index partition."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+
+from embedding_assets import settings
+from embedding_assets.fingerprint import fingerprint_weights
+
+FINGERPRINT_PATTERN = r"^sha256:[0-9a-f]{64}$"
+UNPINNED_REFERENCES = {"latest", "main", "head", "master", "*"}
+CHUNKER_VERSION = "sentence-pack-v1"  # bump when chunking code changes what it emits
+
+REGISTRY_HEADER = """\
+# Pinned embedding model versions: each id is a partition of the index assets.
+# A version names exact weights by fingerprint (sha256 over weight, tokenizer and config files).
+# Pin a new one with: embedding-assets pin --id ID --loader LOADER (--package PKG | --artifact DIR)
+"""
+
+
+class ModelRegistryError(ValueError):
+    """A registry entry cannot be used as asked."""
+
+
+class UnpinnedModelError(ModelRegistryError):
+    """A version names no exact weights (no fingerprint, or a moving reference such as `latest`)."""
+
+
+class FingerprintMismatchError(ModelRegistryError):
+    """The weights on disk are not the weights the version pinned."""
+
+    def __init__(self, version: str, expected: str, actual: str, path: Path):
+        self.version, self.expected, self.actual = version, expected, actual
+        super().__init__(
+            f"model version {version!r}: weights at {path} have fingerprint {actual}, "
+            f"but the registry pins {expected}; refusing to load different weights under the same version"
+        )
+
+
+class ChunkingConfig(BaseModel):
+    """How documents are cut for this model: token budget per chunk and the overlap between chunks."""
+
+    chunk_tokens: int = Field(200, gt=16, description="content tokens per chunk, special tokens excluded")
+    overlap_tokens: int = Field(32, ge=0, description="tokens of the previous chunk repeated at the start")
+    python_by_definition: bool = Field(True, description="split .py files at top-level definitions")
+
+
+class StaticBuild(BaseModel):
+    """How the project builds a static model artifact from a pinned base model with model2vec."""
+
+    method: Literal["model2vec-distill"] = "model2vec-distill"
+    base: str = Field(description="registry id of the sentence-transformers model to distill")
+    pca_dims: int = 256
+
+
+class WeightsSource(BaseModel):
+    """Where the weights live: inside an installed package, or a project-built artifact under data/."""
+
+    package: str | None = Field(None, description="importable package shipping the weights")
+    subdir: str = Field("model", description="folder inside the package holding the weights")
+    artifact: str | None = Field(None, description="path relative to the data folder")
+    build: StaticBuild | None = None
+
+    @field_validator("package", "artifact")
+    @classmethod
+    def _no_moving_reference(cls, value: str | None) -> str | None:
+        if value is not None and (value.lower() in UNPINNED_REFERENCES or value.lower().endswith("@latest")):
+            raise ValueError(f"{value!r} is a moving reference; name an exact package or artifact")
+        return value
+
+    def path(self) -> Path:
+        if self.package:
+            module = importlib.import_module(self.package)
+            return Path(module.__file__ or "").resolve().parent / self.subdir
+        if self.artifact:
+            return settings.DATA_DIR / self.artifact
+        raise ModelRegistryError("weights need either a package or an artifact")
+
+
+class ModelVersion(BaseModel):
+    """One pinned model version: exact weights plus everything that shapes its vectors."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="partition key and table suffix")
+    loader: Literal["sentence-transformers", "model2vec"]
+    weights: WeightsSource
+    fingerprint: str | None = Field(None, description="sha256 over the weight files; required to load")
+    dimension: int = Field(gt=0)
+    normalize: bool = True
+    max_tokens: int = Field(gt=8, description="model input limit including special tokens")
+    chunking: ChunkingConfig = ChunkingConfig()
+    description: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_not_moving(cls, value: str) -> str:
+        if value in UNPINNED_REFERENCES:
+            raise ValueError(f"version id {value!r} is a moving reference; pin an explicit version")
+        return value
+
+    def pinned_fingerprint(self) -> str:
+        """The fingerprint this version pins, or an error naming the version if it pins none."""
+        fp = self.fingerprint
+        if fp is None or fp.strip().lower() in UNPINNED_REFERENCES:
+            raise UnpinnedModelError(
+                f"model version {self.id!r} is not pinned (fingerprint: {fp!r}); "
+                f"run `embedding-assets pin --id {self.id} ...` to record the exact weights"
+            )
+        if not _is_fingerprint(fp):
+            raise UnpinnedModelError(f"model version {self.id!r}: fingerprint {fp!r} is not sha256:<64 hex>")
+        return fp
+
+    def verified_weights_path(self) -> Path:
+        """The weights folder, after checking its fingerprint against the pinned one."""
+        expected = self.pinned_fingerprint()
+        path = self.weights.path()
+        if not path.is_dir():
+            hint = " (build it with `embedding-assets build-model`)" if self.weights.build else ""
+            raise ModelRegistryError(f"model version {self.id!r}: weights folder {path} is missing{hint}")
+        actual = fingerprint_weights(path)
+        if actual != expected:
+            raise FingerprintMismatchError(self.id, expected, actual, path)
+        return path
+
+    def encoder_key(self) -> str:
+        """Identity of what turns text into vectors: cache key prefix for (this, chunk_hash)."""
+        return _digest(
+            {"fingerprint": self.pinned_fingerprint(), "loader": self.loader,
+             "max_tokens": self.max_tokens, "normalize": self.normalize}
+        )
+
+    def pipeline_config_hash(self) -> str:
+        """Hash of chunker, preprocessing and model: rows with another hash belong to another space."""
+        return _digest(
+            {"chunker": CHUNKER_VERSION, "chunking": self.chunking.model_dump(), "encoder": self.encoder_key()}
+        )
+
+
+class ModelRegistry(BaseModel):
+    """All registered versions, in file order."""
+
+    versions: list[ModelVersion]
+
+    @field_validator("versions")
+    @classmethod
+    def _unique_ids(cls, versions: list[ModelVersion]) -> list[ModelVersion]:
+        ids = [v.id for v in versions]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate version ids: {duplicates}")
+        return versions
+
+    @property
+    def ids(self) -> list[str]:
+        return [v.id for v in self.versions]
+
+    def get(self, version_id: str) -> ModelVersion:
+        if version_id.lower() in UNPINNED_REFERENCES:
+            raise UnpinnedModelError(f"{version_id!r} is a moving reference; name a pinned version: {self.ids}")
+        for version in self.versions:
+            if version.id == version_id:
+                return version
+        raise ModelRegistryError(f"unknown model version {version_id!r}; registered: {self.ids}")
+
+    def upsert(self, version: ModelVersion) -> None:
+        self.versions = [v for v in self.versions if v.id != version.id] + [version]
+
+
+def load_registry(path: Path | None = None) -> ModelRegistry:
+    path = path or settings.REGISTRY_PATH
+    with open(path, encoding="utf-8") as f:
+        return ModelRegistry.model_validate(yaml.safe_load(f) or {"versions": []})
+
+
+def save_registry(registry: ModelRegistry, path: Path | None = None) -> None:
+    """Write the registry atomically, keeping the explanatory header."""
+    path = path or settings.REGISTRY_PATH
+    body = yaml.safe_dump(registry.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(REGISTRY_HEADER + body, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _is_fingerprint(value: str) -> bool:
+    import re
+
+    return re.fullmatch(FINGERPRINT_PATTERN, value) is not None
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
