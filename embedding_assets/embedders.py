@@ -57,8 +57,10 @@ class SentenceTransformerEmbedder(Embedder):
 
     @functools.cached_property
     def model(self):
+        import transformers
         from sentence_transformers import SentenceTransformer
 
+        transformers.logging.set_verbosity_error()
         model = SentenceTransformer(str(self.weights_path), device="cpu", local_files_only=True)
         model.max_seq_length = self.version.max_tokens
         return model

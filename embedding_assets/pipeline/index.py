@@ -67,26 +67,28 @@ def _index_rows(
     cache = store.read_columns(
         db, settings.cache_table(version.encoder_key()), ["chunk_hash", "vector", "embedded_at", "model_fingerprint"]
     )
-    joined = chunks.join(cache, "chunk_hash", join_type="left outer")
-    missing = pc.sum(pc.is_null(joined["vector"])).as_py() or 0
+    position = {h: i for i, h in enumerate(cache["chunk_hash"].to_pylist())}
+    rows = [position.get(h) for h in chunks["chunk_hash"].to_pylist()]
+    missing = rows.count(None)
     if missing:
         raise MissingEmbeddingsError(
             f"{missing} chunks of {version.id!r} have no cached vector; materialize the embeddings asset first"
         )
-    wrong = pc.sum(pc.not_equal(joined["model_fingerprint"], fingerprint)).as_py() or 0
+    vectors = cache.take(pa.array(rows, pa.int64()))
+    wrong = pc.sum(pc.not_equal(vectors["model_fingerprint"], fingerprint)).as_py() or 0
     if wrong:
         raise ValueError(f"{wrong} cached vectors of {version.id!r} carry another model fingerprint")
-    n = joined.num_rows
+    n = chunks.num_rows
     now = datetime.now(UTC)
     return pa.table(
         {
-            **{c: joined[c] for c in ["doc_id", "source_uri", "doc_checksum", "chunk_id", "chunk_ordinal", "chunk_hash", "text"]},
+            **{c: chunks[c] for c in CHUNK_COLUMNS},
             "model_version": pa.array([version.id] * n, pa.string()),
-            "model_fingerprint": joined["model_fingerprint"],
+            "model_fingerprint": vectors["model_fingerprint"],
             "pipeline_config_hash": pa.array([config_hash] * n, pa.string()),
-            "embedded_at": joined["embedded_at"],
+            "embedded_at": vectors["embedded_at"],
             "indexed_at": pa.array([now] * n, store.TIMESTAMP),
-            "vector": joined["vector"],
+            "vector": vectors["vector"],
         },
         schema=schema,
     )

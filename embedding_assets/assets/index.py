@@ -1,0 +1,36 @@
+"""The index asset: one LanceDB table per model version, every row with its vector and provenance."""
+
+
+import time
+
+import dagster as dg
+
+from embedding_assets import settings
+from embedding_assets.assets.embeddings import embeddings
+from embedding_assets.partitions import model_versions
+from embedding_assets.pipeline.index import sync_index
+from embedding_assets.resources import LanceDBResource, ModelRegistryResource
+
+
+@dg.asset(group_name="index", partitions_def=model_versions, deps=[embeddings], kinds={"lancedb"})
+def index(
+    context: dg.AssetExecutionContext, lancedb: LanceDBResource, model_registry: ModelRegistryResource
+) -> dg.MaterializeResult:
+    """Vectors plus provenance (doc, checksum, chunk hash, model fingerprint, config hash, times) per chunk."""
+    version = model_registry.version(context.partition_key)
+    started = time.perf_counter()
+    sync = sync_index(lancedb.connect(), version)
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": version.id,
+            "model_fingerprint": version.pinned_fingerprint(),
+            "pipeline_config_hash": version.pipeline_config_hash(),
+            "table": settings.index_table(version.id),
+            "rows": sync.rows_total,
+            "documents": sync.documents,
+            "rows_upserted": sync.rows_upserted,
+            "rows_deleted": sync.rows_deleted,
+            "seconds": round(time.perf_counter() - started, 2),
+            "lance_table_version": sync.table_version,
+        }
+    )

@@ -1,0 +1,211 @@
+"""`embedding-assets`: what a data engineer does from a shell. `--json` where a script reads the output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from embedding_assets import settings
+
+CHECK = "\u2713"
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from embedding_assets.seed import seed_corpus
+
+    report = seed_corpus(Path(args.path), overwrite=args.force)
+    print(f"{report.documents} documents ({report.topics} topics, {report.api_pages} API pages, "
+          f"{report.source_files} source files) in {report.root}")
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import build_index
+
+    started = time.perf_counter()
+    build_index(args.version, promote=not args.no_promote)
+    print(f"{CHECK} {args.version} materialized in {time.perf_counter() - started:.1f}s"
+          + ("" if args.no_promote else " and promoted to serving"))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import promote_version
+
+    promote_version(args.version)
+    print(f"{CHECK} serving {args.version}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from embedding_assets.search import search
+
+    result = search(args.query, args.k).to_json()
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"model {result['model_version']} ({result['model_fingerprint'][:19]}...)")
+    for rank, hit in enumerate(result["hits"], 1):
+        snippet = " ".join(hit["text"].split())[:110]
+        print(f"{rank:2d}. {hit['score']:.3f}  {hit['chunk_id']}\n      {snippet}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from embedding_assets.status import collect_status
+
+    status = collect_status()
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"served: {status['served_version'] or 'nothing'}  {status['served_fingerprint'] or ''}")
+    print(f"documents: {status['documents']}  quarantined: {status['quarantined']}")
+    for v in status["versions"]:
+        print(f"  {v['id']:<28} {v['state']:<10} chunks={v['chunks']:<7} rows={v['rows']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from embedding_assets.evaluation import evaluate, evaluate_dataset, load_judged
+    from embedding_assets.registry import load_registry
+    from embedding_assets.search import served_searcher
+
+    if args.dataset:
+        result = evaluate_dataset(Path(args.dataset), load_registry().get(args.version or settings.DEFAULT_VERSION))
+    else:
+        searcher = served_searcher()
+        if args.version and args.version != searcher.version.id:
+            raise SystemExit(f"without --dataset, eval scores the served version ({searcher.version.id})")
+        judged = load_judged(settings.GOLDEN_DIR)
+        documents = len(set(searcher.table.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"].to_pylist()))
+        result = {"version": searcher.version.id, "dataset": str(settings.GOLDEN_DIR), "documents": documents,
+                  **evaluate(searcher, judged)}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['version']} on {result['dataset']}: nDCG@10={result['ndcg@10']:.4f} "
+              f"recall@10={result['recall@10']:.4f} recall@100={result['recall@100']:.4f} "
+              f"({result['queries']} queries, {result['documents']} documents)")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from embedding_assets.pinning import pin_version
+
+    version = pin_version(args.id, args.loader, package=args.package, artifact=args.artifact,
+                          max_tokens=args.max_tokens, force=args.force)
+    print(f"{CHECK} pinned {version.id}: {version.fingerprint} ({version.dimension}-d)")
+    return 0
+
+
+def cmd_build_model(args: argparse.Namespace) -> int:
+    from embedding_assets.registry import load_registry
+    from embedding_assets.static_model import build_static_model
+
+    registry = load_registry()
+    version = registry.get(args.version)
+    built = build_static_model(version, registry, force=args.force)
+    version.verified_weights_path()
+    print(f"{CHECK} {version.id} built at {version.weights.path()} with the pinned fingerprint {built}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job on the embedded defaults: seed, build, promote, summarize, answer a sample query."""
+    from embedding_assets.runner import build_index
+    from embedding_assets.seed import seed_corpus
+    from embedding_assets.status import collect_status
+
+    started = time.perf_counter()
+    if not settings.CORPUS_DIR.exists() or not any(settings.CORPUS_DIR.iterdir()):
+        seed_corpus(settings.CORPUS_DIR)
+    build_index(args.version, promote=True)
+    status = collect_status()
+    served = next(v for v in status["versions"] if v["id"] == status["served_version"])
+    print("\n== embedding-assets health ==")
+    print(f"documents       {status['documents']} (quarantined {status['quarantined']})")
+    print(f"chunks          {served['chunks']}")
+    print(f"index rows      {served['rows']}")
+    print(f"model version   {status['served_version']}")
+    print(f"fingerprint     {status['served_fingerprint']}")
+    print(f"wall time       {time.perf_counter() - started:.1f}s\n")
+    print(f'top results for "{settings.SAMPLE_QUERY}":')
+    return cmd_search(argparse.Namespace(query=settings.SAMPLE_QUERY, k=5, json=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedding-assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("seed", help="write the default corpus (the interpreter's Python docs) under data/corpus")
+    p.add_argument("--path", default=str(settings.CORPUS_DIR))
+    p.add_argument("--force", action="store_true", help="replace an existing corpus")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("run", help="seed if needed, build and promote the default version, show health")
+    p.add_argument("--version", default=settings.DEFAULT_VERSION)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("materialize", help="build one model version's index (and promote it)")
+    p.add_argument("--version", default=settings.DEFAULT_VERSION)
+    p.add_argument("--no-promote", action="store_true", help="build beside the served version only")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("promote", help="point serving at a built version")
+    p.add_argument("--version", required=True)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("search", help="query the served index")
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="what is served, and row counts per version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="nDCG@10 / recall on judged queries (served index, or a BEIR dataset)")
+    p.add_argument("--dataset", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    p.add_argument("--version", help="model version to evaluate on --dataset (default: the default version)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pin", help="fingerprint weights and write a registry entry")
+    p.add_argument("--id", required=True)
+    p.add_argument("--loader", required=True, choices=["sentence-transformers", "model2vec"])
+    p.add_argument("--package", help="installed package shipping the weights (in its model/ folder)")
+    p.add_argument("--artifact", help="weights folder relative to data/")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--force", action="store_true", help="re-pin an existing version to new weights")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("build-model", help="build a version's static model artifact and verify its fingerprint")
+    p.add_argument("--version", required=True)
+    p.add_argument("--force", action="store_true", help="rebuild even if the artifact exists")
+    p.set_defaults(func=cmd_build_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dagster import DagsterError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, DagsterError) as exc:
+        cause = getattr(exc, "user_exception", None) or exc
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The Definitions: assets, resources, jobs and sensors of embedding-assets."""
+
+import dagster as dg
+
+from embedding_assets import settings
+from embedding_assets.assets.chunks import chunks
+from embedding_assets.assets.corpus import corpus
+from embedding_assets.assets.embeddings import embeddings
+from embedding_assets.assets.index import index
+from embedding_assets.assets.model_weights import model_weights
+from embedding_assets.assets.serving import serving_index
+from embedding_assets.jobs import build_index_job, promote_job
+from embedding_assets.resources import (
+    CorpusSourceResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
+from embedding_assets.sensors import model_registry_sensor
+
+
+def _env(name: str, default: str) -> str:
+    """A deployment choice from the environment, with the embedded default."""
+    import os
+
+    return os.environ.get(name, default)
+
+
+defs = dg.Definitions(
+    assets=[corpus, model_weights, chunks, embeddings, index, serving_index],
+    jobs=[build_index_job, promote_job],
+    sensors=[model_registry_sensor],
+    resources={
+        "lancedb": LanceDBResource(uri=_env("EMBEDDING_ASSETS_LANCEDB_URI", str(settings.LANCEDB_DIR))),
+        "model_registry": ModelRegistryResource(path=str(settings.REGISTRY_PATH)),
+        "corpus_source": CorpusSourceResource(
+            kind=_env("EMBEDDING_ASSETS_SOURCE_KIND", "folder"),
+            path=_env("EMBEDDING_ASSETS_SOURCE_PATH", str(settings.CORPUS_DIR)),
+        ),
+        "serving": ServingResource(folder=str(settings.SERVING_DIR)),
+    },
+)

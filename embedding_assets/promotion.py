@@ -1,0 +1,38 @@
+"""Promote a built index version to serving: tag the Lance table version, then move the pointer."""
+
+from __future__ import annotations
+
+import lancedb
+
+from embedding_assets import settings
+from embedding_assets.registry import ModelVersion
+from embedding_assets.serving import ServingPointer, ServingState
+
+
+def promote(
+    db: lancedb.DBConnection,
+    version: ModelVersion,
+    pointer: ServingPointer,
+    *,
+    run_id: str | None = None,
+    gates: dict | None = None,
+) -> ServingState:
+    """Serve the index table of `version` as it is now, pinned by a Lance tag on its current version."""
+    name = settings.index_table(version.id)
+    table = db.open_table(name)
+    table_version = table.version
+    tag = f"served-{version.id}-v{table_version}"
+    if tag not in table.tags.list():
+        table.tags.create(tag, table_version)
+    state = ServingState(
+        version=version.id,
+        model_fingerprint=version.pinned_fingerprint(),
+        pipeline_config_hash=version.pipeline_config_hash(),
+        table=name,
+        table_version=table_version,
+        lance_tag=tag,
+        rows=table.count_rows(),
+        run_id=run_id,
+        gates=gates or {},
+    )
+    return pointer.move_to(state)

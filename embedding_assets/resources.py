@@ -1,0 +1,57 @@
+"""Resources: where LanceDB lives, which registry pins the models, what the corpus is, where serving points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import lancedb
+from pydantic import Field
+
+from embedding_assets import settings, store
+from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
+from embedding_assets.serving import ServingPointer
+from embedding_assets.sources import BeirSource, FolderSource, source_from
+
+
+class LanceDBResource(dg.ConfigurableResource):
+    """A LanceDB database: a local folder or an object-store URI.
+
+    Usage: `db = lancedb_resource.connect(); db.open_table("documents")`.
+    """
+
+    uri: str = Field(default=str(settings.LANCEDB_DIR), description="LanceDB URI (folder, s3://, gs://)")
+
+    def connect(self) -> lancedb.DBConnection:
+        return store.connect(self.uri)
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The model registry file that pins every model version."""
+
+    path: str = Field(default=str(settings.REGISTRY_PATH), description="path of model_registry.yaml")
+
+    def load(self) -> ModelRegistry:
+        return load_registry(Path(self.path))
+
+    def version(self, version_id: str) -> ModelVersion:
+        return self.load().get(version_id)
+
+
+class CorpusSourceResource(dg.ConfigurableResource):
+    """Where documents come from: a folder of text files, or a BEIR-format dataset folder."""
+
+    kind: str = Field(default="folder", description="'folder' or 'beir'")
+    path: str = Field(default=str(settings.CORPUS_DIR), description="folder root or BEIR dataset folder")
+
+    def source(self) -> FolderSource | BeirSource:
+        return source_from(self.kind, Path(self.path))
+
+
+class ServingResource(dg.ConfigurableResource):
+    """The folder holding the serving pointer and its history."""
+
+    folder: str = Field(default=str(settings.SERVING_DIR), description="pointer and history folder")
+
+    def pointer(self) -> ServingPointer:
+        return ServingPointer(Path(self.folder))

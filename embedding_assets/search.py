@@ -1,0 +1,98 @@
+"""Search the served index (or any built version) with the exact model that built it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lancedb
+import numpy as np
+
+from embedding_assets import settings, store
+from embedding_assets.embedders import Embedder, embedder_for
+from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
+from embedding_assets.serving import ServingPointer
+
+HIT_COLUMNS = [
+    "doc_id", "chunk_id", "chunk_ordinal", "text", "source_uri", "doc_checksum", "chunk_hash",
+    "model_version", "model_fingerprint", "pipeline_config_hash", "embedded_at", "indexed_at",
+]
+
+
+class EncoderMismatchError(RuntimeError):
+    """The query encoder is not the model that produced the table's vectors."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model_version: str
+    model_fingerprint: str
+    table_version: int
+    hits: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "model_fingerprint": self.model_fingerprint,
+            "table_version": self.table_version,
+            "hits": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in h.items()} for h in self.hits],
+        }
+
+
+class Searcher:
+    """A table of one version opened once, queried with that version's verified encoder."""
+
+    def __init__(self, db: lancedb.DBConnection, version: ModelVersion, table_version: int | None = None):
+        self.version = version
+        self.embedder: Embedder = embedder_for(version)
+        self.table = db.open_table(settings.index_table(version.id))
+        if table_version is not None:
+            self.table.checkout(table_version)
+        self._refuse_foreign_vectors()
+
+    def _refuse_foreign_vectors(self) -> None:
+        fp = self.embedder.fingerprint
+        foreign = (
+            self.table.search().where(f"model_fingerprint != {store.sql_literal(fp)}")
+            .select(["chunk_id", "model_fingerprint"]).limit(1).to_list()
+        )
+        if foreign:
+            raise EncoderMismatchError(
+                f"table {self.table.name} holds vectors from model fingerprint {foreign[0]['model_fingerprint']} "
+                f"(e.g. {foreign[0]['chunk_id']}), but version {self.version.id!r} encodes with {fp}; "
+                "refusing to compare vectors from different spaces"
+            )
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        return self.embedder.encode(queries)
+
+    def search_vector(self, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+        rows = self.table.search(vector).metric("cosine").select([*HIT_COLUMNS, "_distance"]).limit(k).to_list()
+        for row in rows:
+            row["score"] = round(1.0 - float(row.pop("_distance")), 6)
+        return rows
+
+    def search(self, query: str, k: int = 10) -> SearchResult:
+        hits = self.search_vector(self.encode_queries([query])[0], k)
+        return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
+
+
+def served_searcher(
+    db: lancedb.DBConnection | None = None,
+    pointer: ServingPointer | None = None,
+    registry: ModelRegistry | None = None,
+) -> Searcher:
+    """A searcher for what the serving pointer names, at the exact Lance table version it pins."""
+    state = (pointer or ServingPointer()).require_current()
+    version = (registry or load_registry()).get(state.version)
+    if version.pinned_fingerprint() != state.model_fingerprint:
+        raise EncoderMismatchError(
+            f"served version {state.version!r} was built with {state.model_fingerprint}, "
+            f"but the registry now pins {version.pinned_fingerprint()}; re-materialize and promote it"
+        )
+    return Searcher(db or store.connect(), version, state.table_version)
+
+
+def search(query: str, k: int = 10, **kwargs: Any) -> SearchResult:
+    """Top-k chunks for `query` from the served index, best first, each with its provenance."""
+    return served_searcher(**kwargs).search(query, k)

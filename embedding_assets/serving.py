@@ -1,0 +1,87 @@
+"""The serving pointer: which model version and Lance table version answer queries, with its history.
+
+The pointer is one JSON file replaced atomically (write to a temp file, fsync, rename); every
+promotion and rollback is also appended to a JSON-lines history, so the way back is always known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from embedding_assets import settings
+
+POINTER_FILE = "pointer.json"
+HISTORY_FILE = "history.jsonl"
+
+
+class ServingState(BaseModel):
+    """What serves: a model version pinned to one Lance table version (and the tag naming it)."""
+
+    version: str
+    model_fingerprint: str
+    pipeline_config_hash: str
+    table: str
+    table_version: int
+    lance_tag: str
+    rows: int
+    action: str = Field("promote", description="promote or rollback")
+    run_id: str | None = None
+    gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class NothingServedError(RuntimeError):
+    """No version has been promoted yet."""
+
+
+class ServingPointer:
+    """Reads and moves the pointer under a folder (default data/serving)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder or settings.SERVING_DIR
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.folder / POINTER_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.folder / HISTORY_FILE
+
+    def current(self) -> ServingState | None:
+        if not self.pointer_path.exists():
+            return None
+        return ServingState.model_validate_json(self.pointer_path.read_text())
+
+    def require_current(self) -> ServingState:
+        state = self.current()
+        if state is None:
+            raise NothingServedError("nothing is served yet: materialize and promote a version first")
+        return state
+
+    def history(self) -> list[ServingState]:
+        if not self.history_path.exists():
+            return []
+        lines = self.history_path.read_text().splitlines()
+        return [ServingState.model_validate_json(line) for line in lines if line.strip()]
+
+    def move_to(self, state: ServingState) -> ServingState:
+        """Atomically point at `state` and append it to the history."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(state.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".pointer-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(state.model_dump(mode="json"), indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.pointer_path)
+        return state
