@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 
@@ -12,13 +13,18 @@ from embedding_assets.partitions import model_versions
 from embedding_assets.registry import ModelRegistry, load_registry
 
 DEFAULT_DAGSTER_HOME = settings.PROJECT_ROOT / ".dagster_home"
+LOCAL_INSTANCE_CONFIG = "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
 
 
 def dagster_instance() -> dg.DagsterInstance:
     """The instance in $DAGSTER_HOME; without one, a local SQLite instance under the project."""
     if not os.environ.get("DAGSTER_HOME"):
-        DEFAULT_DAGSTER_HOME.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(DEFAULT_DAGSTER_HOME)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(LOCAL_INSTANCE_CONFIG)
     return dg.DagsterInstance.get()
 
 

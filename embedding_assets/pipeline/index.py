@@ -45,7 +45,7 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
         if current.get(cid) != [h, c, config_hash, fingerprint]
     ]
     table = store.open_table(db, name, store.index_schema(version.dimension))
-    rows = _index_rows(db, version, chunks.take(wanted), fingerprint, config_hash)
+    rows = _index_rows(db, version, chunks.take(pa.array(wanted, pa.int64())), fingerprint, config_hash)
     written = store.upsert(table, rows, "chunk_id")
     live = set(chunks["chunk_id"].to_pylist())
     deleted = store.delete_keys(table, "chunk_id", [cid for cid in current if cid not in live])

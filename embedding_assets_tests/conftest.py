@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated data folder, the real pinned MiniLM model loaded once, a small real corpus."""
+
+import os
+import tempfile
+
+# Isolate every path the package derives from the data folder before the package is imported.
+os.environ.setdefault("EMBEDDING_ASSETS_DATA", tempfile.mkdtemp(prefix="embedding-assets-test-data-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from embedding_assets import settings  # noqa: E402
+from embedding_assets.embedders import Embedder, embedder_for  # noqa: E402
+from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry  # noqa: E402
+from embedding_assets.seed import seed_corpus  # noqa: E402
+
+SMALL_CORPUS_PREFIXES = ("library/argparse/", "library/getopt/", "library/json/", "library/csv/")
+SMALL_CORPUS_EXTRA = ("topics/for.md", "topics/try.md", "source/shlex.py", "source/getopt.py")
+
+
+@pytest.fixture(scope="session")
+def registry() -> ModelRegistry:
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def minilm(registry: ModelRegistry) -> ModelVersion:
+    return registry.get(settings.DEFAULT_VERSION)
+
+
+@pytest.fixture(scope="session")
+def minilm_embedder(minilm: ModelVersion) -> Embedder:
+    """The real MiniLM, verified against its pinned fingerprint, shared by the whole session."""
+    return embedder_for(minilm)
+
+
+@pytest.fixture(scope="session")
+def full_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default corpus as the seed command writes it (documents are only written, never embedded)."""
+    root = tmp_path_factory.mktemp("seeded") / "corpus"
+    seed_corpus(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_corpus(full_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About forty real documents, copied from the seeded corpus: small enough to embed in seconds."""
+    root = tmp_path_factory.mktemp("small") / "corpus"
+    for path in sorted(full_corpus.rglob("*")):
+        rel = path.relative_to(full_corpus).as_posix()
+        if path.is_file() and (rel.startswith(SMALL_CORPUS_PREFIXES) or rel in SMALL_CORPUS_EXTRA):
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return root

@@ -1,0 +1,128 @@
+"""End to end on a real corpus with the real MiniLM model, LanceDB on disk and an ephemeral Dagster instance."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from embedding_assets import settings, store
+from embedding_assets.assets.chunks import chunks
+from embedding_assets.assets.corpus import corpus
+from embedding_assets.assets.embeddings import embeddings
+from embedding_assets.assets.index import index
+from embedding_assets.assets.model_weights import model_weights
+from embedding_assets.assets.serving import serving_index
+from embedding_assets.partitions import model_versions
+from embedding_assets.resources import CorpusSourceResource, LanceDBResource, ModelRegistryResource, ServingResource
+from embedding_assets.search import served_searcher
+from embedding_assets.serving import ServingPointer
+
+pytestmark = pytest.mark.slow
+BUILD = [corpus, model_weights, chunks, embeddings, index]
+PROVENANCE = ["doc_id", "source_uri", "doc_checksum", "chunk_id", "chunk_ordinal", "chunk_hash", "text",
+              "model_version", "model_fingerprint", "pipeline_config_hash", "embedded_at", "indexed_at", "vector"]
+
+
+class Project:
+    """A corpus folder, a LanceDB database and a serving folder under one temp dir, run through Dagster."""
+
+    def __init__(self, root: Path, corpus: Path):
+        self.corpus = root / "corpus"
+        shutil.copytree(corpus, self.corpus)
+        self.db_uri = root / "lancedb"
+        self.pointer = ServingPointer(root / "serving")
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.instance.add_dynamic_partitions(model_versions.name, [settings.DEFAULT_VERSION])
+        self.resources = {
+            "lancedb": LanceDBResource(uri=str(self.db_uri)),
+            "model_registry": ModelRegistryResource(),
+            "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
+            "serving": ServingResource(folder=str(self.pointer.folder)),
+        }
+
+    def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
+        partitioned = any(a.partitions_def for a in assets)
+        return dg.materialize(assets, partition_key=version if partitioned else None, instance=self.instance,
+                              resources=self.resources)
+
+    def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
+        [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+        return {k: v.value for k, v in event.materialization.metadata.items()}
+
+    def db(self):
+        return store.connect(self.db_uri)
+
+    def index_rows(self):
+        return self.db().open_table(settings.index_table(settings.DEFAULT_VERSION)).to_arrow()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, small_corpus) -> Project:
+    project = Project(tmp_path_factory.mktemp("project"), small_corpus)
+    project.first = project.materialize(BUILD)
+    return project
+
+
+def test_first_build_reconciles_documents_chunks_and_rows(project):
+    assert project.first.success
+    docs = project.metadata(project.first, "corpus")["documents"]
+    chunks = project.metadata(project.first, "chunks")["chunks"]
+    index = project.metadata(project.first, "index")
+    assert docs == len(list(project.corpus.rglob("*.*"))) and docs >= 30
+    assert index["rows"] == chunks == project.metadata(project.first, "embeddings")["chunks_embedded"]
+    assert index["documents"] == docs
+    rows = project.index_rows()
+    assert rows.column_names == PROVENANCE
+    assert len(set(rows["chunk_id"].to_pylist())) == rows.num_rows
+    assert not any(rows[c].null_count for c in PROVENANCE)
+    assert set(rows["model_fingerprint"].to_pylist()) == {project.resources["model_registry"].version(
+        settings.DEFAULT_VERSION).fingerprint}
+
+
+def test_rerun_is_idempotent_and_embeds_nothing(project):
+    before = project.index_rows().num_rows
+    again = project.materialize(BUILD)
+    assert project.metadata(again, "embeddings")["chunks_embedded"] == 0
+    assert project.metadata(again, "chunks")["chunks_written"] == 0
+    assert project.metadata(again, "index")["rows_upserted"] == 0
+    assert project.index_rows().num_rows == before
+
+
+def test_promoted_search_returns_provenance(project):
+    project.materialize([serving_index])
+    searcher = served_searcher(project.db(), project.pointer)
+    result = searcher.search("how do I parse command line options", 5)
+    assert result.model_version == settings.DEFAULT_VERSION
+    assert result.hits[0]["doc_id"].startswith(("library/getopt/", "library/argparse/", "source/getopt"))
+    assert [h["score"] for h in result.hits] == sorted((h["score"] for h in result.hits), reverse=True)
+    for hit in result.hits:
+        assert hit["doc_checksum"] and hit["pipeline_config_hash"] and hit["embedded_at"] and hit["chunk_hash"]
+    assert project.pointer.require_current().table_version == project.db().open_table(
+        settings.index_table(settings.DEFAULT_VERSION)).version
+
+
+def test_bad_documents_are_quarantined_and_the_run_goes_on(project):
+    (project.corpus / "broken.md").write_bytes(b"\xff\xfe not utf-8 \x00")
+    (project.corpus / "empty.txt").write_text("   \n")
+    result = project.materialize([corpus])
+    meta = project.metadata(result, "corpus")
+    assert meta["docs_quarantined"] == 2 and "broken.md" in meta["quarantine"]
+    assert meta["docs_added"] == 0
+    (project.corpus / "broken.md").unlink()
+    (project.corpus / "empty.txt").unlink()
+
+
+def test_edit_and_delete_touch_only_those_documents(project):
+    edited = project.corpus / "topics/for.md"
+    edited.write_text(edited.read_text() + "\nA loop can also be left early with break; else runs when it was not.\n")
+    deleted_id = "library/json/dumps.md"
+    (project.corpus / deleted_id).unlink()
+    result = project.materialize(BUILD)
+    corpus_meta = project.metadata(result, "corpus")
+    assert (corpus_meta["docs_changed"], corpus_meta["docs_deleted"]) == (1, 1)
+    assert project.metadata(result, "chunks")["documents_chunked"] == 1
+    assert 1 <= project.metadata(result, "embeddings")["chunks_embedded"] <= 3
+    rows = project.index_rows()
+    assert deleted_id not in set(rows["doc_id"].to_pylist())
+    assert rows.num_rows == project.metadata(result, "chunks")["chunks"]
