@@ -40,12 +40,17 @@ class Embedder:
     def encode(self, texts: list[str], *, progress: bool = False, desc: str = "embedding") -> np.ndarray:
         """Float32 vectors, one row per text, batched longest-first so padding is small."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = np.zeros((len(texts), self.version.dimension), dtype=np.float32)
+        parts: list[np.ndarray] = []
         with tqdm(total=len(texts), desc=f"{desc} [{self.version.id}]", unit="chunk", disable=not progress) as bar:
             for start in range(0, len(order), ENCODE_BATCH_SIZE):
                 batch = order[start : start + ENCODE_BATCH_SIZE]
-                out[batch] = self._encode_batch([texts[i] for i in batch])
+                parts.append(np.asarray(self._encode_batch([texts[i] for i in batch]), dtype=np.float32))
                 bar.update(len(batch))
+        if not parts:
+            return np.zeros((0, self.version.dimension), dtype=np.float32)
+        stacked = np.concatenate(parts)
+        out = np.empty_like(stacked)
+        out[order] = stacked
         return out
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:

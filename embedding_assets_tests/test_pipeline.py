@@ -126,3 +126,36 @@ def test_edit_and_delete_touch_only_those_documents(project):
     rows = project.index_rows()
     assert deleted_id not in set(rows["doc_id"].to_pylist())
     assert rows.num_rows == project.metadata(result, "chunks")["chunks"]
+
+
+def test_cli_search_and_status_speak_json(project, monkeypatch, capsys):
+    import json
+
+    from embedding_assets.cli import main
+
+    monkeypatch.setattr(settings, "LANCEDB_DIR", project.db_uri)
+    monkeypatch.setattr(settings, "SERVING_DIR", project.pointer.folder)
+    assert main(["search", "how do I parse command line options", "--k", "5", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["model_version"] == settings.DEFAULT_VERSION and len(found["hits"]) == 5
+    assert {"doc_id", "chunk_id", "score", "text", "doc_checksum", "pipeline_config_hash", "embedded_at",
+            "model_version", "model_fingerprint", "source_uri"} <= set(found["hits"][0])
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["served_version"] == settings.DEFAULT_VERSION
+    assert status["served_fingerprint"] == found["model_fingerprint"]
+    served = next(v for v in status["versions"] if v["id"] == settings.DEFAULT_VERSION)
+    assert served["state"] == "served" and served["rows"] == served["chunks"] == status["rows"] > 0
+    assert status["documents"] == len([p for p in project.corpus.rglob("*") if p.is_file()])
+
+
+def test_static_version_is_built_reproducibly_and_indexed(project, registry):
+    static = next(v for v in registry.versions if v.loader == "model2vec")
+    project.instance.add_dynamic_partitions(model_versions.name, [static.id])
+    result = project.materialize(BUILD, version=static.id)
+    weights = project.metadata(result, "model_weights")
+    assert weights["model_fingerprint"] == static.fingerprint  # rebuilt here, same bytes as pinned
+    index_meta = project.metadata(result, "index")
+    assert index_meta["rows"] == project.metadata(result, "chunks")["chunks"] > 0
+    table = project.db().open_table(settings.index_table(static.id))
+    assert table.schema.field("vector").type.list_size == static.dimension == 256
