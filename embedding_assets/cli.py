@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embedding_assets import settings
+from embedding_assets import settings, store
 
 CHECK = "\u2713"
 
@@ -22,8 +22,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from embedding_assets.seed import seed_corpus
 
     report = seed_corpus(Path(args.path), overwrite=args.force)
-    print(f"{report.documents} documents ({report.topics} topics, {report.api_pages} API pages, "
-          f"{report.source_files} source files) in {report.root}")
+    print(
+        f"{report.documents} documents ({report.topics} topics, {report.api_pages} API pages, "
+        f"{report.source_files} source files) in {report.root}"
+    )
     return 0
 
 
@@ -32,8 +34,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     build_index(args.version, promote=not args.no_promote)
-    print(f"{CHECK} {args.version} materialized in {time.perf_counter() - started:.1f}s"
-          + ("" if args.no_promote else " and promoted to serving"))
+    print(
+        f"{CHECK} {args.version} materialized in {time.perf_counter() - started:.1f}s"
+        + ("" if args.no_promote else " and promoted to serving")
+    )
     return 0
 
 
@@ -76,32 +80,47 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from embedding_assets.evaluation import evaluate, evaluate_dataset, load_judged
     from embedding_assets.registry import load_registry
-    from embedding_assets.search import served_searcher
+    from embedding_assets.search import Searcher, served_searcher
 
     if args.dataset:
-        result = evaluate_dataset(Path(args.dataset), load_registry().get(args.version or settings.DEFAULT_VERSION))
+        result = evaluate_dataset(
+            Path(args.dataset), load_registry().get(args.version or settings.DEFAULT_VERSION)
+        )
     else:
-        searcher = served_searcher()
-        if args.version and args.version != searcher.version.id:
-            raise SystemExit(f"without --dataset, eval scores the served version ({searcher.version.id})")
+        served = served_searcher() if not args.version else None
+        searcher = served or Searcher(store.connect(), load_registry().get(args.version))
         judged = load_judged(settings.GOLDEN_DIR)
-        documents = len(set(searcher.table.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"].to_pylist()))
-        result = {"version": searcher.version.id, "dataset": str(settings.GOLDEN_DIR), "documents": documents,
-                  **evaluate(searcher, judged)}
+        documents = len(
+            set(searcher.table.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"].to_pylist())
+        )
+        result = {
+            "version": searcher.version.id,
+            "dataset": str(settings.GOLDEN_DIR),
+            "documents": documents,
+            **evaluate(searcher, judged),
+        }
     if args.json:
         _print_json(result)
     else:
-        print(f"{result['version']} on {result['dataset']}: nDCG@10={result['ndcg@10']:.4f} "
-              f"recall@10={result['recall@10']:.4f} recall@100={result['recall@100']:.4f} "
-              f"({result['queries']} queries, {result['documents']} documents)")
+        print(
+            f"{result['version']} on {result['dataset']}: nDCG@10={result['ndcg@10']:.4f} "
+            f"recall@10={result['recall@10']:.4f} recall@100={result['recall@100']:.4f} "
+            f"({result['queries']} queries, {result['documents']} documents)"
+        )
     return 0
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
     from embedding_assets.pinning import pin_version
 
-    version = pin_version(args.id, args.loader, package=args.package, artifact=args.artifact,
-                          max_tokens=args.max_tokens, force=args.force)
+    version = pin_version(
+        args.id,
+        args.loader,
+        package=args.package,
+        artifact=args.artifact,
+        max_tokens=args.max_tokens,
+        force=args.force,
+    )
     print(f"{CHECK} pinned {version.id}: {version.fingerprint} ({version.dimension}-d)")
     return 0
 
@@ -145,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedding-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("seed", help="write the default corpus (the interpreter's Python docs) under data/corpus")
+    p = sub.add_parser(
+        "seed", help="write the default corpus (the interpreter's Python docs) under data/corpus"
+    )
     p.add_argument("--path", default=str(settings.CORPUS_DIR))
     p.add_argument("--force", action="store_true", help="replace an existing corpus")
     p.set_defaults(func=cmd_seed)
@@ -175,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="nDCG@10 / recall on judged queries (served index, or a BEIR dataset)")
     p.add_argument("--dataset", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
-    p.add_argument("--version", help="model version to evaluate on --dataset (default: the default version)")
+    p.add_argument("--version", help="built version to score (default: served; with --dataset: the default)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -188,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-pin an existing version to new weights")
     p.set_defaults(func=cmd_pin)
 
-    p = sub.add_parser("build-model", help="build a version's static model artifact and verify its fingerprint")
+    p = sub.add_parser(
+        "build-model", help="build a version's static model artifact and verify its fingerprint"
+    )
     p.add_argument("--version", required=True)
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact exists")
     p.set_defaults(func=cmd_build_model)

@@ -41,7 +41,9 @@ class Embedder:
         """Float32 vectors, one row per text, batched longest-first so padding is small."""
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         parts: list[np.ndarray] = []
-        with tqdm(total=len(texts), desc=f"{desc} [{self.version.id}]", unit="chunk", disable=not progress) as bar:
+        with tqdm(
+            total=len(texts), desc=f"{desc} [{self.version.id}]", unit="chunk", disable=not progress
+        ) as bar:
             for start in range(0, len(order), ENCODE_BATCH_SIZE):
                 batch = order[start : start + ENCODE_BATCH_SIZE]
                 parts.append(np.asarray(self._encode_batch([texts[i] for i in batch]), dtype=np.float32))
@@ -89,7 +91,9 @@ class Model2VecEmbedder(Embedder):
         return self.model.encode(texts, max_length=self.version.max_tokens, batch_size=len(texts))
 
 
-LOADERS: dict[str, type[Embedder]] = {cls.loader: cls for cls in (SentenceTransformerEmbedder, Model2VecEmbedder)}
+LOADERS: dict[str, type[Embedder]] = {
+    cls.loader: cls for cls in (SentenceTransformerEmbedder, Model2VecEmbedder)
+}
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Retrieval evaluation: nDCG@10, recall@10 and recall@100 over judged queries, documents scored by best chunk."""
+"""Retrieval evaluation on judged queries: nDCG@10, recall@10, recall@100 (documents by best chunk)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ def evaluate(searcher: Searcher, judged: JudgedQueries, *, progress: bool = True
     }
 
 
-def build_dataset_index(dataset: Path, version: ModelVersion, *, progress: bool = True) -> tuple[lancedb.DBConnection, dict]:
+def build_dataset_index(
+    dataset: Path, version: ModelVersion, *, progress: bool = True
+) -> tuple[lancedb.DBConnection, dict]:
     """An index of a BEIR corpus in a scratch database keyed by dataset checksum and pipeline hash.
 
     Runs the same corpus/chunk/embed/index stages as the assets; they are incremental, so a second

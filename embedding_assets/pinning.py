@@ -42,8 +42,12 @@ def pin_version(
     config = path / "sentence_bert_config.json"
     limit = max_tokens or (json.loads(config.read_text()).get("max_seq_length") if config.exists() else None)
     draft = ModelVersion(
-        id=version_id, loader=loader, weights=weights, fingerprint=fingerprint_weights(path),
-        dimension=1, max_tokens=limit or DEFAULT_MAX_TOKENS,
+        id=version_id,
+        loader=loader,
+        weights=weights,
+        fingerprint=fingerprint_weights(path),
+        dimension=1,
+        max_tokens=limit or DEFAULT_MAX_TOKENS,
     )
     probe = LOADERS[loader](draft).encode(["dimension probe"])
     version = draft.model_copy(update={"dimension": int(probe.shape[1])})

@@ -131,14 +131,22 @@ class ModelVersion(BaseModel):
     def encoder_key(self) -> str:
         """Identity of what turns text into vectors: cache key prefix for (this, chunk_hash)."""
         return _digest(
-            {"fingerprint": self.pinned_fingerprint(), "loader": self.loader,
-             "max_tokens": self.max_tokens, "normalize": self.normalize}
+            {
+                "fingerprint": self.pinned_fingerprint(),
+                "loader": self.loader,
+                "max_tokens": self.max_tokens,
+                "normalize": self.normalize,
+            }
         )
 
     def pipeline_config_hash(self) -> str:
         """Hash of chunker, preprocessing and model: rows with another hash belong to another space."""
         return _digest(
-            {"chunker": CHUNKER_VERSION, "chunking": self.chunking.model_dump(), "encoder": self.encoder_key()}
+            {
+                "chunker": CHUNKER_VERSION,
+                "chunking": self.chunking.model_dump(),
+                "encoder": self.encoder_key(),
+            }
         )
 
 
@@ -162,7 +170,9 @@ class ModelRegistry(BaseModel):
 
     def get(self, version_id: str) -> ModelVersion:
         if version_id.lower() in UNPINNED_REFERENCES:
-            raise UnpinnedModelError(f"{version_id!r} is a moving reference; name a pinned version: {self.ids}")
+            raise UnpinnedModelError(
+                f"{version_id!r} is a moving reference; name a pinned version: {self.ids}"
+            )
         for version in self.versions:
             if version.id == version_id:
                 return version

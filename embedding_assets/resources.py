@@ -1,4 +1,4 @@
-"""Resources: where LanceDB lives, which registry pins the models, what the corpus is, where serving points."""
+"""Resources: where LanceDB lives, the registry that pins models, the corpus source, the serving folder."""
 
 from __future__ import annotations
 

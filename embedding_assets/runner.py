@@ -13,7 +13,9 @@ from embedding_assets.partitions import model_versions
 from embedding_assets.registry import ModelRegistry, load_registry
 
 DEFAULT_DAGSTER_HOME = settings.PROJECT_ROOT / ".dagster_home"
-LOCAL_INSTANCE_CONFIG = "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
+LOCAL_INSTANCE_CONFIG = (
+    "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
+)
 
 
 def dagster_instance() -> dg.DagsterInstance:
@@ -37,7 +39,9 @@ def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry | None
     return new
 
 
-def run_job(job_name: str, version_id: str, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+def run_job(
+    job_name: str, version_id: str, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
     """Execute `job_name` for one model-version partition; raises with Dagster's error on failure."""
     from embedding_assets.definitions import defs
 
@@ -45,7 +49,11 @@ def run_job(job_name: str, version_id: str, instance: dg.DagsterInstance | None 
     registry = load_registry()
     registry.get(version_id)  # clear error for an unknown or moving version before Dagster starts
     sync_partitions(instance, registry)
-    run_config = {"loggers": {"console": {"config": {"log_level": os.environ.get("EMBEDDING_ASSETS_LOG_LEVEL", "INFO")}}}}
+    run_config = {
+        "loggers": {
+            "console": {"config": {"log_level": os.environ.get("EMBEDDING_ASSETS_LOG_LEVEL", "INFO")}}
+        }
+    }
     return defs.resolve_job_def(job_name).execute_in_process(
         partition_key=version_id, instance=instance, run_config=run_config
     )

@@ -14,8 +14,18 @@ from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
 from embedding_assets.serving import ServingPointer
 
 HIT_COLUMNS = [
-    "doc_id", "chunk_id", "chunk_ordinal", "text", "source_uri", "doc_checksum", "chunk_hash",
-    "model_version", "model_fingerprint", "pipeline_config_hash", "embedded_at", "indexed_at",
+    "doc_id",
+    "chunk_id",
+    "chunk_ordinal",
+    "text",
+    "source_uri",
+    "doc_checksum",
+    "chunk_hash",
+    "model_version",
+    "model_fingerprint",
+    "pipeline_config_hash",
+    "embedded_at",
+    "indexed_at",
 ]
 
 
@@ -35,7 +45,10 @@ class SearchResult:
             "model_version": self.model_version,
             "model_fingerprint": self.model_fingerprint,
             "table_version": self.table_version,
-            "hits": [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in h.items()} for h in self.hits],
+            "hits": [
+                {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in h.items()}
+                for h in self.hits
+            ],
         }
 
 
@@ -53,12 +66,15 @@ class Searcher:
     def _refuse_foreign_vectors(self) -> None:
         fp = self.embedder.fingerprint
         foreign = (
-            self.table.search().where(f"model_fingerprint != {store.sql_literal(fp)}")
-            .select(["chunk_id", "model_fingerprint"]).limit(1).to_list()
+            self.table.search()
+            .where(f"model_fingerprint != {store.sql_literal(fp)}")
+            .select(["chunk_id", "model_fingerprint"])
+            .limit(1)
+            .to_list()
         )
         if foreign:
             raise EncoderMismatchError(
-                f"table {self.table.name} holds vectors from model fingerprint {foreign[0]['model_fingerprint']} "
+                f"table {self.table.name} holds vectors of fingerprint {foreign[0]['model_fingerprint']} "
                 f"(e.g. {foreign[0]['chunk_id']}), but version {self.version.id!r} encodes with {fp}; "
                 "refusing to compare vectors from different spaces"
             )
@@ -67,7 +83,9 @@ class Searcher:
         return self.embedder.encode(queries)
 
     def search_vector(self, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
-        rows = self.table.search(vector).metric("cosine").select([*HIT_COLUMNS, "_distance"]).limit(k).to_list()
+        rows = (
+            self.table.search(vector).metric("cosine").select([*HIT_COLUMNS, "_distance"]).limit(k).to_list()
+        )
         for row in rows:
             row["score"] = round(1.0 - float(row.pop("_distance")), 6)
         return rows

@@ -11,27 +11,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Standard-library modules whose docstrings make the corpus; all import without side effects.
-DOCUMENTED_MODULES = (
-    "abc argparse array ast asyncio base64 bdb binascii bisect builtins bz2 calendar cmath cmd code codecs "
-    "collections collections.abc colorsys compileall concurrent.futures configparser contextlib contextvars "
-    "copy copyreg cProfile csv ctypes dataclasses datetime decimal difflib dis doctest email email.message "
-    "email.utils enum errno faulthandler filecmp fileinput fnmatch fractions ftplib functools gc getopt "
-    "getpass gettext glob graphlib gzip hashlib heapq hmac html html.parser http http.client http.cookies "
-    "http.server imaplib importlib importlib.metadata importlib.resources inspect io ipaddress itertools "
-    "json json.decoder json.encoder keyword linecache locale logging logging.config logging.handlers lzma "
-    "mailbox marshal math mimetypes mmap multiprocessing multiprocessing.pool netrc numbers operator os "
-    "os.path pathlib pdb pickle pickletools pkgutil platform plistlib poplib pprint profile pstats pty "
-    "py_compile pyclbr queue quopri random re reprlib rlcompleter runpy sched secrets select selectors "
-    "shelve shlex shutil signal site smtplib socket socketserver sqlite3 ssl stat statistics string "
-    "stringprep struct subprocess symtable sys sysconfig tabnanny tarfile tempfile textwrap threading "
-    "time timeit token tokenize tomllib trace traceback tracemalloc types typing unicodedata unittest "
-    "unittest.mock urllib.error urllib.parse urllib.request urllib.robotparser uuid venv warnings optparse dbm "
-    "wave weakref webbrowser wsgiref wsgiref.headers wsgiref.simple_server wsgiref.util xml.dom xml.dom.minidom "
-    "xml.etree.ElementTree xml.sax xml.sax.handler xml.sax.saxutils xmlrpc.client zipapp "
-    "email.headerregistry email.policy email.parser email.generator asyncio.queues asyncio.locks asyncio.tasks "
-    "asyncio.streams asyncio.events concurrent.futures.thread concurrent.futures.process http.cookiejar "
-    "zipfile zipimport zlib zoneinfo"
-).split()
+DOCUMENTED_MODULES = tuple(
+    """
+abc argparse array ast asyncio base64 bdb binascii bisect builtins bz2 calendar cmath cmd code
+codecs collections collections.abc colorsys compileall concurrent.futures configparser contextlib
+contextvars copy copyreg cProfile csv ctypes dataclasses datetime decimal difflib dis doctest email
+email.message email.utils enum errno faulthandler filecmp fileinput fnmatch fractions ftplib
+functools gc getopt getpass gettext glob graphlib gzip hashlib heapq hmac html html.parser http
+http.client http.cookies http.server imaplib importlib importlib.metadata importlib.resources
+inspect io ipaddress itertools json json.decoder json.encoder keyword linecache locale logging
+logging.config logging.handlers lzma mailbox marshal math mimetypes mmap multiprocessing
+multiprocessing.pool netrc numbers operator os os.path pathlib pdb pickle pickletools pkgutil
+platform plistlib poplib pprint profile pstats pty py_compile pyclbr queue quopri random re reprlib
+rlcompleter runpy sched secrets select selectors shelve shlex shutil signal site smtplib socket
+socketserver sqlite3 ssl stat statistics string stringprep struct subprocess symtable sys sysconfig
+tabnanny tarfile tempfile textwrap threading time timeit token tokenize tomllib trace traceback
+tracemalloc types typing unicodedata unittest unittest.mock urllib.error urllib.parse urllib.request
+urllib.robotparser uuid venv warnings optparse dbm wave weakref webbrowser wsgiref wsgiref.headers
+wsgiref.simple_server wsgiref.util xml.dom xml.dom.minidom xml.etree.ElementTree xml.sax
+xml.sax.handler xml.sax.saxutils xmlrpc.client zipapp email.headerregistry email.policy email.parser
+email.generator asyncio.queues asyncio.locks asyncio.tasks asyncio.streams asyncio.events
+concurrent.futures.thread concurrent.futures.process http.cookiejar zipfile zipimport zlib zoneinfo
+""".split()
+)
 
 # Small standard-library modules copied as source, so the corpus exercises the Python (ast) chunker.
 SOURCE_MODULES = ("bisect", "colorsys", "fnmatch", "getopt", "glob", "keyword", "shlex", "textwrap")
@@ -102,7 +104,11 @@ def _api_pages(module_name: str) -> dict[str, str]:
         if len(doc) < MIN_DOCSTRING_CHARS:
             continue
         qualname = f"{module_name}.{name}"
-        body = _class_page(qualname, obj) if inspect.isclass(obj) else f"# {_signature(qualname, obj)}\n\n{doc}\n"
+        body = (
+            _class_page(qualname, obj)
+            if inspect.isclass(obj)
+            else f"# {_signature(qualname, obj)}\n\n{doc}\n"
+        )
         pages[f"library/{module_name}/{name}.md"] = body
     return pages
 
@@ -120,7 +126,9 @@ def seed_corpus(root: Path, *, overwrite: bool = False) -> SeedReport:
     """Write the interpreter's documentation under `root` as .md files plus a few .py sources."""
     if root.exists() and any(root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{root} already holds a corpus; pass overwrite=True (--force) to replace it")
+            raise FileExistsError(
+                f"{root} already holds a corpus; pass overwrite=True (--force) to replace it"
+            )
         shutil.rmtree(root)
     topics = _topic_pages()
     api: dict[str, str] = {}

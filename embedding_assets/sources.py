@@ -68,7 +68,9 @@ class FolderSource:
         uri = path.resolve().as_uri()
         size = path.stat().st_size
         if size > MAX_DOCUMENT_BYTES:
-            return Quarantined(doc_id, uri, f"{size} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte document limit")
+            return Quarantined(
+                doc_id, uri, f"{size} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte document limit"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -100,7 +102,11 @@ class BeirSource:
                 uri = f"{self.uri}#L{line_no}"
                 try:
                     record = json.loads(line)
-                    doc_id, title, body = str(record["_id"]), record.get("title") or "", record.get("text") or ""
+                    doc_id, title, body = (
+                        str(record["_id"]),
+                        record.get("title") or "",
+                        record.get("text") or "",
+                    )
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     yield Quarantined(f"line:{line_no}", uri, f"malformed corpus record: {exc}")
                     continue

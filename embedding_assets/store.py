@@ -112,7 +112,9 @@ def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> lanced
     return db.create_table(name, schema=schema, exist_ok=True)
 
 
-def read_columns(db: lancedb.DBConnection, name: str, columns: list[str], where: str | None = None) -> pa.Table:
+def read_columns(
+    db: lancedb.DBConnection, name: str, columns: list[str], where: str | None = None
+) -> pa.Table:
     """Selected columns of a table, or an empty table if it does not exist."""
     if name not in table_names(db):
         return pa.table({c: pa.array([], pa.string()) for c in columns})
@@ -122,11 +124,15 @@ def read_columns(db: lancedb.DBConnection, name: str, columns: list[str], where:
     return query.limit(None).to_arrow()
 
 
-def upsert(table: lancedb.table.Table, rows: pa.Table, key: str, *, changed_when: str | None = None) -> WriteStats:
+def upsert(
+    table: lancedb.table.Table, rows: pa.Table, key: str, *, changed_when: str | None = None
+) -> WriteStats:
     """Insert new keys and update existing ones (only where `changed_when` holds) in one commit."""
     if rows.num_rows == 0:
         return WriteStats(table_version=table.version)
-    builder = table.merge_insert(key).when_matched_update_all(where=changed_when).when_not_matched_insert_all()
+    builder = (
+        table.merge_insert(key).when_matched_update_all(where=changed_when).when_not_matched_insert_all()
+    )
     result = builder.execute(rows.cast(table.schema))
     return WriteStats(result.num_inserted_rows, result.num_updated_rows, 0, table.version)
 

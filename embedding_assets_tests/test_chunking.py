@@ -5,15 +5,24 @@ import pytest
 from embedding_assets.chunking import SPECIAL_TOKENS, Chunker
 from embedding_assets.registry import ChunkingConfig
 
-DOCS = ["topics/specialnames.md", "topics/compound.md", "library/argparse/ArgumentParser.md", "source/shlex.py",
-        "source/textwrap.py", "library/json/dumps.md"]
+DOCS = [
+    "topics/specialnames.md",
+    "topics/compound.md",
+    "library/argparse/ArgumentParser.md",
+    "source/shlex.py",
+    "source/textwrap.py",
+    "library/json/dumps.md",
+]
 
 
 @pytest.fixture(scope="module", params=[(200, 32, 256), (60, 12, 64)], ids=["minilm-default", "tiny-budget"])
 def chunker(request, minilm_embedder) -> Chunker:
     chunk_tokens, overlap, max_tokens = request.param
-    return Chunker(minilm_embedder.tokenizer, ChunkingConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap),
-                   max_tokens)
+    return Chunker(
+        minilm_embedder.tokenizer,
+        ChunkingConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap),
+        max_tokens,
+    )
 
 
 def _chunks(chunker: Chunker, corpus: Path, doc_id: str):
@@ -43,7 +52,9 @@ def test_spans_reconstruct_the_document_modulo_overlap(chunker, full_corpus, doc
     rebuilt, covered_to = "", 0
     assert not text[: chunks[0].char_start].strip()
     for chunk in chunks:
-        assert chunk.char_start <= covered_to or not text[covered_to : chunk.char_start].strip(), "gap in coverage"
+        assert chunk.char_start <= covered_to or not text[covered_to : chunk.char_start].strip(), (
+            "gap in coverage"
+        )
         rebuilt += text[max(chunk.char_start, covered_to) : chunk.char_end]
         covered_to = max(covered_to, chunk.char_end)
         assert text[chunk.char_start : chunk.char_end].strip() in chunk.text
@@ -60,7 +71,9 @@ def test_overlap_repeats_the_tail_of_the_previous_chunk(minilm_embedder, full_co
 def test_python_definitions_keep_their_signature_as_context(minilm_embedder, full_corpus):
     chunker = Chunker(minilm_embedder.tokenizer, ChunkingConfig(chunk_tokens=120, overlap_tokens=16), 256)
     text, chunks = _chunks(chunker, full_corpus, "source/shlex.py")
-    continuation = [c for c in chunks if c.text.startswith("class shlex") and not text[c.char_start:].startswith("class")]
+    continuation = [
+        c for c in chunks if c.text.startswith("class shlex") and not text[c.char_start :].startswith("class")
+    ]
     assert continuation, "a long class should continue over several chunks, each led by its signature"
     defs = [c for c in chunks if text[c.char_start : c.char_end].lstrip().startswith(("def ", "class "))]
     assert any("def split" in c.text for c in defs)

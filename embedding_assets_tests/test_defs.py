@@ -25,10 +25,18 @@ def test_every_asset_has_a_group_and_description():
 
 def test_registry_sensor_adds_a_partition_per_registered_version():
     instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(instance=instance, resources={"model_registry": defs.resources["model_registry"]})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"model_registry": defs.resources["model_registry"]}
+    )
     result = model_registry_sensor(context)
     [request] = result.dynamic_partitions_requests
     assert request.partition_keys == load_registry().ids
     instance.add_dynamic_partitions(model_versions.name, list(request.partition_keys))
-    assert isinstance(model_registry_sensor(dg.build_sensor_context(
-        instance=instance, resources={"model_registry": defs.resources["model_registry"]})), dg.SkipReason)
+    assert isinstance(
+        model_registry_sensor(
+            dg.build_sensor_context(
+                instance=instance, resources={"model_registry": defs.resources["model_registry"]}
+            )
+        ),
+        dg.SkipReason,
+    )

@@ -1,4 +1,4 @@
-"""End to end on a real corpus with the real MiniLM model, LanceDB on disk and an ephemeral Dagster instance."""
+"""End to end on a real corpus: the real MiniLM model, LanceDB on disk, an ephemeral Dagster instance."""
 
 import shutil
 from pathlib import Path
@@ -14,14 +14,32 @@ from embedding_assets.assets.index import index
 from embedding_assets.assets.model_weights import model_weights
 from embedding_assets.assets.serving import serving_index
 from embedding_assets.partitions import model_versions
-from embedding_assets.resources import CorpusSourceResource, LanceDBResource, ModelRegistryResource, ServingResource
+from embedding_assets.resources import (
+    CorpusSourceResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
 from embedding_assets.search import served_searcher
 from embedding_assets.serving import ServingPointer
 
 pytestmark = pytest.mark.slow
 BUILD = [corpus, model_weights, chunks, embeddings, index]
-PROVENANCE = ["doc_id", "source_uri", "doc_checksum", "chunk_id", "chunk_ordinal", "chunk_hash", "text",
-              "model_version", "model_fingerprint", "pipeline_config_hash", "embedded_at", "indexed_at", "vector"]
+PROVENANCE = [
+    "doc_id",
+    "source_uri",
+    "doc_checksum",
+    "chunk_id",
+    "chunk_ordinal",
+    "chunk_hash",
+    "text",
+    "model_version",
+    "model_fingerprint",
+    "pipeline_config_hash",
+    "embedded_at",
+    "indexed_at",
+    "vector",
+]
 
 
 class Project:
@@ -43,11 +61,17 @@ class Project:
 
     def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
         partitioned = any(a.partitions_def for a in assets)
-        return dg.materialize(assets, partition_key=version if partitioned else None, instance=self.instance,
-                              resources=self.resources)
+        return dg.materialize(
+            assets,
+            partition_key=version if partitioned else None,
+            instance=self.instance,
+            resources=self.resources,
+        )
 
     def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
-        [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+        [event] = [
+            e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset
+        ]
         return {k: v.value for k, v in event.materialization.metadata.items()}
 
     def db(self):
@@ -76,8 +100,9 @@ def test_first_build_reconciles_documents_chunks_and_rows(project):
     assert rows.column_names == PROVENANCE
     assert len(set(rows["chunk_id"].to_pylist())) == rows.num_rows
     assert not any(rows[c].null_count for c in PROVENANCE)
-    assert set(rows["model_fingerprint"].to_pylist()) == {project.resources["model_registry"].version(
-        settings.DEFAULT_VERSION).fingerprint}
+    assert set(rows["model_fingerprint"].to_pylist()) == {
+        project.resources["model_registry"].version(settings.DEFAULT_VERSION).fingerprint
+    }
 
 
 def test_rerun_is_idempotent_and_embeds_nothing(project):
@@ -97,9 +122,13 @@ def test_promoted_search_returns_provenance(project):
     assert result.hits[0]["doc_id"].startswith(("library/getopt/", "library/argparse/", "source/getopt"))
     assert [h["score"] for h in result.hits] == sorted((h["score"] for h in result.hits), reverse=True)
     for hit in result.hits:
-        assert hit["doc_checksum"] and hit["pipeline_config_hash"] and hit["embedded_at"] and hit["chunk_hash"]
-    assert project.pointer.require_current().table_version == project.db().open_table(
-        settings.index_table(settings.DEFAULT_VERSION)).version
+        assert (
+            hit["doc_checksum"] and hit["pipeline_config_hash"] and hit["embedded_at"] and hit["chunk_hash"]
+        )
+    assert (
+        project.pointer.require_current().table_version
+        == project.db().open_table(settings.index_table(settings.DEFAULT_VERSION)).version
+    )
 
 
 def test_bad_documents_are_quarantined_and_the_run_goes_on(project):
@@ -115,7 +144,9 @@ def test_bad_documents_are_quarantined_and_the_run_goes_on(project):
 
 def test_edit_and_delete_touch_only_those_documents(project):
     edited = project.corpus / "topics/for.md"
-    edited.write_text(edited.read_text() + "\nA loop can also be left early with break; else runs when it was not.\n")
+    edited.write_text(
+        edited.read_text() + "\nA loop can also be left early with break; else runs when it was not.\n"
+    )
     deleted_id = "library/json/dumps.md"
     (project.corpus / deleted_id).unlink()
     result = project.materialize(BUILD)
@@ -138,8 +169,18 @@ def test_cli_search_and_status_speak_json(project, monkeypatch, capsys):
     assert main(["search", "how do I parse command line options", "--k", "5", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["model_version"] == settings.DEFAULT_VERSION and len(found["hits"]) == 5
-    assert {"doc_id", "chunk_id", "score", "text", "doc_checksum", "pipeline_config_hash", "embedded_at",
-            "model_version", "model_fingerprint", "source_uri"} <= set(found["hits"][0])
+    assert {
+        "doc_id",
+        "chunk_id",
+        "score",
+        "text",
+        "doc_checksum",
+        "pipeline_config_hash",
+        "embedded_at",
+        "model_version",
+        "model_fingerprint",
+        "source_uri",
+    } <= set(found["hits"][0])
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["served_version"] == settings.DEFAULT_VERSION

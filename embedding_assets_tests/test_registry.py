@@ -63,11 +63,17 @@ def test_changed_weights_behind_the_same_version_are_refused(minilm, weights_cop
     with pytest.raises(FingerprintMismatchError) as refused:
         swapped.verified_weights_path()
     message = str(refused.value)
-    assert minilm.id in message and minilm.fingerprint in message and fingerprint_weights(weights_copy) in message
+    assert (
+        minilm.id in message
+        and minilm.fingerprint in message
+        and fingerprint_weights(weights_copy) in message
+    )
 
 
 def test_pipeline_hash_follows_chunking_and_encoder(minilm):
-    rechunked = minilm.model_copy(update={"chunking": minilm.chunking.model_copy(update={"chunk_tokens": 120})})
+    rechunked = minilm.model_copy(
+        update={"chunking": minilm.chunking.model_copy(update={"chunk_tokens": 120})}
+    )
     shorter = minilm.model_copy(update={"max_tokens": 128})
     hashes = {minilm.pipeline_config_hash(), rechunked.pipeline_config_hash(), shorter.pipeline_config_hash()}
     assert len(hashes) == 3

@@ -1,12 +1,11 @@
 """The chunks asset: documents cut with each model version's own tokenizer and limits."""
 
-
 import time
 
 import dagster as dg
 
-from embedding_assets.assets.model_weights import model_weights
 from embedding_assets.assets.corpus import corpus
+from embedding_assets.assets.model_weights import model_weights
 from embedding_assets.chunking import Chunker
 from embedding_assets.embedders import embedder_for
 from embedding_assets.partitions import model_versions

@@ -1,10 +1,9 @@
 """The corpus asset: documents mirrored from the source, with a diff and a quarantine list."""
 
-
 import dagster as dg
 
-from embedding_assets.resources import CorpusSourceResource, LanceDBResource
 from embedding_assets.pipeline.corpus import sync_corpus
+from embedding_assets.resources import CorpusSourceResource, LanceDBResource
 
 EXAMPLES = 10
 

@@ -1,6 +1,5 @@
 """The embeddings asset: the content-addressed vector cache of each model version."""
 
-
 import dagster as dg
 
 from embedding_assets.assets.chunks import chunks

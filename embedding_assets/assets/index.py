@@ -1,6 +1,5 @@
 """The index asset: one LanceDB table per model version, every row with its vector and provenance."""
 
-
 import time
 
 import dagster as dg
@@ -16,7 +15,7 @@ from embedding_assets.resources import LanceDBResource, ModelRegistryResource
 def index(
     context: dg.AssetExecutionContext, lancedb: LanceDBResource, model_registry: ModelRegistryResource
 ) -> dg.MaterializeResult:
-    """Vectors plus provenance (doc, checksum, chunk hash, model fingerprint, config hash, times) per chunk."""
+    """Per chunk: vector plus provenance (doc, checksum, chunk hash, fingerprint, config hash, times)."""
     version = model_registry.version(context.partition_key)
     started = time.perf_counter()
     sync = sync_index(lancedb.connect(), version)

@@ -1,6 +1,5 @@
 """The model_weights asset: the pinned weights of a version, verified (and built, for static models)."""
 
-
 import dagster as dg
 
 from embedding_assets.fingerprint import weight_files
@@ -10,7 +9,9 @@ from embedding_assets.static_model import build_static_model
 
 
 @dg.asset(group_name="models", partitions_def=model_versions, kinds={"pytorch"})
-def model_weights(context: dg.AssetExecutionContext, model_registry: ModelRegistryResource) -> dg.MaterializeResult:
+def model_weights(
+    context: dg.AssetExecutionContext, model_registry: ModelRegistryResource
+) -> dg.MaterializeResult:
     """Weights of one pinned model version, checked against the registry fingerprint before any use."""
     registry = model_registry.load()
     version = registry.get(context.partition_key)

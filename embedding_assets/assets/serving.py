@@ -1,6 +1,5 @@
 """The serving_index asset: the pointer naming which version and Lance table version answer queries."""
 
-
 import dagster as dg
 
 from embedding_assets.assets.index import index
@@ -19,7 +18,9 @@ def serving_index(
     """The served model version, pinned to a tagged Lance table version; every move is kept in history."""
     pointer = serving.pointer()
     previous = pointer.current()
-    state = promote(lancedb.connect(), model_registry.version(context.partition_key), pointer, run_id=context.run_id)
+    state = promote(
+        lancedb.connect(), model_registry.version(context.partition_key), pointer, run_id=context.run_id
+    )
     return dg.MaterializeResult(
         metadata={
             "served_version": state.version,

@@ -34,23 +34,36 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     docs = store.read_columns(db, settings.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
     existing = store.read_columns(db, name, ["chunk_id", "doc_id", "doc_checksum", "pipeline_config_hash"])
     chunked_as = {
-        (d, c) for d, c, h in zip(*(existing[k].to_pylist() for k in ("doc_id", "doc_checksum", "pipeline_config_hash")), strict=True)
+        (d, c)
+        for d, c, h in zip(
+            *(existing[k].to_pylist() for k in ("doc_id", "doc_checksum", "pipeline_config_hash")),
+            strict=True,
+        )
         if h == config_hash
     }
-    stale_docs = [d for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
-                  if (d, c) not in chunked_as]
+    stale_docs = [
+        d
+        for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
+        if (d, c) not in chunked_as
+    ]
 
     rows = _chunk_rows(db, stale_docs, chunker, config_hash)
     table = store.open_table(db, name, store.CHUNKS_SCHEMA)
-    written = store.upsert(table, rows, "chunk_id", changed_when="target.chunk_hash != source.chunk_hash "
-                           "OR target.doc_checksum != source.doc_checksum "
-                           "OR target.pipeline_config_hash != source.pipeline_config_hash "
-                           "OR target.char_start != source.char_start OR target.char_end != source.char_end")
+    written = store.upsert(
+        table,
+        rows,
+        "chunk_id",
+        changed_when="target.chunk_hash != source.chunk_hash "
+        "OR target.doc_checksum != source.doc_checksum "
+        "OR target.pipeline_config_hash != source.pipeline_config_hash "
+        "OR target.char_start != source.char_start OR target.char_end != source.char_end",
+    )
     live = set(rows["chunk_id"].to_pylist())
     rechunked = set(stale_docs)
     live_docs = set(docs["doc_id"].to_pylist())
     obsolete = [
-        cid for cid, d in zip(existing["chunk_id"].to_pylist(), existing["doc_id"].to_pylist(), strict=True)
+        cid
+        for cid, d in zip(existing["chunk_id"].to_pylist(), existing["doc_id"].to_pylist(), strict=True)
         if d not in live_docs or (d in rechunked and cid not in live)
     ]
     deleted = store.delete_keys(table, "chunk_id", obsolete)
@@ -70,7 +83,9 @@ def _chunk_rows(db: lancedb.DBConnection, doc_ids: list[str], chunker: Chunker, 
     for start in range(0, len(doc_ids), store.IN_LIST_BATCH):
         batch = doc_ids[start : start + store.IN_LIST_BATCH]
         where = f"doc_id IN ({', '.join(store.sql_literal(d) for d in batch)})"
-        docs = store.read_columns(db, settings.DOCUMENTS_TABLE, ["doc_id", "text", "source_uri", "doc_checksum"], where)
+        docs = store.read_columns(
+            db, settings.DOCUMENTS_TABLE, ["doc_id", "text", "source_uri", "doc_checksum"], where
+        )
         for doc in docs.to_pylist():
             for chunk in chunker.chunk(doc["doc_id"], doc["text"]):
                 records.append(

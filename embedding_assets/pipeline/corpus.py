@@ -78,7 +78,10 @@ def _record_quarantine(db: lancedb.DBConnection, quarantined: list[Quarantined])
     """Replace the quarantine list with this pass's refusals (a fixed document leaves it)."""
     now = datetime.now(UTC)
     rows = pa.Table.from_pylist(
-        [{"doc_id": q.doc_id, "source_uri": q.source_uri, "reason": q.reason, "seen_at": now} for q in quarantined],
+        [
+            {"doc_id": q.doc_id, "source_uri": q.source_uri, "reason": q.reason, "seen_at": now}
+            for q in quarantined
+        ],
         schema=store.QUARANTINE_SCHEMA,
     )
     db.create_table(QUARANTINE_TABLE, data=rows, schema=store.QUARANTINE_SCHEMA, mode="overwrite")

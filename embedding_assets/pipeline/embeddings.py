@@ -48,7 +48,9 @@ def sync_embeddings(db: lancedb.DBConnection, embedder: Embedder, *, progress: b
         batch = hashes[start : start + CACHE_WRITE_BATCH]
         vectors = embedder.encode([todo[h] for h in batch], progress=progress)
         _check_vectors(vectors, version.dimension, version.id)
-        store.upsert(table, _cache_rows(batch, vectors, embedder.fingerprint, version.dimension), "chunk_hash")
+        store.upsert(
+            table, _cache_rows(batch, vectors, embedder.fingerprint, version.dimension), "chunk_hash"
+        )
     seconds = time.perf_counter() - started
     unique = len(set(chunks["chunk_hash"].to_pylist()))
     return EmbedSync(
@@ -63,7 +65,9 @@ def sync_embeddings(db: lancedb.DBConnection, embedder: Embedder, *, progress: b
 
 def _check_vectors(vectors: np.ndarray, dimension: int, version_id: str) -> None:
     if vectors.ndim != 2 or vectors.shape[1] != dimension:
-        raise ValueError(f"model version {version_id!r} produced shape {vectors.shape}, registry says {dimension}-d")
+        raise ValueError(
+            f"model version {version_id!r} produced shape {vectors.shape}, registry says {dimension}-d"
+        )
     if not np.isfinite(vectors).all():
         raise ValueError(f"model version {version_id!r} produced non-finite vectors; nothing was cached")
 
@@ -75,6 +79,8 @@ def _cache_rows(hashes: list[str], vectors: np.ndarray, fingerprint: str, dimens
             "chunk_hash": pa.array(hashes, pa.string()),
             "model_fingerprint": pa.array([fingerprint] * len(hashes), pa.string()),
             "embedded_at": pa.array([now] * len(hashes), store.TIMESTAMP),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dimension),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(vectors.astype(np.float32).ravel()), dimension
+            ),
         }
     )

@@ -38,10 +38,14 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
     chunks = store.read_columns(db, settings.chunks_table(version.id), CHUNK_COLUMNS)
     indexed = store.read_columns(db, name, ["chunk_id", *PROVENANCE_KEYS])
     current = {
-        cid: key for cid, *key in zip(*(indexed[c].to_pylist() for c in ["chunk_id", *PROVENANCE_KEYS]), strict=True)
+        cid: key
+        for cid, *key in zip(*(indexed[c].to_pylist() for c in ["chunk_id", *PROVENANCE_KEYS]), strict=True)
     }
     wanted = [
-        i for i, (cid, h, c) in enumerate(zip(*(chunks[k].to_pylist() for k in ("chunk_id", "chunk_hash", "doc_checksum")), strict=True))
+        i
+        for i, (cid, h, c) in enumerate(
+            zip(*(chunks[k].to_pylist() for k in ("chunk_id", "chunk_hash", "doc_checksum")), strict=True)
+        )
         if current.get(cid) != [h, c, config_hash, fingerprint]
     ]
     table = store.open_table(db, name, store.index_schema(version.dimension))
@@ -65,14 +69,16 @@ def _index_rows(
     if chunks.num_rows == 0:
         return schema.empty_table()
     cache = store.read_columns(
-        db, settings.cache_table(version.encoder_key()), ["chunk_hash", "vector", "embedded_at", "model_fingerprint"]
+        db,
+        settings.cache_table(version.encoder_key()),
+        ["chunk_hash", "vector", "embedded_at", "model_fingerprint"],
     )
     position = {h: i for i, h in enumerate(cache["chunk_hash"].to_pylist())}
     rows = [position.get(h) for h in chunks["chunk_hash"].to_pylist()]
     missing = rows.count(None)
     if missing:
         raise MissingEmbeddingsError(
-            f"{missing} chunks of {version.id!r} have no cached vector; materialize the embeddings asset first"
+            f"{missing} chunks of {version.id!r} have no cached vector; materialize embeddings first"
         )
     vectors = cache.take(pa.array(rows, pa.int64()))
     wrong = pc.sum(pc.not_equal(vectors["model_fingerprint"], fingerprint)).as_py() or 0
