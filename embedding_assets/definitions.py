@@ -9,7 +9,8 @@ from embedding_assets.assets.embeddings import embeddings
 from embedding_assets.assets.index import index
 from embedding_assets.assets.model_weights import model_weights
 from embedding_assets.assets.serving import serving_index
-from embedding_assets.jobs import build_index_job, promote_job
+from embedding_assets.checks import count_reconciliation
+from embedding_assets.jobs import build_index_job, check_index_job, promote_job
 from embedding_assets.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -28,7 +29,8 @@ def _env(name: str, default: str) -> str:
 
 defs = dg.Definitions(
     assets=[corpus, model_weights, chunks, embeddings, index, serving_index],
-    jobs=[build_index_job, promote_job],
+    asset_checks=[count_reconciliation],
+    jobs=[build_index_job, promote_job, check_index_job],
     sensors=[model_registry_sensor],
     resources={
         "lancedb": LanceDBResource(uri=_env("EMBEDDING_ASSETS_LANCEDB_URI", str(settings.LANCEDB_DIR))),

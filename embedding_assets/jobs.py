@@ -6,6 +6,7 @@ from embedding_assets.partitions import model_versions
 
 BUILD_INDEX_JOB = "build_index"
 PROMOTE_JOB = "promote_index"
+CHECK_JOB = "check_index"
 
 build_index_job = dg.define_asset_job(
     BUILD_INDEX_JOB,
@@ -19,4 +20,11 @@ promote_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("serving_index"),
     partitions_def=model_versions,
     description="Point serving at one model version's current index table.",
+)
+
+check_index_job = dg.define_asset_job(
+    CHECK_JOB,
+    selection=dg.AssetSelection.checks_for_assets(dg.AssetKey("index")),
+    partitions_def=model_versions,
+    description="Re-run the gates on one model version's index as it is now, without building or promoting.",
 )

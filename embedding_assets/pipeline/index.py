@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -49,6 +50,15 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
         if current.get(cid) != [h, c, config_hash, fingerprint]
     ]
     table = store.open_table(db, name, store.index_schema(version.dimension))
+    ids = indexed["chunk_id"].to_pylist()
+    duplicated = {cid for cid, n in Counter(ids).items() if n > 1}
+    if duplicated:
+        # Duplicate keys cannot be told apart, so they are removed and rewritten; serving reads a pinned
+        # table version, so this window never reaches queries.
+        store.delete_keys(table, "chunk_id", duplicated)
+        wanted = sorted(
+            set(wanted) | {i for i, cid in enumerate(chunks["chunk_id"].to_pylist()) if cid in duplicated}
+        )
     rows = _index_rows(db, version, chunks.take(pa.array(wanted, pa.int64())), fingerprint, config_hash)
     written = store.upsert(table, rows, "chunk_id")
     live = set(chunks["chunk_id"].to_pylist())

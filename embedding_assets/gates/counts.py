@@ -1,0 +1,66 @@
+"""Count reconciliation, three ways: corpus manifest vs chunks vs index rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import lancedb
+
+from embedding_assets import settings, store
+from embedding_assets.pipeline.index import PROVENANCE_KEYS
+from embedding_assets.registry import ModelVersion
+
+EXAMPLES = 5
+
+
+@dataclass
+class Reconciliation:
+    """Counts on each side and every kind of disagreement, with the first offenders of each."""
+
+    documents: int
+    chunks: int
+    rows: int
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not any(self.problems.values())
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(ids) for kind, ids in self.problems.items()}
+
+    def examples(self) -> dict[str, list[str]]:
+        return {kind: ids[:EXAMPLES] for kind, ids in self.problems.items() if ids}
+
+
+def reconcile(db: lancedb.DBConnection, version: ModelVersion) -> Reconciliation:
+    """Compare the documents table, the version's chunks and its index rows."""
+    docs = store.read_columns(db, settings.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
+    chunks = store.read_columns(db, settings.chunks_table(version.id), ["chunk_id", "doc_id"])
+    rows = store.read_columns(db, settings.index_table(version.id), ["chunk_id", "doc_id", *PROVENANCE_KEYS])
+    manifest = dict(zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True))
+    chunk_ids = set(chunks["chunk_id"].to_pylist())
+    row_ids = rows["chunk_id"].to_pylist()
+    fingerprint, config_hash = version.pinned_fingerprint(), version.pipeline_config_hash()
+    records = rows.select(["chunk_id", "doc_id", "doc_checksum", "model_fingerprint", "pipeline_config_hash"])
+    result = Reconciliation(len(manifest), len(chunk_ids), len(row_ids))
+    result.problems = {
+        "orphan_rows": [r["chunk_id"] for r in records.to_pylist() if r["doc_id"] not in manifest],
+        "stale_rows": [
+            r["chunk_id"]
+            for r in records.to_pylist()
+            if r["doc_id"] in manifest and manifest[r["doc_id"]] != r["doc_checksum"]
+        ],
+        "rows_without_chunk": sorted(set(row_ids) - chunk_ids),
+        "missing_rows": sorted(chunk_ids - set(row_ids)),
+        "documents_without_chunks": sorted(set(manifest) - set(chunks["doc_id"].to_pylist())),
+        "duplicate_rows": sorted(cid for cid, n in Counter(row_ids).items() if n > 1),
+        "foreign_fingerprint": [
+            r["chunk_id"] for r in records.to_pylist() if r["model_fingerprint"] != fingerprint
+        ],
+        "foreign_pipeline_hash": [
+            r["chunk_id"] for r in records.to_pylist() if r["pipeline_config_hash"] != config_hash
+        ],
+    }
+    return result
