@@ -43,24 +43,22 @@ def reconcile(db: lancedb.DBConnection, version: ModelVersion) -> Reconciliation
     chunk_ids = set(chunks["chunk_id"].to_pylist())
     row_ids = rows["chunk_id"].to_pylist()
     fingerprint, config_hash = version.pinned_fingerprint(), version.pipeline_config_hash()
-    records = rows.select(["chunk_id", "doc_id", "doc_checksum", "model_fingerprint", "pipeline_config_hash"])
+    records = rows.select(
+        ["chunk_id", "doc_id", "doc_checksum", "model_fingerprint", "pipeline_config_hash"]
+    ).to_pylist()
     result = Reconciliation(len(manifest), len(chunk_ids), len(row_ids))
     result.problems = {
-        "orphan_rows": [r["chunk_id"] for r in records.to_pylist() if r["doc_id"] not in manifest],
+        "orphan_rows": [r["chunk_id"] for r in records if r["doc_id"] not in manifest],
         "stale_rows": [
             r["chunk_id"]
-            for r in records.to_pylist()
+            for r in records
             if r["doc_id"] in manifest and manifest[r["doc_id"]] != r["doc_checksum"]
         ],
         "rows_without_chunk": sorted(set(row_ids) - chunk_ids),
         "missing_rows": sorted(chunk_ids - set(row_ids)),
         "documents_without_chunks": sorted(set(manifest) - set(chunks["doc_id"].to_pylist())),
         "duplicate_rows": sorted(cid for cid, n in Counter(row_ids).items() if n > 1),
-        "foreign_fingerprint": [
-            r["chunk_id"] for r in records.to_pylist() if r["model_fingerprint"] != fingerprint
-        ],
-        "foreign_pipeline_hash": [
-            r["chunk_id"] for r in records.to_pylist() if r["pipeline_config_hash"] != config_hash
-        ],
+        "foreign_fingerprint": [r["chunk_id"] for r in records if r["model_fingerprint"] != fingerprint],
+        "foreign_pipeline_hash": [r["chunk_id"] for r in records if r["pipeline_config_hash"] != config_hash],
     }
     return result
