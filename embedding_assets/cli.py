@@ -7,11 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedding_assets import settings, store
 
+if TYPE_CHECKING:
+    from embedding_assets.runner import GateRun
+
 CHECK = "\u2713"
+CROSS = "\u2717"
 
 
 def _print_json(payload: Any) -> None:
@@ -29,16 +33,86 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_materialize(args: argparse.Namespace) -> int:
-    from embedding_assets.runner import build_index
+def _print_gates(run: GateRun) -> None:
+    """One line per check: verdict, severity and what it saw."""
+    marks = {True: CHECK, False: CROSS}
+    for c in run.checks:
+        level = c["metadata"].get("level", "pass" if c["passed"] else "block")
+        print(f"  {marks[c['passed']]} {c['name']:<22} {level:<6} {c['description']}")
+    for error in run.errors:
+        print(f"  {CROSS} {error}")
 
-    started = time.perf_counter()
-    build_index(args.version, promote=not args.no_promote)
-    print(
-        f"{CHECK} {args.version} materialized in {time.perf_counter() - started:.1f}s"
-        + ("" if args.no_promote else " and promoted to serving")
+
+def _report_gate_run(run: GateRun, args: argparse.Namespace, *, ok: bool, headline: str) -> int:
+    if getattr(args, "json", False):
+        _print_json(run.to_json())
+    else:
+        print(headline)
+        _print_gates(run)
+        print(
+            f"serving: {run.served_version or 'nothing'}  ({run.seconds:.1f}s, gates {run.gate_seconds:.1f}s)"
+        )
+    return 0 if ok else 1
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import build
+
+    if not args.no_promote:
+        return cmd_migrate(argparse.Namespace(to=args.version, override=[], reason="", json=args.json))
+    run = build(args.version)
+    ok = run.gates_passed
+    return _report_gate_run(
+        run,
+        args,
+        ok=ok,
+        headline=f"{args.version} built beside serving; gates {'passed' if ok else 'BLOCK'}:",
     )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import migrate
+
+    overrides = dict(_parse_override(o) for o in args.override)
+    if overrides and not args.reason.strip():
+        raise ValueError("threshold overrides need --reason; it is recorded in the serving history")
+    run = migrate(args.to, overrides, args.reason)
+    headline = (
+        f"{CHECK} {args.to} promoted to serving"
+        if run.promoted
+        else f"{CROSS} {args.to} blocked; serving is untouched"
+    )
+    return _report_gate_run(run, args, ok=run.promoted, headline=headline)
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import run_gates
+
+    run = run_gates(args.version)
+    ok = run.gates_passed
+    return _report_gate_run(
+        run, args, ok=ok, headline=f"gates on {args.version} as it is now: {'pass' if ok else 'BLOCK'}"
+    )
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import rollback
+
+    moved = rollback()
+    if args.json:
+        _print_json(moved)
+    else:
+        print(
+            f"{CHECK} serving {moved['served_version']} again (rolled back from {moved['previous_version']})"
+        )
     return 0
+
+
+def _parse_override(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--override takes THRESHOLD=VALUE, got {text!r}")
+    return name.strip(), float(value)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -139,14 +213,19 @@ def cmd_build_model(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job on the embedded defaults: seed, build, promote, summarize, answer a sample query."""
-    from embedding_assets.runner import build_index
+    from embedding_assets.runner import migrate
     from embedding_assets.seed import seed_corpus
     from embedding_assets.status import collect_status
 
     started = time.perf_counter()
     if not settings.CORPUS_DIR.exists() or not any(settings.CORPUS_DIR.iterdir()):
         seed_corpus(settings.CORPUS_DIR)
-    build_index(args.version, promote=True)
+    run = migrate(args.version)
+    print(f"\n== gates on {args.version} ==")
+    _print_gates(run)
+    if not run.promoted:
+        print(f"{CROSS} {args.version} was not promoted; serving: {run.served_version or 'nothing'}")
+        return 1
     status = collect_status()
     served = next(v for v in status["versions"] if v["id"] == status["served_version"])
     print("\n== embedding-assets health ==")
@@ -175,14 +254,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=settings.DEFAULT_VERSION)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("materialize", help="build one model version's index (and promote it)")
+    p = sub.add_parser("materialize", help="build one model version's index and gate it (and promote it)")
     p.add_argument("--version", default=settings.DEFAULT_VERSION)
-    p.add_argument("--no-promote", action="store_true", help="build beside the served version only")
+    p.add_argument("--no-promote", action="store_true", help="build and gate beside the served version only")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_materialize)
 
-    p = sub.add_parser("promote", help="point serving at a built version")
+    p = sub.add_parser("promote", help="serve a built version whose gates passed on its latest build")
     p.add_argument("--version", required=True)
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("migrate", help="build a version, run the gates, promote only if they pass")
+    p.add_argument("--to", required=True, help="registered model version to serve")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="THRESHOLD=VALUE",
+        help="override one gate threshold for this migration (e.g. golden_ndcg_margin=0.2); repeatable",
+    )
+    p.add_argument("--reason", default="", help="why the thresholds are overridden (kept in the history)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("checks", help="re-run the gates on a version's index as it is now, no promotion")
+    p.add_argument("--version", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_checks)
+
+    p = sub.add_parser("rollback", help="serve again the state the current one replaced (instant)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("search", help="query the served index")
     p.add_argument("query")

@@ -9,10 +9,11 @@ from embedding_assets.assets.embeddings import embeddings
 from embedding_assets.assets.index import index
 from embedding_assets.assets.model_weights import model_weights
 from embedding_assets.assets.serving import serving_index
-from embedding_assets.checks import count_reconciliation
-from embedding_assets.jobs import build_index_job, check_index_job, promote_job
+from embedding_assets.checks import index_checks
+from embedding_assets.jobs import build_index_job, check_index_job, migrate_job, promote_job, rollback_job
 from embedding_assets.resources import (
     CorpusSourceResource,
+    GoldenSetResource,
     LanceDBResource,
     ModelRegistryResource,
     ServingResource,
@@ -27,10 +28,17 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _golden_path() -> str:
+    """Judged queries: set explicitly, else a BEIR source's own queries, else the shipped golden set."""
+    if _env("EMBEDDING_ASSETS_SOURCE_KIND", "folder") == "beir":
+        return _env("EMBEDDING_ASSETS_GOLDEN_PATH", _env("EMBEDDING_ASSETS_SOURCE_PATH", ""))
+    return str(settings.GOLDEN_DIR)
+
+
 defs = dg.Definitions(
     assets=[corpus, model_weights, chunks, embeddings, index, serving_index],
-    asset_checks=[count_reconciliation],
-    jobs=[build_index_job, promote_job, check_index_job],
+    asset_checks=index_checks,
+    jobs=[build_index_job, promote_job, migrate_job, check_index_job, rollback_job],
     sensors=[model_registry_sensor],
     resources={
         "lancedb": LanceDBResource(uri=_env("EMBEDDING_ASSETS_LANCEDB_URI", str(settings.LANCEDB_DIR))),
@@ -40,5 +48,6 @@ defs = dg.Definitions(
             path=_env("EMBEDDING_ASSETS_SOURCE_PATH", str(settings.CORPUS_DIR)),
         ),
         "serving": ServingResource(folder=str(settings.SERVING_DIR)),
+        "golden_set": GoldenSetResource(path=_golden_path()),
     },
 )

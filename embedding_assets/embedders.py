@@ -104,4 +104,4 @@ def _cached_embedder(version_json: str) -> Embedder:
 
 def embedder_for(version: ModelVersion) -> Embedder:
     """The embedder for `version`, shared within the process; the fingerprint is checked on first use."""
-    return _cached_embedder(version.model_dump_json())
+    return _cached_embedder(version.model_dump_json(exclude={"gates", "description"}))

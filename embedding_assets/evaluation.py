@@ -54,6 +54,14 @@ def load_judged(folder: Path) -> JudgedQueries:
     return JudgedQueries({q: t for q, t in queries.items() if q in qrels}, qrels)
 
 
+def restrict_to(judged: JudgedQueries, doc_ids: set[str]) -> JudgedQueries:
+    """Only judgments of documents in the corpus, and only queries that keep at least one."""
+    qrels = {
+        q: kept for q, rel in judged.qrels.items() if (kept := {d: s for d, s in rel.items() if d in doc_ids})
+    }
+    return JudgedQueries({q: t for q, t in judged.queries.items() if q in qrels}, qrels)
+
+
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
     """Graded nDCG with the exponential gain 2^rel - 1 (as trec_eval and BEIR use)."""
     dcg = sum((2 ** relevant.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
@@ -75,14 +83,24 @@ def rank_documents(hits: list[dict], limit: int) -> list[str]:
     return ranked[:limit]
 
 
+def ranked_documents(
+    searcher: Searcher, queries: list[str], limit: int = 100, *, progress: bool = False
+) -> list[list[str]]:
+    """For each query, the documents of its best chunks, best first."""
+    vectors = searcher.encode_queries(queries)
+    return [
+        rank_documents(searcher.search_vector(vector, limit * CHUNKS_PER_DOCUMENT_RANK, ["doc_id"]), limit)
+        for vector in tqdm(vectors, desc="searching", disable=not progress)
+    ]
+
+
 def evaluate(searcher: Searcher, judged: JudgedQueries, *, progress: bool = True) -> dict:
     """Mean nDCG@10, recall@10 and recall@100 of `searcher` on `judged`."""
     ids = list(judged.queries)
     started = time.perf_counter()
-    vectors = searcher.encode_queries([judged.queries[q] for q in ids])
+    rankings = ranked_documents(searcher, [judged.queries[q] for q in ids], 100, progress=progress)
     totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
-    for qid, vector in tqdm(list(zip(ids, vectors, strict=True)), desc="evaluating", disable=not progress):
-        ranked = rank_documents(searcher.search_vector(vector, 100 * CHUNKS_PER_DOCUMENT_RANK), 100)
+    for qid, ranked in zip(ids, rankings, strict=True):
         relevant = judged.qrels[qid]
         totals["ndcg@10"] += ndcg_at_k(ranked, relevant, 10)
         totals["recall@10"] += recall_at_k(ranked, relevant, 10)

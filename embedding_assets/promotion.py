@@ -14,16 +14,23 @@ def promote(
     version: ModelVersion,
     pointer: ServingPointer,
     *,
+    table_version: int | None = None,
     run_id: str | None = None,
     gates: dict | None = None,
+    overrides: dict | None = None,
 ) -> ServingState:
-    """Serve the index table of `version` as it is now, pinned by a Lance tag on its current version."""
+    """Serve the index table of `version` at `table_version` (default: as it is now), pinned by a Lance tag
+    so that version survives compaction and cleanup; the pointer move is one atomic rename."""
     name = settings.index_table(version.id)
     table = db.open_table(name)
-    table_version = table.version
+    table_version = table.version if table_version is None else table_version
+    current = pointer.current()
+    if current and (current.table, current.table_version) == (name, table_version):
+        return current  # already served exactly this; a second history entry would make rollback a no-op
     tag = f"served-{version.id}-v{table_version}"
     if tag not in table.tags.list():
         table.tags.create(tag, table_version)
+    table.checkout(table_version)
     state = ServingState(
         version=version.id,
         model_fingerprint=version.pinned_fingerprint(),
@@ -34,5 +41,6 @@ def promote(
         rows=table.count_rows(),
         run_id=run_id,
         gates=gates or {},
+        overrides=overrides or {},
     )
-    return pointer.move_to(state)
+    return pointer.promote(state)

@@ -52,6 +52,20 @@ class ChunkingConfig(BaseModel):
     python_by_definition: bool = Field(True, description="split .py files at top-level definitions")
 
 
+class GateThresholds(BaseModel):
+    """What a materialization of this version must show before it may serve (the gates' defaults)."""
+
+    sentinel_count: int = Field(128, ge=100, description="sentinel chunks stored at the first build")
+    sentinel_warn: float = Field(0.005, ge=0, description="p95 cosine distance above which drift warns")
+    sentinel_block: float = Field(0.02, ge=0, description="p95 cosine distance above which drift blocks")
+    stability_queries: int = Field(24, ge=20, description="fixed queries for neighbour stability")
+    stability_warn: float = Field(0.85, ge=0, le=1, description="mean top-10 overlap below which it warns")
+    stability_block: float = Field(0.70, ge=0, le=1, description="mean top-10 overlap below which it blocks")
+    golden_ndcg_floor: float = Field(0.30, ge=0, le=1, description="nDCG@10 on the judged queries")
+    golden_recall_floor: float = Field(0.35, ge=0, le=1, description="recall@10 on the judged queries")
+    golden_ndcg_margin: float = Field(0.02, ge=0, description="largest nDCG@10 drop allowed vs served")
+
+
 class StaticBuild(BaseModel):
     """How the project builds a static model artifact from a pinned base model with model2vec."""
 
@@ -95,6 +109,7 @@ class ModelVersion(BaseModel):
     normalize: bool = True
     max_tokens: int = Field(gt=8, description="model input limit including special tokens")
     chunking: ChunkingConfig = ChunkingConfig()
+    gates: GateThresholds = GateThresholds()
     description: str = ""
 
     @field_validator("id")

@@ -1,4 +1,5 @@
-"""Resources: where LanceDB lives, the registry that pins models, the corpus source, the serving folder."""
+"""Resources: where LanceDB lives, the registry that pins models, the corpus source, the serving folder,
+and the judged queries the quality gates score against."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import lancedb
 from pydantic import Field
 
 from embedding_assets import settings, store
+from embedding_assets.evaluation import JudgedQueries, load_judged
 from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
 from embedding_assets.serving import ServingPointer
 from embedding_assets.sources import BeirSource, FolderSource, source_from
@@ -55,3 +57,16 @@ class ServingResource(dg.ConfigurableResource):
 
     def pointer(self) -> ServingPointer:
         return ServingPointer(Path(self.folder))
+
+
+class GoldenSetResource(dg.ConfigurableResource):
+    """Judged queries in BEIR layout (queries.jsonl plus qrels.tsv or qrels/test.tsv)."""
+
+    path: str = Field(default=str(settings.GOLDEN_DIR), description="folder of the judged queries")
+
+    def judged(self) -> JudgedQueries:
+        return load_judged(Path(self.path))
+
+    def fixed_queries(self) -> list[str]:
+        """The judged queries' texts in file order: the fixed probes of neighbour stability."""
+        return list(self.judged().queries.values())

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from embedding_assets import settings
-from embedding_assets.jobs import BUILD_INDEX_JOB, PROMOTE_JOB
+from embedding_assets.gates.verdict import check_summary
+from embedding_assets.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, PROMOTE_JOB, ROLLBACK_JOB
 from embedding_assets.partitions import model_versions
 from embedding_assets.registry import ModelRegistry, load_registry
+from embedding_assets.serving import ServingPointer
 
 DEFAULT_DAGSTER_HOME = settings.PROJECT_ROOT / ".dagster_home"
 LOCAL_INSTANCE_CONFIG = (
@@ -39,29 +44,144 @@ def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry | None
     return new
 
 
-def run_job(
-    job_name: str, version_id: str, instance: dg.DagsterInstance | None = None
-) -> dg.ExecuteInProcessResult:
-    """Execute `job_name` for one model-version partition; raises with Dagster's error on failure."""
+def project_definitions() -> dg.Definitions:
     from embedding_assets.definitions import defs
 
+    return defs
+
+
+def serving_pointer(defs: dg.Definitions) -> ServingPointer:
+    return defs.resources["serving"].pointer()
+
+
+def run_job(
+    job_name: str,
+    version_id: str | None,
+    instance: dg.DagsterInstance | None = None,
+    *,
+    defs: dg.Definitions | None = None,
+    ops_config: dict | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """Execute `job_name` for one model-version partition (or none); raises on failure unless told not to.
+
+    `defs` defaults to the project's Definitions (resources from the environment); tests pass their own.
+    """
+    defs = defs or project_definitions()
     instance = instance or dagster_instance()
-    registry = load_registry()
-    registry.get(version_id)  # clear error for an unknown or moving version before Dagster starts
-    sync_partitions(instance, registry)
+    partition: dict[str, Any] = {}
+    if version_id is not None:
+        registry = defs.resources["model_registry"].load()
+        registry.get(version_id)  # clear error for an unknown or moving version before Dagster starts
+        sync_partitions(instance, registry)
+        # A checks-only job has no partitions_def of its own, so it takes the partition as a tag.
+        partition = (
+            {"tags": {"dagster/partition": version_id}}
+            if job_name == CHECK_JOB
+            else {"partition_key": version_id}
+        )
     run_config = {
         "loggers": {
             "console": {"config": {"log_level": os.environ.get("EMBEDDING_ASSETS_LOG_LEVEL", "INFO")}}
-        }
+        },
+        **(ops_config or {}),
     }
     return defs.resolve_job_def(job_name).execute_in_process(
-        partition_key=version_id, instance=instance, run_config=run_config
+        instance=instance, run_config=run_config, raise_on_error=raise_on_error, **partition
     )
 
 
-def build_index(version_id: str, *, promote: bool = True) -> list[dg.ExecuteInProcessResult]:
-    """Materialize corpus → chunks → embeddings → index for a version, then promote it unless told not to."""
-    results = [run_job(BUILD_INDEX_JOB, version_id)]
-    if promote:
-        results.append(run_job(PROMOTE_JOB, version_id))
-    return results
+@dataclass
+class GateRun:
+    """What a run that evaluates gates concluded: the checks, whether serving moved, and timings."""
+
+    version: str
+    promoted: bool
+    served_version: str | None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def gates_passed(self) -> bool:
+        return not self.errors and all(c["passed"] or c["severity"] != "ERROR" for c in self.checks)
+
+    @property
+    def gate_seconds(self) -> float:
+        return round(sum(float(c["metadata"].get("seconds", 0)) for c in self.checks), 2)
+
+    def blocking_failures(self) -> list[dict[str, Any]]:
+        return [c for c in self.checks if not c["passed"] and c["severity"] == "ERROR"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promoted,
+            "version": self.version,
+            "served_version": self.served_version,
+            "checks": [{k: c[k] for k in ("name", "passed", "severity", "metadata")} for c in self.checks],
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "gate_seconds": self.gate_seconds,
+        }
+
+
+def _gate_run(
+    version_id: str, result: dg.ExecuteInProcessResult, started: float, pointer: ServingPointer
+) -> GateRun:
+    promoted = any(
+        e.asset_key.to_user_string() == "serving_index" for e in result.get_asset_materialization_events()
+    )
+    checks = [check_summary(e) for e in result.get_asset_check_evaluations()]
+    errors = [
+        f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
+        for e in result.get_step_failure_events()
+        if "DagsterAssetCheckFailedError" not in (e.event_specific_data.error.cls_name or "")
+    ]
+    served = pointer.current()
+    return GateRun(
+        version_id,
+        promoted,
+        served.version if served else None,
+        checks,
+        errors,
+        time.perf_counter() - started,
+    )
+
+
+def _gated_run(job_name: str, version_id: str, ops_config: dict | None = None, **job: Any) -> GateRun:
+    started = time.perf_counter()
+    result = run_job(job_name, version_id, ops_config=ops_config, raise_on_error=False, **job)
+    return _gate_run(version_id, result, started, serving_pointer(job.get("defs") or project_definitions()))
+
+
+def migrate(
+    version_id: str, overrides: dict[str, float] | None = None, reason: str = "", **job: Any
+) -> GateRun:
+    """Build `version_id` beside serving, gate it, and promote it only if every gate passes.
+
+    `job` takes run_job's `defs` and `instance`, for running against other resources.
+    """
+    from embedding_assets.checks import override_run_config
+
+    ops_config = override_run_config(overrides, reason) if overrides else None
+    return _gated_run(MIGRATE_JOB, version_id, ops_config, **job)
+
+
+def run_gates(version_id: str, **job: Any) -> GateRun:
+    """Re-run every gate on the version's index as it is now; serving does not move."""
+    return _gated_run(CHECK_JOB, version_id, **job)
+
+
+def build(version_id: str, **job: Any) -> GateRun:
+    """Materialize corpus → chunks → embeddings → index for a version and run its gates; serving untouched."""
+    return _gated_run(BUILD_INDEX_JOB, version_id, **job)
+
+
+def rollback(**job: Any) -> dict[str, Any]:
+    """Serve the state the current one replaced, through the rollback job so Dagster records it."""
+    return run_job(ROLLBACK_JOB, None, **job).output_for_node("move_pointer_back")
+
+
+def promote_version(version_id: str, **job: Any) -> dg.ExecuteInProcessResult:
+    """Serve a built version, if its gates passed on its latest index build."""
+    return run_job(PROMOTE_JOB, version_id, **job)

@@ -11,7 +11,7 @@ import numpy as np
 from embedding_assets import settings, store
 from embedding_assets.embedders import Embedder, embedder_for
 from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
-from embedding_assets.serving import ServingPointer
+from embedding_assets.serving import ServingPointer, ServingState
 
 HIT_COLUMNS = [
     "doc_id",
@@ -82,9 +82,16 @@ class Searcher:
     def encode_queries(self, queries: list[str]) -> np.ndarray:
         return self.embedder.encode(queries)
 
-    def search_vector(self, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+    def search_vector(
+        self, vector: np.ndarray, k: int, columns: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column)."""
         rows = (
-            self.table.search(vector).metric("cosine").select([*HIT_COLUMNS, "_distance"]).limit(k).to_list()
+            self.table.search(vector)
+            .metric("cosine")
+            .select([*(columns or HIT_COLUMNS), "_distance"])
+            .limit(k)
+            .to_list()
         )
         for row in rows:
             row["score"] = round(1.0 - float(row.pop("_distance")), 6)
@@ -95,13 +102,10 @@ class Searcher:
         return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
 
 
-def served_searcher(
-    db: lancedb.DBConnection | None = None,
-    pointer: ServingPointer | None = None,
-    registry: ModelRegistry | None = None,
+def searcher_for_state(
+    state: ServingState, db: lancedb.DBConnection | None = None, registry: ModelRegistry | None = None
 ) -> Searcher:
-    """A searcher for what the serving pointer names, at the exact Lance table version it pins."""
-    state = (pointer or ServingPointer()).require_current()
+    """A searcher for a serving state: its version's pinned model, at the exact Lance table version."""
     version = (registry or load_registry()).get(state.version)
     if version.pinned_fingerprint() != state.model_fingerprint:
         raise EncoderMismatchError(
@@ -109,6 +113,15 @@ def served_searcher(
             f"but the registry now pins {version.pinned_fingerprint()}; re-materialize and promote it"
         )
     return Searcher(db or store.connect(), version, state.table_version)
+
+
+def served_searcher(
+    db: lancedb.DBConnection | None = None,
+    pointer: ServingPointer | None = None,
+    registry: ModelRegistry | None = None,
+) -> Searcher:
+    """A searcher for what the serving pointer names, at the exact Lance table version it pins."""
+    return searcher_for_state((pointer or ServingPointer()).require_current(), db, registry)
 
 
 def search(query: str, k: int = 10, **kwargs: Any) -> SearchResult:

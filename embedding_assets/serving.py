@@ -33,11 +33,18 @@ class ServingState(BaseModel):
     action: str = Field("promote", description="promote or rollback")
     run_id: str | None = None
     gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
+    overrides: dict = Field(default_factory=dict, description="threshold overrides in force, with reasons")
+    seq: int = Field(0, description="position in the history")
+    supersedes: int | None = Field(None, description="history position of the state this one replaced")
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class NothingServedError(RuntimeError):
     """No version has been promoted yet."""
+
+
+class NothingToRollBackError(RuntimeError):
+    """The served state replaced nothing, so there is nowhere to go back to."""
 
 
 class ServingPointer:
@@ -68,12 +75,47 @@ class ServingPointer:
     def history(self) -> list[ServingState]:
         if not self.history_path.exists():
             return []
-        lines = self.history_path.read_text().splitlines()
-        return [ServingState.model_validate_json(line) for line in lines if line.strip()]
+        lines = [line for line in self.history_path.read_text().splitlines() if line.strip()]
+        return [
+            ServingState.model_validate_json(line).model_copy(update={"seq": i})
+            for i, line in enumerate(lines)
+        ]
+
+    def previous(self) -> ServingState | None:
+        """The state the served one replaced: where a rollback goes."""
+        current = self.current()
+        if current is None or current.supersedes is None:
+            return None
+        return self.history()[current.supersedes]
+
+    def promote(self, state: ServingState) -> ServingState:
+        """Serve `state`, remembering the state it replaces."""
+        current = self.current()
+        return self.move_to(state.model_copy(update={"supersedes": current.seq if current else None}))
+
+    def rollback(self, run_id: str | None = None) -> tuple[ServingState, ServingState]:
+        """Serve again the state the current one replaced; return (now served, rolled back from).
+
+        Repeated rollbacks walk further back through the promotions, not back and forth.
+        """
+        current = self.require_current()
+        target = self.previous()
+        if target is None:
+            raise NothingToRollBackError(f"{current.version} (history #{current.seq}) replaced nothing")
+        state = target.model_copy(
+            update={
+                "action": "rollback",
+                "run_id": run_id,
+                "at": datetime.now(UTC),
+                "supersedes": target.supersedes,
+            }
+        )
+        return self.move_to(state), current
 
     def move_to(self, state: ServingState) -> ServingState:
         """Atomically point at `state` and append it to the history."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        state = state.model_copy(update={"seq": len(self.history())})
         with open(self.history_path, "a", encoding="utf-8") as f:
             f.write(state.model_dump_json() + "\n")
             f.flush()

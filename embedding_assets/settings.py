@@ -13,7 +13,8 @@ LANCEDB_DIR = DATA_DIR / "lancedb"
 MODELS_DIR = DATA_DIR / "models"
 SCRATCH_DIR = DATA_DIR / "scratch"
 SERVING_DIR = DATA_DIR / "serving"
-GOLDEN_DIR = DATA_DIR / "golden"
+# The shipped judged queries live in the repository, wherever the working data goes.
+GOLDEN_DIR = Path(os.environ.get("EMBEDDING_ASSETS_GOLDEN_PATH", PROJECT_ROOT / "data" / "golden"))
 REGISTRY_PATH = Path(os.environ.get("EMBEDDING_ASSETS_REGISTRY", PROJECT_ROOT / "model_registry.yaml"))
 
 DEFAULT_VERSION = "minilm-l6-v2"
@@ -23,6 +24,7 @@ DOCUMENTS_TABLE = "documents"
 CHUNKS_TABLE_PREFIX = "chunks__"
 INDEX_TABLE_PREFIX = "index__"
 CACHE_TABLE_PREFIX = "embedding_cache__"
+SENTINELS_TABLE_PREFIX = "sentinels__"
 
 CORPUS_SUFFIXES = (".md", ".txt", ".rst", ".py")
 
@@ -37,3 +39,7 @@ def index_table(version: str) -> str:
 
 def cache_table(encoder_key: str) -> str:
     return f"{CACHE_TABLE_PREFIX}{encoder_key[:16]}"
+
+
+def sentinels_table(version: str) -> str:
+    return f"{SENTINELS_TABLE_PREFIX}{version}"

@@ -15,17 +15,20 @@ def _rows(db, name: str) -> int:
 
 
 def collect_status(pointer: ServingPointer | None = None) -> dict[str, Any]:
-    """`served_version`, `served_fingerprint`, `documents`, and per version its state, chunks and rows."""
+    """`served_version`, `served_fingerprint`, `documents`, and per version its state, chunks and rows.
+
+    States: served (the pointer names it), previous (where a rollback would go), candidate (built, not
+    served), registered (pinned, nothing built)."""
     db = store.connect()
     pointer = pointer or ServingPointer()
     served = pointer.current()
-    earlier = [s.version for s in pointer.history()[:-1] if served is None or s.version != served.version]
+    previous = pointer.previous()
     versions = []
     for version in load_registry().versions:
         rows = _rows(db, settings.index_table(version.id))
         if served and version.id == served.version:
             state = "served"
-        elif earlier and version.id == earlier[-1]:
+        elif previous and version.id == previous.version:
             state = "previous"
         elif rows:
             state = "candidate"

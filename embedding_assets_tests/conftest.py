@@ -55,3 +55,13 @@ def small_corpus(full_corpus: Path, tmp_path_factory: pytest.TempPathFactory) ->
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
     return root
+
+
+@pytest.fixture(scope="session")
+def built_project(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory, minilm_embedder: Embedder):
+    """The small corpus built once with MiniLM (not served); tests work on copies, never re-embedding it."""
+    from embedding_assets_tests.project import BUILD, Project
+
+    project = Project(tmp_path_factory.mktemp("built"), small_corpus)
+    project.first = project.materialize(BUILD)
+    return project

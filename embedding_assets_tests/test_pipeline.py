@@ -1,33 +1,18 @@
 """End to end on a real corpus: the real MiniLM model, LanceDB on disk, an ephemeral Dagster instance."""
 
-import shutil
-from pathlib import Path
-
 import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from embedding_assets import settings, store
-from embedding_assets.assets.chunks import chunks
+from embedding_assets import settings
 from embedding_assets.assets.corpus import corpus
-from embedding_assets.assets.embeddings import embeddings
 from embedding_assets.assets.index import index
-from embedding_assets.assets.model_weights import model_weights
-from embedding_assets.assets.serving import serving_index
 from embedding_assets.checks import COUNT_RECONCILIATION, count_reconciliation
 from embedding_assets.jobs import CHECK_JOB, check_index_job
-from embedding_assets.partitions import model_versions
-from embedding_assets.resources import (
-    CorpusSourceResource,
-    LanceDBResource,
-    ModelRegistryResource,
-    ServingResource,
-)
 from embedding_assets.search import served_searcher
-from embedding_assets.serving import ServingPointer
+from embedding_assets_tests.project import BUILD, Project
 
 pytestmark = pytest.mark.slow
-BUILD = [corpus, model_weights, chunks, embeddings, index]
 PROVENANCE = [
     "doc_id",
     "source_uri",
@@ -45,49 +30,10 @@ PROVENANCE = [
 ]
 
 
-class Project:
-    """A corpus folder, a LanceDB database and a serving folder under one temp dir, run through Dagster."""
-
-    def __init__(self, root: Path, corpus: Path):
-        self.corpus = root / "corpus"
-        shutil.copytree(corpus, self.corpus)
-        self.db_uri = root / "lancedb"
-        self.pointer = ServingPointer(root / "serving")
-        self.instance = dg.DagsterInstance.ephemeral()
-        self.instance.add_dynamic_partitions(model_versions.name, [settings.DEFAULT_VERSION])
-        self.resources = {
-            "lancedb": LanceDBResource(uri=str(self.db_uri)),
-            "model_registry": ModelRegistryResource(),
-            "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
-            "serving": ServingResource(folder=str(self.pointer.folder)),
-        }
-
-    def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
-        partitioned = assets != [corpus]  # every other asset and check is per model version
-        return dg.materialize(
-            assets,
-            partition_key=version if partitioned else None,
-            instance=self.instance,
-            resources=self.resources,
-        )
-
-    def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
-        [event] = [
-            e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset
-        ]
-        return {k: v.value for k, v in event.materialization.metadata.items()}
-
-    def db(self):
-        return store.connect(self.db_uri)
-
-    def index_rows(self):
-        return self.db().open_table(settings.index_table(settings.DEFAULT_VERSION)).to_arrow()
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, small_corpus) -> Project:
-    project = Project(tmp_path_factory.mktemp("project"), small_corpus)
-    project.first = project.materialize(BUILD)
+def project(built_project, tmp_path_factory) -> Project:
+    project = built_project.copy(tmp_path_factory.mktemp("pipeline"))
+    project.first = built_project.first
     return project
 
 
@@ -118,7 +64,8 @@ def test_rerun_is_idempotent_and_embeds_nothing(project):
 
 
 def test_promoted_search_returns_provenance(project):
-    project.materialize([serving_index])
+    migration = project.migrate(settings.DEFAULT_VERSION)
+    assert migration.promoted, migration.to_json()
     searcher = served_searcher(project.db(), project.pointer)
     result = searcher.search("how do I parse command line options", 5)
     assert result.model_version == settings.DEFAULT_VERSION
@@ -195,7 +142,6 @@ def test_cli_search_and_status_speak_json(project, monkeypatch, capsys):
 
 def test_static_version_is_built_reproducibly_and_indexed(project, registry):
     static = next(v for v in registry.versions if v.loader == "model2vec")
-    project.instance.add_dynamic_partitions(model_versions.name, [static.id])
     result = project.materialize(BUILD, version=static.id)
     weights = project.metadata(result, "model_weights")
     assert weights["model_fingerprint"] == static.fingerprint  # rebuilt here, same bytes as pinned

@@ -6,6 +6,7 @@ import dagster as dg
 
 from embedding_assets import settings
 from embedding_assets.assets.embeddings import embeddings
+from embedding_assets.gates.sentinels import ensure_sentinels
 from embedding_assets.partitions import model_versions
 from embedding_assets.pipeline.index import sync_index
 from embedding_assets.resources import LanceDBResource, ModelRegistryResource
@@ -18,7 +19,11 @@ def index(
     """Per chunk: vector plus provenance (doc, checksum, chunk hash, fingerprint, config hash, times)."""
     version = model_registry.version(context.partition_key)
     started = time.perf_counter()
-    sync = sync_index(lancedb.connect(), version)
+    db = lancedb.connect()
+    sync = sync_index(db, version)
+    sentinels, created = ensure_sentinels(db, version)
+    if created:
+        context.log.info(f"stored {sentinels} sentinel chunks with their vectors for {version.id}")
     return dg.MaterializeResult(
         metadata={
             "model_version": version.id,
@@ -31,5 +36,6 @@ def index(
             "rows_deleted": sync.rows_deleted,
             "seconds": round(time.perf_counter() - started, 2),
             "lance_table_version": sync.table_version,
+            "sentinels": sentinels,
         }
     )

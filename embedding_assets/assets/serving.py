@@ -3,6 +3,8 @@
 import dagster as dg
 
 from embedding_assets.assets.index import index
+from embedding_assets.checks import GATES
+from embedding_assets.gates.verdict import latest_verdict
 from embedding_assets.partitions import model_versions
 from embedding_assets.promotion import promote
 from embedding_assets.resources import LanceDBResource, ModelRegistryResource, ServingResource
@@ -15,11 +17,23 @@ def serving_index(
     model_registry: ModelRegistryResource,
     serving: ServingResource,
 ) -> dg.MaterializeResult:
-    """The served model version, pinned to a tagged Lance table version; every move is kept in history."""
+    """The served model version, pinned to the Lance table version its gates judged; history kept."""
+    verdict = latest_verdict(context.instance, context.partition_key, GATES)
+    if not verdict.passed:
+        raise dg.Failure(
+            description=f"{context.partition_key} is blocked from serving: " + "; ".join(verdict.blockers),
+            metadata={"blockers": verdict.blockers},
+        )
     pointer = serving.pointer()
     previous = pointer.current()
     state = promote(
-        lancedb.connect(), model_registry.version(context.partition_key), pointer, run_id=context.run_id
+        lancedb.connect(),
+        model_registry.version(context.partition_key),
+        pointer,
+        table_version=verdict.table_version,
+        run_id=context.run_id,
+        gates=verdict.history_record(),
+        overrides=verdict.overrides(),
     )
     return dg.MaterializeResult(
         metadata={
@@ -29,6 +43,27 @@ def serving_index(
             "lance_table_version": state.table_version,
             "rows": state.rows,
             "previous_version": previous.version if previous else "none",
-            "history_entries": len(pointer.history()),
+            "history_entries": state.seq + 1,
+            "gates_passed": len(verdict.checks),
+            "overrides": verdict.overrides(),
         }
     )
+
+
+@dg.op(description="Serve again the state the current one replaced; instant, nothing is rebuilt.")
+def move_pointer_back(context: dg.OpExecutionContext, serving: ServingResource) -> dict:
+    """Move the pointer back one promotion and record it as a serving_index materialization."""
+    now, rolled_back_from = serving.pointer().rollback(run_id=context.run_id)
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=serving_index.key,
+            partition=now.version,
+            metadata={
+                "served_version": now.version,
+                "lance_table_version": now.table_version,
+                "lance_tag": now.lance_tag,
+                "rolled_back_from": f"{rolled_back_from.version} (table v{rolled_back_from.table_version})",
+            },
+        )
+    )
+    return {"served_version": now.version, "previous_version": rolled_back_from.version}

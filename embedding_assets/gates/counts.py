@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import lancedb
 
 from embedding_assets import settings, store
+from embedding_assets.gates.outcome import GateOutcome
 from embedding_assets.pipeline.index import PROVENANCE_KEYS
 from embedding_assets.registry import ModelVersion
 
@@ -62,3 +63,26 @@ def reconcile(db: lancedb.DBConnection, version: ModelVersion) -> Reconciliation
         "foreign_pipeline_hash": [r["chunk_id"] for r in records if r["pipeline_config_hash"] != config_hash],
     }
     return result
+
+
+def count_gate(db: lancedb.DBConnection, version: ModelVersion) -> GateOutcome:
+    """Block on any disagreement between manifest, chunks and rows."""
+    result = reconcile(db, version)
+    found = {kind: n for kind, n in result.counts().items() if n}
+    summary = (
+        f"{result.documents} documents, {result.chunks} chunks, {result.rows} rows reconcile"
+        if result.passed
+        else "; ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in found.items())
+    )
+    return GateOutcome(
+        "pass" if result.passed else "block",
+        summary,
+        {
+            "documents": result.documents,
+            "chunks": result.chunks,
+            "rows": result.rows,
+            **result.counts(),
+            "examples": result.examples(),
+            "threshold": "every count of problems must be 0",
+        },
+    )

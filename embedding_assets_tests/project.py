@@ -1,0 +1,98 @@
+"""A test deployment: corpus folder, LanceDB database and serving folder under one temp dir, run through
+the project's real assets, checks and jobs on an ephemeral Dagster instance."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from embedding_assets import runner, settings, store
+from embedding_assets.assets.chunks import chunks
+from embedding_assets.assets.corpus import corpus
+from embedding_assets.assets.embeddings import embeddings
+from embedding_assets.assets.index import index
+from embedding_assets.assets.model_weights import model_weights
+from embedding_assets.assets.serving import serving_index
+from embedding_assets.checks import index_checks
+from embedding_assets.jobs import build_index_job, check_index_job, migrate_job, promote_job, rollback_job
+from embedding_assets.partitions import model_versions
+from embedding_assets.registry import load_registry
+from embedding_assets.resources import (
+    CorpusSourceResource,
+    GoldenSetResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
+from embedding_assets.serving import ServingPointer
+
+BUILD = [corpus, model_weights, chunks, embeddings, index]
+
+
+class Project:
+    """A deployment under `root`: a copy of `corpus_dir`, and of `db` and `serving` when given (so vectors
+    already computed are reused, never re-encoded)."""
+
+    def __init__(self, root: Path, corpus_dir: Path, db: Path | None = None, serving: Path | None = None):
+        self.root = root
+        self.corpus = root / "corpus"
+        shutil.copytree(corpus_dir, self.corpus)
+        self.db_uri = root / "lancedb"
+        if db is not None:
+            shutil.copytree(db, self.db_uri)
+        self.pointer = ServingPointer(root / "serving")
+        if serving is not None and serving.exists():
+            shutil.copytree(serving, self.pointer.folder)
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.instance.add_dynamic_partitions(model_versions.name, load_registry().ids)
+        self.resources = {
+            "lancedb": LanceDBResource(uri=str(self.db_uri)),
+            "model_registry": ModelRegistryResource(),
+            "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
+            "serving": ServingResource(folder=str(self.pointer.folder)),
+            "golden_set": GoldenSetResource(path=str(settings.GOLDEN_DIR)),
+        }
+        self.defs = dg.Definitions(
+            assets=[*BUILD, serving_index],
+            asset_checks=index_checks,
+            jobs=[build_index_job, promote_job, migrate_job, check_index_job, rollback_job],
+            resources=self.resources,
+        )
+
+    def copy(self, root: Path) -> Project:
+        """A new deployment with this one's files and a fresh instance: no vector is computed twice."""
+        return Project(root, self.corpus, self.db_uri, self.pointer.folder)
+
+    def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
+        partitioned = assets != [corpus]  # every other asset and check is per model version
+        return dg.materialize(
+            assets,
+            partition_key=version if partitioned else None,
+            instance=self.instance,
+            resources=self.resources,
+        )
+
+    def job(self) -> dict[str, Any]:
+        """Keyword arguments that point the runner's functions at this deployment."""
+        return {"defs": self.defs, "instance": self.instance}
+
+    def migrate(self, version: str, **kwargs: Any) -> runner.GateRun:
+        return runner.migrate(version, **kwargs, **self.job())
+
+    def gates(self, version: str = settings.DEFAULT_VERSION) -> runner.GateRun:
+        return runner.run_gates(version, **self.job())
+
+    def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
+        [event] = [
+            e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset
+        ]
+        return {k: v.value for k, v in event.materialization.metadata.items()}
+
+    def db(self):
+        return store.connect(self.db_uri)
+
+    def index_rows(self, version: str = settings.DEFAULT_VERSION):
+        return self.db().open_table(settings.index_table(version)).to_arrow()

@@ -1,0 +1,234 @@
+"""The data-quality gate with real great-expectations, on small hand-built tables and a tmp LanceDB."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedding_assets import settings, store
+from embedding_assets.chunking import SPECIAL_TOKENS
+from embedding_assets.gates.data_quality import DataQualityReport, check_version_data_quality
+from embedding_assets.gates.data_quality import validate_data_quality as validate
+from embedding_assets.registry import ModelVersion
+
+DIM = 8
+MAX_TOKENS = 32
+SENTENCES = [
+    "The argparse module makes it easy to write user-friendly command-line interfaces.",
+    "A for statement iterates over the items of any sequence, in the order they appear.",
+    "The try statement specifies exception handlers and cleanup code for a group of statements.",
+    "JSON is a lightweight data interchange format inspired by JavaScript object literal syntax.",
+    "The csv module implements classes to read and write tabular data in CSV format.",
+    "The shlex class makes it easy to write lexical analyzers for simple shell-like syntaxes.",
+]
+IDS = [f"library/doc{i}.md#{i % 2}" for i in range(len(SENTENCES))]
+Rows = dict[str, list]
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clean() -> tuple[Rows, Rows]:
+    """Six sound chunks with unit vectors; the first sits exactly at the model's content-token limit."""
+    tokens = [MAX_TOKENS - SPECIAL_TOKENS] + [len(s.split()) for s in SENTENCES[1:]]
+    chunks = {"chunk_id": list(IDS), "text": list(SENTENCES), "token_count": tokens}
+    rows = {"chunk_id": list(IDS), "vector": [v.tolist() for v in unit_vectors(len(IDS), DIM)]}
+    return chunks, rows
+
+
+def run(chunks: Rows, rows: Rows, normalize: bool = True) -> DataQualityReport:
+    """Validate, with vectors as a plain list<float32> column so a damaged row may differ in length."""
+    chunk_table = pa.table(
+        {
+            "chunk_id": pa.array(chunks["chunk_id"], pa.string()),
+            "text": pa.array(chunks["text"], pa.string()),
+            "token_count": pa.array(chunks["token_count"], pa.int32()),
+        }
+    )
+    row_table = pa.table(
+        {
+            "chunk_id": pa.array(rows["chunk_id"], pa.string()),
+            "vector": pa.array(rows["vector"], pa.list_(pa.float32())),
+        }
+    )
+    return validate(chunk_table, row_table, dimension=DIM, max_tokens=MAX_TOKENS, normalize=normalize)
+
+
+def failing(report: DataQualityReport) -> set[tuple[str, str, str]]:
+    return {(o.suite, o.expectation, o.column) for o in report.failures()}
+
+
+def set_value(table: str, column: str, index: int, value: object) -> Callable[[Rows, Rows], None]:
+    def damage(chunks: Rows, rows: Rows) -> None:
+        (chunks if table == "chunks" else rows)[column][index] = value
+
+    return damage
+
+
+def scaled(index: int, factor: float) -> Callable[[Rows, Rows], None]:
+    def damage(chunks: Rows, rows: Rows) -> None:
+        rows["vector"][index] = [x * factor for x in rows["vector"][index]]
+
+    return damage
+
+
+def test_clean_tables_pass() -> None:
+    report = run(*clean())
+    assert report.passed, report.table()
+    assert (report.chunks, report.rows) == (len(IDS), len(IDS))
+    assert {o.suite for o in report.outcomes} == {"chunks", "vectors"}
+    token_bound = next(o for o in report.outcomes if o.column == "token_count" and "min_value" in o.kwargs)
+    assert token_bound.kwargs["max_value"] == MAX_TOKENS - SPECIAL_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("damage", "expectation", "offenders"),
+    [
+        (
+            set_value("chunks", "chunk_id", 3, IDS[2]),
+            ("chunks", "expect_column_values_to_be_unique", "chunk_id"),
+            [IDS[2]],
+        ),
+        (
+            set_value("rows", "chunk_id", 4, IDS[1]),
+            ("vectors", "expect_column_values_to_be_unique", "chunk_id"),
+            [IDS[1]],
+        ),
+        (
+            set_value("chunks", "text", 1, ""),
+            ("chunks", "expect_column_values_to_be_between", "text_stripped_length"),
+            [IDS[1]],
+        ),
+        (
+            set_value("chunks", "text", 5, " \n\t "),
+            ("chunks", "expect_column_values_to_be_between", "text_stripped_length"),
+            [IDS[5]],
+        ),
+        (
+            set_value("chunks", "token_count", 2, MAX_TOKENS - SPECIAL_TOKENS + 1),
+            ("chunks", "expect_column_values_to_be_between", "token_count"),
+            [IDS[2]],
+        ),
+        (
+            set_value("rows", "vector", 3, [float("nan")] + unit_vectors(1, DIM - 1).ravel().tolist()),
+            ("vectors", "expect_column_values_to_be_in_set", "vector_finite"),
+            [IDS[3]],
+        ),
+        (
+            set_value("rows", "vector", 2, unit_vectors(1, DIM - 1).ravel().tolist()),
+            ("vectors", "expect_column_values_to_be_between", "vector_dimension"),
+            [IDS[2]],
+        ),
+        (scaled(4, 1.5), ("vectors", "expect_column_values_to_be_between", "vector_norm"), [IDS[4]]),
+    ],
+    ids=[
+        "duplicate-chunk-id",
+        "duplicate-row-id",
+        "empty-text",
+        "whitespace-text",
+        "token-count-over-limit",
+        "nan-in-vector",
+        "wrong-dimension",
+        "not-unit-norm",
+    ],
+)
+def test_each_damage_fails_only_its_expectation(
+    damage: Callable[[Rows, Rows], None], expectation: tuple[str, str, str], offenders: list[str]
+) -> None:
+    chunks, rows = clean()
+    damage(chunks, rows)
+    report = run(chunks, rows)
+    assert failing(report) == {expectation}, report.table()
+    (failure,) = report.failures()
+    rows_with_offenders = (chunks if failure.suite == "chunks" else rows)["chunk_id"].count(offenders[0])
+    assert failure.observed["unexpected_count"] == rows_with_offenders  # both copies of a duplicate
+    assert failure.observed["partial_unexpected_list"] == offenders
+    json.dumps([o.observed for o in report.outcomes] + [o.kwargs for o in report.outcomes])
+
+
+@pytest.mark.parametrize(
+    ("damage", "normalize", "passed"),
+    [
+        (scaled(0, 3.0), True, False),
+        (scaled(0, 3.0), False, True),
+        (scaled(0, 0.0), False, False),
+    ],
+    ids=["long-vector-normalized", "long-vector-not-normalized", "zero-vector-not-normalized"],
+)
+def test_norm_bound_follows_normalize(
+    damage: Callable[[Rows, Rows], None], normalize: bool, passed: bool
+) -> None:
+    chunks, rows = clean()
+    damage(chunks, rows)
+    report = run(chunks, rows, normalize=normalize)
+    assert report.passed is passed
+    assert {o.column for o in report.failures()} <= {"vector_norm"}
+
+
+def test_offenders_are_capped_at_five() -> None:
+    chunks, rows = clean()
+    chunks["text"] = ["   "] * len(IDS)
+    (failure,) = run(chunks, rows).failures()
+    assert failure.observed["unexpected_count"] == len(IDS)
+    assert failure.observed["partial_unexpected_list"] == IDS[:5]
+
+
+def test_empty_tables_fail_on_row_count() -> None:
+    report = run({"chunk_id": [], "text": [], "token_count": []}, {"chunk_id": [], "vector": []})
+    assert failing(report) == {
+        ("chunks", "expect_table_row_count_to_be_between", ""),
+        ("vectors", "expect_table_row_count_to_be_between", ""),
+    }
+    assert all(o.observed["observed_value"] == 0 for o in report.failures())
+    assert "**no**" in report.table()
+
+
+def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelVersion) -> None:
+    db = lancedb.connect(tmp_path)
+    missing = check_version_data_quality(db, minilm)
+    assert {o.expectation for o in missing.failures()} == {"expect_table_row_count_to_be_between"}
+
+    now = datetime.now(UTC)
+    chunk_records = [
+        {
+            "chunk_id": cid,
+            "doc_id": cid.split("#")[0],
+            "source_uri": f"file:///{cid.split('#')[0]}",
+            "doc_checksum": "c0ffee",
+            "chunk_ordinal": int(cid.split("#")[1]),
+            "chunk_hash": f"h{i}",
+            "text": text,
+            "char_start": 0,
+            "char_end": len(text),
+            "token_count": len(text.split()),
+            "pipeline_config_hash": "p",
+        }
+        for i, (cid, text) in enumerate(zip(IDS, SENTENCES, strict=True))
+    ]
+    vectors = unit_vectors(len(IDS), minilm.dimension)
+    vectors[2] *= 2.0
+    provenance = {"model_version": minilm.id, "model_fingerprint": minilm.fingerprint}
+    index_records = [
+        {**c, **provenance, "embedded_at": now, "indexed_at": now, "vector": v.tolist()}
+        for c, v in zip(chunk_records, vectors, strict=True)
+    ]
+    db.create_table(
+        settings.chunks_table(minilm.id), pa.Table.from_pylist(chunk_records, schema=store.CHUNKS_SCHEMA)
+    )
+    index_schema = store.index_schema(minilm.dimension)
+    db.create_table(settings.index_table(minilm.id), pa.Table.from_pylist(index_records, schema=index_schema))
+
+    report = check_version_data_quality(db, minilm)
+    assert (report.chunks, report.rows) == (len(IDS), len(IDS))
+    assert failing(report) == {("vectors", "expect_column_values_to_be_between", "vector_norm")}
+    assert report.failures()[0].observed["partial_unexpected_list"] == [IDS[2]]
+    assert report.failures()[0].kwargs == {"min_value": 0.999, "max_value": 1.001}
