@@ -86,7 +86,7 @@ def cosine_distances(stored: np.ndarray, current: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(current, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         distances = 1.0 - np.einsum("ij,ij->i", stored, current) / norms
-    return np.where(np.isfinite(distances), distances, 2.0)
+    return np.clip(np.where(np.isfinite(distances), distances, 2.0), 0.0, 2.0)
 
 
 def sentinel_drift(

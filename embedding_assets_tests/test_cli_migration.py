@@ -1,0 +1,80 @@
+"""The migration commands a script depends on, run through `main` on the project's own Definitions and a
+SQLite Dagster instance: migrate, checks, status, rollback and their JSON shapes and exit codes."""
+
+import json
+import shutil
+
+import pytest
+
+from embedding_assets import settings
+from embedding_assets.checks import GATES, GOLDEN_QUALITY
+from embedding_assets.cli import main
+
+pytestmark = pytest.mark.slow
+MINILM = settings.DEFAULT_VERSION
+QUERY = "how do I read a csv file with a header row"
+
+
+@pytest.fixture(scope="module")
+def cli(built_project, registry, tmp_path_factory):
+    """The CLI's data folders filled from the built project (its vectors are reused, not re-encoded)."""
+    if settings.LANCEDB_DIR.exists() or settings.SERVING_DIR.exists():
+        pytest.fail(f"{settings.DATA_DIR} already holds a deployment; this module needs a clean one")
+    shutil.copytree(built_project.corpus, settings.CORPUS_DIR, dirs_exist_ok=True)
+    shutil.copytree(built_project.db_uri, settings.LANCEDB_DIR)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
+        patch.setenv("EMBEDDING_ASSETS_LOG_LEVEL", "WARNING")
+        yield next(v.id for v in registry.versions if v.loader == "model2vec")
+
+
+def run(capsys, *argv: str) -> tuple[int, dict, str]:
+    """Exit code, JSON output and stderr of one command."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out) if captured.out.strip().startswith("{") else {}, captured.err
+
+
+def _states(capsys) -> dict[str, str]:
+    code, status, _ = run(capsys, "status", "--json")
+    assert code == 0 and all({"id", "state", "rows"} <= set(v) for v in status["versions"])
+    return {v["id"]: v["state"] for v in status["versions"]}
+
+
+def test_migrate_rollback_round_trip(cli, capsys):
+    static = cli
+    code, first, _ = run(capsys, "migrate", "--to", MINILM, "--json")
+    assert code == 0 and first["promoted"] and first["served_version"] == MINILM
+    assert [c["name"] for c in first["checks"]] and {c["name"] for c in first["checks"]} == set(GATES)
+    assert all({"name", "passed", "severity", "metadata"} == set(c) for c in first["checks"])
+    _, served_before, _ = run(capsys, "search", QUERY, "--json")
+
+    code, blocked, _ = run(capsys, "migrate", "--to", static, "--json")
+    assert code == 1 and not blocked["promoted"] and blocked["served_version"] == MINILM
+    failing = [c for c in blocked["checks"] if not c["passed"]]
+    assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
+    assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
+    assert _states(capsys) == {MINILM: "served", static: "candidate"}
+
+    code, _, err = run(capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--json")
+    assert code == 2 and "--reason" in err
+
+    code, promoted, _ = run(
+        capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--reason", "cost", "--json"
+    )
+    assert code == 0 and promoted["promoted"] and promoted["served_version"] == static
+    assert _states(capsys) == {MINILM: "previous", static: "served"}
+
+    code, rolled, _ = run(capsys, "rollback", "--json")
+    assert code == 0 and rolled == {"served_version": MINILM, "previous_version": static}
+    _, served_after, _ = run(capsys, "search", QUERY, "--json")
+    assert served_after == served_before
+
+    code, gates, _ = run(capsys, "checks", "--version", static, "--json")
+    assert code == 1 and not gates["promoted"] and {c["name"] for c in gates["checks"]} == set(GATES)
+
+
+def test_rollback_with_nothing_before_is_a_clear_error(cli, capsys):
+    """After the round trip, MiniLM's first promotion replaced nothing: no further way back."""
+    assert main(["rollback", "--json"]) == 2
+    assert "replaced nothing" in capsys.readouterr().err
