@@ -30,7 +30,7 @@ from embedding_assets.resources import (
     ModelRegistryResource,
     ServingResource,
 )
-from embedding_assets.search import EncoderMismatchError
+from embedding_assets.search import EncoderMismatchError, ServedStateMissingError
 from embedding_assets.serving import ServingPointer
 
 COUNT_RECONCILIATION = "count_reconciliation"
@@ -51,6 +51,7 @@ GATE_REFUSALS = (
     EncoderMismatchError,
     MissingEmbeddingsError,
     ModelRegistryError,
+    ServedStateMissingError,
     FileNotFoundError,
 )
 

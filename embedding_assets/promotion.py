@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lancedb
 
-from embedding_assets import settings
+from embedding_assets import settings, store
 from embedding_assets.registry import ModelVersion
 from embedding_assets.serving import ServingPointer, ServingState
 
@@ -37,6 +37,7 @@ def promote(
         pipeline_config_hash=version.pipeline_config_hash(),
         table=name,
         table_version=table_version,
+        table_committed_at=store.version_committed_at(table, table_version),
         lance_tag=tag,
         rows=table.count_rows(),
         run_id=run_id,

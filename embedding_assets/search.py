@@ -33,6 +33,10 @@ class EncoderMismatchError(RuntimeError):
     """The query encoder is not the model that produced the table's vectors."""
 
 
+class ServedStateMissingError(RuntimeError):
+    """The table version a serving state names no longer exists as it was served."""
+
+
 @dataclass(frozen=True)
 class SearchResult:
     model_version: str
@@ -112,7 +116,17 @@ def searcher_for_state(
             f"served version {state.version!r} was built with {state.model_fingerprint}, "
             f"but the registry now pins {version.pinned_fingerprint()}; re-materialize and promote it"
         )
-    return Searcher(db or store.connect(), version, state.table_version)
+    try:
+        searcher = Searcher(db or store.connect(), version, state.table_version)
+    except (ValueError, OSError) as exc:  # Lance cannot check out that version any more
+        raise ServedStateMissingError(f"{state.table} v{state.table_version} is gone: {exc}") from exc
+    committed = store.version_committed_at(searcher.table, state.table_version)
+    if state.table_committed_at is not None and committed != state.table_committed_at:
+        raise ServedStateMissingError(
+            f"{state.table} v{state.table_version} was committed at {committed}, but the state served "
+            f"was committed at {state.table_committed_at}: the table was recreated since"
+        )
+    return searcher
 
 
 def served_searcher(

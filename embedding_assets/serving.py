@@ -28,6 +28,7 @@ class ServingState(BaseModel):
     pipeline_config_hash: str
     table: str
     table_version: int
+    table_committed_at: datetime | None = Field(None, description="commit time of that table version")
     lance_tag: str
     rows: int
     action: str = Field("promote", description="promote or rollback")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import lancedb
@@ -145,6 +146,12 @@ def delete_keys(table: lancedb.table.Table, key: str, values: Iterable[str]) -> 
         batch = values[start : start + IN_LIST_BATCH]
         table.delete(f"{key} IN ({', '.join(sql_literal(v) for v in batch)})")
     return before - table.count_rows()
+
+
+def version_committed_at(table: lancedb.table.Table, version: int) -> datetime | None:
+    """When `version` of the table was committed: with the number, it identifies a table state even if
+    the table was dropped and recreated (version numbers restart, timestamps do not)."""
+    return next((v["timestamp"] for v in table.list_versions() if v["version"] == version), None)
 
 
 def sql_literal(value: str) -> str:

@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from embedding_assets import checks, runner, settings
+from embedding_assets import checks, runner, settings, store
 from embedding_assets.checks import (
     COUNT_RECONCILIATION,
     GATES,
@@ -15,7 +15,12 @@ from embedding_assets.checks import (
 )
 from embedding_assets.gates.sentinels import sentinel_drift
 from embedding_assets.registry import FingerprintMismatchError, WeightsSource
-from embedding_assets.search import EncoderMismatchError, Searcher, searcher_for_state
+from embedding_assets.search import (
+    EncoderMismatchError,
+    Searcher,
+    ServedStateMissingError,
+    searcher_for_state,
+)
 from embedding_assets_tests.altered_encoders import (
     int8_onnx_encoder,
     noisy_weights_encoder,
@@ -164,3 +169,15 @@ def test_a_chunking_change_behind_the_same_version_moves_neighbours(served, stat
     overlap = stability["metadata"]["mean_top10_overlap"]
     assert not stability["passed"] and overlap < stability["metadata"]["warn_below"], stability
     assert _check(gates, COUNT_RECONCILIATION)["passed"]  # one consistent space: only neighbours moved
+
+
+def test_a_recreated_table_is_not_mistaken_for_the_served_state(served, tmp_path):
+    """Version numbers restart when a table is recreated; the commit time in the pointer tells them apart."""
+    state = served.pointer.require_current()
+    rows = served.db().open_table(state.table).to_arrow()
+    recreated = store.connect(tmp_path).create_table(state.table, rows)
+    while recreated.version < state.table_version:
+        recreated.delete("false")  # an empty commit: only the version number moves
+    assert recreated.version == state.table_version
+    with pytest.raises(ServedStateMissingError, match="recreated"):
+        searcher_for_state(state, store.connect(tmp_path))

@@ -7,7 +7,12 @@ import lancedb
 from embedding_assets.evaluation import ranked_documents
 from embedding_assets.gates.outcome import GateOutcome, level_for, markdown_table
 from embedding_assets.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
-from embedding_assets.search import EncoderMismatchError, Searcher, searcher_for_state
+from embedding_assets.search import (
+    EncoderMismatchError,
+    Searcher,
+    ServedStateMissingError,
+    searcher_for_state,
+)
 from embedding_assets.serving import ServingPointer, ServingState
 
 TOP_K = 10
@@ -49,12 +54,22 @@ def neighbour_stability(
     served = pointer.current()
     if served is not None and served.version != version.id:
         metadata.update(_cross_version(db, registry, served, queries, current))
+    cross = (
+        f"; vs served {metadata['cross_version']}: {metadata['cross_version_overlap']} (reported, not gated)"
+        if "cross_version" in metadata
+        else ""
+    )
     baseline = last_served_state(pointer, version.id)
     if baseline is None:
         return GateOutcome(
-            "pass", f"{version.id} was never served: no baseline yet; its first promotion sets one", metadata
+            "pass",
+            f"{version.id} was never served: no baseline yet; its first promotion sets one{cross}",
+            metadata,
         )
-    before = ranked_documents(searcher_for_state(baseline, db, registry), queries, TOP_K)
+    try:
+        before = ranked_documents(searcher_for_state(baseline, db, registry), queries, TOP_K)
+    except ServedStateMissingError as exc:
+        return GateOutcome("warn", f"the last served state of {version.id} cannot be read: {exc}", metadata)
     overlaps = [top_k_overlap(a, b) for a, b in zip(current, before, strict=True)]
     mean = sum(overlaps) / len(overlaps)
     worst = sorted(range(len(queries)), key=lambda i: overlaps[i])[:WORST_SHOWN]
@@ -75,7 +90,7 @@ def neighbour_stability(
     return GateOutcome(
         level,
         f"mean top-10 overlap {mean:.3f} with the last served state of {version.id} "
-        f"(warn < {thresholds.stability_warn}, block < {thresholds.stability_block})",
+        f"(warn < {thresholds.stability_warn}, block < {thresholds.stability_block}){cross}",
         metadata,
     )
 
@@ -90,7 +105,7 @@ def _cross_version(
     """Overlap with the served version's results, for the migration report; never a reason to block."""
     try:
         other = ranked_documents(searcher_for_state(served, db, registry), queries, TOP_K)
-    except (ModelRegistryError, EncoderMismatchError, OSError) as exc:
+    except (ModelRegistryError, EncoderMismatchError, ServedStateMissingError) as exc:
         return {"cross_version": served.version, "cross_version_overlap": f"unavailable: {exc}"}
     overlaps = [top_k_overlap(a, b) for a, b in zip(current, other, strict=True)]
     return {"cross_version": served.version, "cross_version_overlap": round(sum(overlaps) / len(overlaps), 4)}
