@@ -321,11 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dagster import DagsterError
+    from dagster import DagsterError, Failure
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Failure as exc:  # raised by an asset on purpose, e.g. serving_index refusing a blocked version
+        print(f"error: {exc.description}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, DagsterError) as exc:
         cause = getattr(exc, "user_exception", None) or exc
         print(f"error: {cause}", file=sys.stderr)

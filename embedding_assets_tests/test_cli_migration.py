@@ -55,6 +55,8 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
     assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
     assert _states(capsys) == {MINILM: "served", static: "candidate"}
+    code, _, err = run(capsys, "promote", "--version", static)  # a later run reads the same verdict
+    assert code == 1 and "blocked from serving: golden_quality" in err
 
     code, _, err = run(capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--json")
     assert code == 2 and "--reason" in err
