@@ -178,7 +178,7 @@ def _data_quality(inputs: GateInputs) -> GateOutcome:
             "rows": report.rows,
             "expectations": len(report.outcomes),
             "failed_expectations": len(failures),
-            "results": Markdown(report.table()),
+            "results": report.table(),
             "failures": [{"expectation": f.expectation, "column": f.column, **f.observed} for f in failures],
         },
     )

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from embedding_assets import settings, store
 from embedding_assets.chunking import SPECIAL_TOKENS
+from embedding_assets.gates.outcome import Markdown, markdown_table
 from embedding_assets.registry import ModelVersion
 
 if TYPE_CHECKING:
@@ -71,11 +72,8 @@ class DataQualityReport:
     def failures(self) -> list[ExpectationOutcome]:
         return [o for o in self.outcomes if not o.success]
 
-    def table(self) -> str:
-        lines = [
-            "| suite | expectation | column | passed | unexpected | thresholds |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
+    def table(self) -> Markdown:
+        rows = []
         for o in self.outcomes:
             unexpected = o.observed.get("unexpected_count", o.observed.get("observed_value", ""))
             if o.observed.get("partial_unexpected_list"):
@@ -83,10 +81,9 @@ class DataQualityReport:
             if "exception" in o.observed:
                 unexpected = f"error: {o.observed['exception']}"
             thresholds = ", ".join(f"{k}={v}" for k, v in o.kwargs.items())
-            cells = [o.suite, o.expectation, o.column or "(table)", "yes" if o.success else "**no**"]
-            cells += [str(unexpected).replace("|", "\\|"), thresholds.replace("|", "\\|")]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            passed = "yes" if o.success else "**no**"
+            rows.append([o.suite, o.expectation, o.column or "(table)", passed, unexpected, thresholds])
+        return markdown_table(["suite", "expectation", "column", "passed", "unexpected", "thresholds"], rows)
 
 
 def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) -> DataQualityReport:
