@@ -9,6 +9,34 @@ from embedding_assets.registry import ModelVersion
 from embedding_assets.serving import ServingPointer, ServingState
 
 
+def serving_state(
+    db: lancedb.DBConnection,
+    version: ModelVersion,
+    table_version: int | None = None,
+    **details: object,
+) -> ServingState:
+    """The state serving `version`'s index at `table_version` (default: as it is now), pinned by a Lance
+    tag so that table version survives compaction and cleanup."""
+    name = settings.index_table(version.id)
+    table = db.open_table(name)
+    table_version = table.version if table_version is None else table_version
+    tag = f"served-{version.id}-v{table_version}"
+    if tag not in table.tags.list():
+        table.tags.create(tag, table_version)
+    table.checkout(table_version)
+    return ServingState(
+        version=version.id,
+        model_fingerprint=version.pinned_fingerprint(),
+        pipeline_config_hash=version.pipeline_config_hash(),
+        table=name,
+        table_version=table_version,
+        table_committed_at=store.version_committed_at(table, table_version),
+        lance_tag=tag,
+        rows=table.count_rows(),
+        **details,
+    )
+
+
 def promote(
     db: lancedb.DBConnection,
     version: ModelVersion,
@@ -19,29 +47,18 @@ def promote(
     gates: dict | None = None,
     overrides: dict | None = None,
 ) -> ServingState:
-    """Serve the index table of `version` at `table_version` (default: as it is now), pinned by a Lance tag
-    so that version survives compaction and cleanup; the pointer move is one atomic rename."""
-    name = settings.index_table(version.id)
-    table = db.open_table(name)
-    table_version = table.version if table_version is None else table_version
+    """Serve `version` at `table_version`; the pointer move is one atomic rename."""
     current = pointer.current()
-    if current and (current.table, current.table_version) == (name, table_version):
+    name = settings.index_table(version.id)
+    if (
+        table_version is not None
+        and current
+        and (current.table, current.table_version) == (name, table_version)
+    ):
         return current  # already served exactly this; a second history entry would make rollback a no-op
-    tag = f"served-{version.id}-v{table_version}"
-    if tag not in table.tags.list():
-        table.tags.create(tag, table_version)
-    table.checkout(table_version)
-    state = ServingState(
-        version=version.id,
-        model_fingerprint=version.pinned_fingerprint(),
-        pipeline_config_hash=version.pipeline_config_hash(),
-        table=name,
-        table_version=table_version,
-        table_committed_at=store.version_committed_at(table, table_version),
-        lance_tag=tag,
-        rows=table.count_rows(),
-        run_id=run_id,
-        gates=gates or {},
-        overrides=overrides or {},
+    state = serving_state(
+        db, version, table_version, run_id=run_id, gates=gates or {}, overrides=overrides or {}
     )
+    if current and (current.table, current.table_version) == (name, state.table_version):
+        return current
     return pointer.promote(state)

@@ -13,7 +13,7 @@ from embedding_assets import settings, store
 from embedding_assets.evaluation import JudgedQueries, load_judged
 from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry
 from embedding_assets.serving import ServingPointer
-from embedding_assets.sources import BeirSource, FolderSource, source_from
+from embedding_assets.sources import Source, source_from
 
 
 class LanceDBResource(dg.ConfigurableResource):
@@ -41,13 +41,26 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
 
 class CorpusSourceResource(dg.ConfigurableResource):
-    """Where documents come from: a folder of text files, or a BEIR-format dataset folder."""
+    """Where documents come from: a folder of text files, a BEIR-format dataset folder, or a PostgreSQL
+    table read by logical decoding (connection from EMBEDDING_ASSETS_PG_* variables, never from here)."""
 
-    kind: str = Field(default="folder", description="'folder' or 'beir'")
+    kind: str = Field(default="folder", description="'folder', 'beir' or 'postgres'")
     path: str = Field(default=str(settings.CORPUS_DIR), description="folder root or BEIR dataset folder")
 
-    def source(self) -> FolderSource | BeirSource:
+    def source(self) -> Source:
+        if self.kind == "postgres":
+            from embedding_assets.cdc import PostgresSettings
+            from embedding_assets.postgres_source import PostgresSource
+
+            return PostgresSource(PostgresSettings.from_env())
         return source_from(self.kind, Path(self.path))
+
+    def advance(self, lsn: str) -> None:
+        """Confirm a change-capture position: everything up to `lsn` is indexed by every live version."""
+        source = self.source()
+        if not hasattr(source, "advance"):
+            raise ValueError(f"a {self.kind!r} source has no change-capture position to advance")
+        source.advance(lsn)
 
 
 class ServingResource(dg.ConfigurableResource):

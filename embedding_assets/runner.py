@@ -11,8 +11,17 @@ from typing import Any
 import dagster as dg
 
 from embedding_assets import settings
-from embedding_assets.gates.verdict import check_summary
-from embedding_assets.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, PROMOTE_JOB, ROLLBACK_JOB
+from embedding_assets.gates.verdict import INDEX_KEY, check_summary
+from embedding_assets.jobs import (
+    BUILD_INDEX_JOB,
+    CHECK_JOB,
+    CORPUS_JOB,
+    MIGRATE_JOB,
+    PROMOTE_JOB,
+    REFRESH_SERVED_JOB,
+    REFRESH_VERSION_JOB,
+    ROLLBACK_JOB,
+)
 from embedding_assets.partitions import model_versions
 from embedding_assets.registry import ModelRegistry, load_registry
 from embedding_assets.serving import ServingPointer
@@ -131,7 +140,7 @@ def _gate_run(
     promoted = any(
         e.asset_key.to_user_string() == "serving_index" for e in result.get_asset_materialization_events()
     )
-    checks = [check_summary(e) for e in result.get_asset_check_evaluations()]
+    checks = [check_summary(e) for e in result.get_asset_check_evaluations() if e.asset_key == INDEX_KEY]
     errors = [
         f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
         for e in result.get_step_failure_events()
@@ -185,3 +194,77 @@ def rollback(**job: Any) -> dict[str, Any]:
 def promote_version(version_id: str, **job: Any) -> dg.ExecuteInProcessResult:
     """Serve a built version, if its gates passed on its latest index build."""
     return run_job(PROMOTE_JOB, version_id, **job)
+
+
+@dataclass
+class RefreshReport:
+    """One incremental pass: the corpus diff, and what each live version embedded, reused and wrote."""
+
+    docs_added: int = 0
+    docs_changed: int = 0
+    docs_deleted: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    rows_upserted: int = 0
+    rows_deleted: int = 0
+    seconds: float = 0.0
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    cdc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(v["indexed"] for v in self.versions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == asset:
+            return {k: v.value for k, v in event.materialization.metadata.items()}
+    return {}
+
+
+def refresh(**job: Any) -> RefreshReport:
+    """Sync the corpus once, then bring every live version up to date (dual write); the served one is
+    re-served when its gates pass. A change-capture position advances only when every live version's
+    index run succeeded, so a failed or interrupted run loses nothing: the same changes come back."""
+    from embedding_assets.live import live_versions
+
+    started = time.perf_counter()
+    defs = job.get("defs") or project_definitions()
+    corpus = _metadata(run_job(CORPUS_JOB, None, **job), "corpus")
+    report = RefreshReport(corpus["docs_added"], corpus["docs_changed"], corpus["docs_deleted"])
+    db = defs.resources["lancedb"].connect()
+    registry = defs.resources["model_registry"].load()
+    for live in live_versions(db, serving_pointer(defs), registry):
+        job_name = REFRESH_SERVED_JOB if live.role == "served" else REFRESH_VERSION_JOB
+        result = run_job(job_name, live.id, raise_on_error=False, **job)
+        chunks, embedded, index = (_metadata(result, a) for a in ("chunks", "embeddings", "index"))
+        run = _gate_run(live.id, result, started, serving_pointer(defs))
+        entry = {
+            "id": live.id,
+            "role": live.role,
+            "indexed": bool(index),
+            "gates_passed": run.gates_passed,
+            "served": run.promoted,
+            "chunks_embedded": embedded.get("chunks_embedded", 0),
+            "chunks_reused": max(chunks.get("chunks_written", 0) - embedded.get("chunks_embedded", 0), 0),
+            "rows_upserted": index.get("rows_upserted", 0),
+            "rows_deleted": index.get("rows_deleted", 0),
+            "lag_p50_seconds": index.get("lag_p50_seconds"),
+            "lag_p99_seconds": index.get("lag_p99_seconds"),
+            "lag_max_seconds": index.get("lag_max_seconds"),
+            "errors": run.errors,
+        }
+        report.versions.append(entry)
+        for key in ("chunks_embedded", "chunks_reused", "rows_upserted", "rows_deleted"):
+            setattr(report, key, getattr(report, key) + entry[key])
+    end_lsn = corpus.get("cdc_end_lsn")
+    if end_lsn:
+        report.cdc = {"end_lsn": end_lsn, "advanced": report.ok}
+        if report.ok:
+            defs.resources["corpus_source"].advance(end_lsn)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -31,13 +31,18 @@ class ServingState(BaseModel):
     table_committed_at: datetime | None = Field(None, description="commit time of that table version")
     lance_tag: str
     rows: int
-    action: str = Field("promote", description="promote or rollback")
+    action: str = Field("promote", description="promote, refresh (same version, newer table) or rollback")
     run_id: str | None = None
     gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
     overrides: dict = Field(default_factory=dict, description="threshold overrides in force, with reasons")
     seq: int = Field(0, description="position in the history")
     supersedes: int | None = Field(None, description="history position of the state this one replaced")
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    since: datetime | None = Field(None, description="when this version began serving (kept by refreshes)")
+
+    @property
+    def serving_since(self) -> datetime:
+        return self.since or self.at
 
 
 class NothingServedError(RuntimeError):
@@ -90,24 +95,34 @@ class ServingPointer:
         return self.history()[current.supersedes]
 
     def promote(self, state: ServingState) -> ServingState:
-        """Serve `state`, remembering the state it replaces."""
+        """Serve `state`, remembering the state it replaces; a newer table of the served version is a
+        refresh, which keeps the way back (and the serving start) of the state it refreshes."""
         current = self.current()
-        return self.move_to(state.model_copy(update={"supersedes": current.seq if current else None}))
+        if current is not None and current.version == state.version:
+            update = {"action": "refresh", "supersedes": current.supersedes, "since": current.serving_since}
+        else:
+            update = {"supersedes": current.seq if current else None, "since": state.at}
+        return self.move_to(state.model_copy(update=update))
 
-    def rollback(self, run_id: str | None = None) -> tuple[ServingState, ServingState]:
+    def rollback(
+        self, run_id: str | None = None, refreshed: ServingState | None = None
+    ) -> tuple[ServingState, ServingState]:
         """Serve again the state the current one replaced; return (now served, rolled back from).
 
-        Repeated rollbacks walk further back through the promotions, not back and forth.
+        `refreshed` is that version at a newer, gated table version (kept fresh by dual writes) to serve
+        instead of the exact old one. Repeated rollbacks walk further back, not back and forth.
         """
         current = self.require_current()
         target = self.previous()
         if target is None:
             raise NothingToRollBackError(f"{current.version} (history #{current.seq}) replaced nothing")
-        state = target.model_copy(
+        now = datetime.now(UTC)
+        state = (refreshed or target).model_copy(
             update={
                 "action": "rollback",
                 "run_id": run_id,
-                "at": datetime.now(UTC),
+                "at": now,
+                "since": now,
                 "supersedes": target.supersedes,
             }
         )

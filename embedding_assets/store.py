@@ -24,6 +24,7 @@ DOCUMENTS_SCHEMA = pa.schema(
         ("doc_checksum", pa.string()),
         ("size", pa.int64()),
         ("updated_at", TIMESTAMP),
+        ("mtime_ns", pa.int64()),
     ]
 )
 
@@ -109,8 +110,13 @@ def table_names(db: lancedb.DBConnection) -> list[str]:
 
 
 def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> lancedb.table.Table:
-    """Open `name`, creating it empty with `schema` if it does not exist yet."""
-    return db.create_table(name, schema=schema, exist_ok=True)
+    """Open `name`, creating it empty with `schema` if it does not exist yet; a table written by an older
+    release gains the columns it lacks, as nulls (one schema-evolution commit, no rewrite)."""
+    table = db.create_table(name, schema=schema, exist_ok=True)
+    missing = [f for f in schema if f.name not in table.schema.names]
+    if missing:
+        table.add_columns(pa.schema(missing))
+    return table
 
 
 def read_columns(

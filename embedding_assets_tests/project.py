@@ -16,9 +16,7 @@ from embedding_assets.assets.corpus import corpus
 from embedding_assets.assets.embeddings import embeddings
 from embedding_assets.assets.index import index
 from embedding_assets.assets.model_weights import model_weights
-from embedding_assets.assets.serving import serving_index
-from embedding_assets.checks import index_checks
-from embedding_assets.jobs import build_index_job, check_index_job, migrate_job, promote_job, rollback_job
+from embedding_assets.definitions import ASSET_CHECKS, ASSETS, JOBS
 from embedding_assets.partitions import model_versions
 from embedding_assets.registry import load_registry
 from embedding_assets.resources import (
@@ -64,10 +62,7 @@ class Project:
             "golden_set": GoldenSetResource(path=str(settings.GOLDEN_DIR)),
         }
         self.defs = dg.Definitions(
-            assets=[*BUILD, serving_index],
-            asset_checks=index_checks,
-            jobs=[build_index_job, promote_job, migrate_job, check_index_job, rollback_job],
-            resources=self.resources,
+            assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=self.resources
         )
 
     def copy(self, root: Path, registry: Path = settings.REGISTRY_PATH) -> Project:
@@ -79,10 +74,7 @@ class Project:
         clone = copy.copy(self)
         clone.resources = {**self.resources, "model_registry": ModelRegistryResource(path=str(registry))}
         clone.defs = dg.Definitions(
-            assets=self.defs.assets,
-            asset_checks=self.defs.asset_checks,
-            jobs=self.defs.jobs,
-            resources=clone.resources,
+            assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=clone.resources
         )
         return clone
 

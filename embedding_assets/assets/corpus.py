@@ -2,13 +2,14 @@
 
 import dagster as dg
 
+from embedding_assets.freshness import freshness_policy
 from embedding_assets.pipeline.corpus import sync_corpus
 from embedding_assets.resources import CorpusSourceResource, LanceDBResource
 
 EXAMPLES = 10
 
 
-@dg.asset(group_name="ingest", kinds={"lancedb"})
+@dg.asset(group_name="ingest", kinds={"lancedb"}, freshness_policy=freshness_policy())
 def corpus(
     context: dg.AssetExecutionContext, lancedb: LanceDBResource, corpus_source: CorpusSourceResource
 ) -> dg.MaterializeResult:
@@ -30,5 +31,17 @@ def corpus(
                 f"| doc_id | reason |\n|---|---|\n{quarantine}" if quarantine else "nothing quarantined"
             ),
             "lance_table_version": sync.table_version,
+            **_change_capture(source),
         }
     )
+
+
+def _change_capture(source) -> dict:
+    """The replication position a change-capture source read up to (advanced only after indexing)."""
+    if not hasattr(source, "end_lsn"):
+        return {}
+    return {
+        "cdc_end_lsn": source.end_lsn or "",
+        "cdc_changes": source.changes,
+        "cdc_snapshot": source.complete,
+    }

@@ -6,7 +6,7 @@ from embedding_assets.assets.index import index
 from embedding_assets.checks import GATES
 from embedding_assets.gates.verdict import latest_verdict
 from embedding_assets.partitions import model_versions
-from embedding_assets.promotion import promote
+from embedding_assets.promotion import promote, serving_state
 from embedding_assets.resources import LanceDBResource, ModelRegistryResource, ServingResource
 
 
@@ -51,9 +51,29 @@ def serving_index(
 
 
 @dg.op(description="Serve again the state the current one replaced; instant, nothing is rebuilt.")
-def move_pointer_back(context: dg.OpExecutionContext, serving: ServingResource) -> dict:
-    """Move the pointer back one promotion and record it as a serving_index materialization."""
-    now, rolled_back_from = serving.pointer().rollback(run_id=context.run_id)
+def move_pointer_back(
+    context: dg.OpExecutionContext,
+    lancedb: LanceDBResource,
+    model_registry: ModelRegistryResource,
+    serving: ServingResource,
+) -> dict:
+    """Move the pointer back one promotion and record it as a serving_index materialization.
+
+    If dual writes refreshed the previous version since, and its gates passed on that newer table, the
+    newer table is served: a rollback never brings back stale data."""
+    pointer = serving.pointer()
+    target = pointer.previous()
+    refreshed = None
+    if target is not None:
+        verdict = latest_verdict(context.instance, target.version, GATES)
+        if verdict.passed and (verdict.table_version or 0) > target.table_version:
+            refreshed = serving_state(
+                lancedb.connect(),
+                model_registry.version(target.version),
+                verdict.table_version,
+                gates=verdict.history_record(),
+            )
+    now, rolled_back_from = pointer.rollback(run_id=context.run_id, refreshed=refreshed)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=serving_index.key,
@@ -62,6 +82,7 @@ def move_pointer_back(context: dg.OpExecutionContext, serving: ServingResource) 
                 "served_version": now.version,
                 "lance_table_version": now.table_version,
                 "lance_tag": now.lance_tag,
+                "refreshed_since_served": refreshed is not None,
                 "rolled_back_from": f"{rolled_back_from.version} (table v{rolled_back_from.table_version})",
             },
         )

@@ -9,7 +9,7 @@ import lancedb
 import pyarrow as pa
 
 from embedding_assets import settings, store
-from embedding_assets.sources import BeirSource, Document, FolderSource, Quarantined
+from embedding_assets.sources import Deleted, Document, Manifest, ManifestEntry, Quarantined, Source
 
 QUARANTINE_TABLE = "quarantine"
 
@@ -26,34 +26,62 @@ class CorpusSync:
     table_version: int | None = None
 
 
-def sync_corpus(db: lancedb.DBConnection, source: FolderSource | BeirSource) -> CorpusSync:
-    """Upsert new and changed documents, then drop the ones the source no longer has."""
-    documents: list[Document] = []
-    sync = CorpusSync()
-    for item in source.read():
-        (documents.append if isinstance(item, Document) else sync.quarantined.append)(item)
-    ids = [d.doc_id for d in documents]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"source {source.uri} yields duplicate document ids, e.g. {dupes}")
+def read_manifest(db: lancedb.DBConnection) -> Manifest:
+    """doc_id -> checksum, size and mtime as the documents table holds them."""
+    columns = ["doc_id", "doc_checksum", "size", "mtime_ns"]
+    if settings.DOCUMENTS_TABLE not in store.table_names(db):
+        return {}
+    rows = store.open_table(db, settings.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA).to_arrow().select(columns)
+    return {
+        doc_id: ManifestEntry(checksum, size, mtime_ns)
+        for doc_id, checksum, size, mtime_ns in zip(*(rows[c].to_pylist() for c in columns), strict=True)
+    }
 
-    previous = store.read_columns(db, settings.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
-    known = dict(zip(previous["doc_id"].to_pylist(), previous["doc_checksum"].to_pylist(), strict=True))
-    current = {d.doc_id: d.checksum for d in documents}
-    sync.documents = len(documents)
-    sync.added = sorted(i for i in current if i not in known)
-    sync.changed = sorted(i for i, c in current.items() if i in known and known[i] != c)
+
+def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
+    """Upsert new and changed documents, then drop the deleted ones (after the upsert succeeded).
+
+    A complete source lists everything it has, so what it no longer lists is deleted; an incremental
+    (change-capture) source names its deletions, and whatever it does not mention is unchanged.
+    """
+    known = read_manifest(db)
+    sync = CorpusSync()
+    documents: dict[str, Document] = {}
+    seen: set[str] = set()
+    explicit_deletes: set[str] = set()
+    for item in source.read(known):
+        if isinstance(item, Quarantined):
+            sync.quarantined.append(item)
+            continue
+        if item.doc_id in seen:
+            raise ValueError(f"source {source.uri} yields document id {item.doc_id!r} twice")
+        seen.add(item.doc_id)
+        if isinstance(item, Document):
+            documents[item.doc_id] = item
+        elif isinstance(item, Deleted):
+            explicit_deletes.add(item.doc_id)
+    sync.added = sorted(i for i in documents if i not in known)
+    sync.changed = sorted(i for i, d in documents.items() if i in known and known[i].checksum != d.checksum)
     quarantined_ids = {q.doc_id for q in sync.quarantined}
-    sync.deleted = sorted(i for i in known if i not in current and i not in quarantined_ids)
+    if source.complete:
+        sync.deleted = sorted(i for i in known if i not in seen and i not in quarantined_ids)
+    else:
+        sync.deleted = sorted(i for i in explicit_deletes if i in known)
+    sync.documents = len(set(known) - set(sync.deleted) | set(sync.added))
 
     table = store.open_table(db, settings.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA)
-    touched = set(sync.added) | set(sync.changed)
-    rows = _document_rows([d for d in documents if d.doc_id in touched])
-    store.upsert(table, rows, "doc_id")
+    # A document whose content is the same but whose mtime moved is rewritten too, so the next scan can
+    # skip it; its checksum (and so every downstream row) is unchanged.
+    rewritten = [d for i, d in documents.items() if i not in known or _entry(d) != known[i]]
+    store.upsert(table, _document_rows(rewritten), "doc_id")
     store.delete_keys(table, "doc_id", sync.deleted)
     sync.table_version = table.version
-    _record_quarantine(db, sync.quarantined)
+    _record_quarantine(db, sync.quarantined, incremental=not source.complete)
     return sync
+
+
+def _entry(document: Document) -> ManifestEntry:
+    return ManifestEntry(document.checksum, len(document.text.encode("utf-8")), document.mtime_ns)
 
 
 def _document_rows(documents: list[Document]) -> pa.Table:
@@ -67,6 +95,7 @@ def _document_rows(documents: list[Document]) -> pa.Table:
                 "doc_checksum": d.checksum,
                 "size": len(d.text.encode("utf-8")),
                 "updated_at": d.updated_at,
+                "mtime_ns": d.mtime_ns,
             }
             for d in documents
         ],
@@ -74,8 +103,22 @@ def _document_rows(documents: list[Document]) -> pa.Table:
     )
 
 
-def _record_quarantine(db: lancedb.DBConnection, quarantined: list[Quarantined]) -> None:
-    """Replace the quarantine list with this pass's refusals (a fixed document leaves it)."""
+def _record_quarantine(
+    db: lancedb.DBConnection, quarantined: list[Quarantined], *, incremental: bool = False
+) -> None:
+    """Replace the quarantine list with this pass's refusals (a fixed document leaves it); an incremental
+    pass only adds to it, since it did not look at the documents it was not told about."""
+    if incremental:
+        if quarantined:
+            table = store.open_table(db, QUARANTINE_TABLE, store.QUARANTINE_SCHEMA)
+            rows = [{"doc_id": q.doc_id, "source_uri": q.source_uri, "reason": q.reason} for q in quarantined]
+            now = datetime.now(UTC)
+            store.upsert(
+                table,
+                pa.Table.from_pylist([{**r, "seen_at": now} for r in rows], schema=store.QUARANTINE_SCHEMA),
+                "doc_id",
+            )
+        return
     now = datetime.now(UTC)
     rows = pa.Table.from_pylist(
         [

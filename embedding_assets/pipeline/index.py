@@ -25,6 +25,7 @@ class IndexSync:
     rows_total: int
     documents: int
     table_version: int
+    docs_written: list[str]
 
 
 class MissingEmbeddingsError(RuntimeError):
@@ -59,7 +60,8 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
         wanted = sorted(
             set(wanted) | {i for i, cid in enumerate(chunks["chunk_id"].to_pylist()) if cid in duplicated}
         )
-    rows = _index_rows(db, version, chunks.take(pa.array(wanted, pa.int64())), fingerprint, config_hash)
+    to_write = chunks.take(pa.array(wanted, pa.int64()))
+    rows = _index_rows(db, version, to_write, fingerprint, config_hash)
     written = store.upsert(table, rows, "chunk_id")
     live = set(chunks["chunk_id"].to_pylist())
     deleted = store.delete_keys(table, "chunk_id", [cid for cid in current if cid not in live])
@@ -69,6 +71,7 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
         rows_total=table.count_rows(),
         documents=len(set(chunks["doc_id"].to_pylist())),
         table_version=table.version,
+        docs_written=sorted(set(to_write["doc_id"].to_pylist())),
     )
 
 

@@ -1,0 +1,120 @@
+"""Incremental refresh of every live version: only changed documents are re-chunked, only new chunk
+hashes are embedded, deletes propagate, and a run with no change writes nothing (real MiniLM, LanceDB)."""
+
+import dagster as dg
+import pyarrow.compute as pc
+import pytest
+
+from embedding_assets import runner, settings
+from embedding_assets.checks import COUNT_RECONCILIATION
+from embedding_assets.freshness import served_lag
+from embedding_assets.gates.counts import reconcile
+from embedding_assets.search import searcher_for_state
+from embedding_assets.sensors import corpus_folder_sensor
+from embedding_assets_tests.project import BUILD
+
+pytestmark = pytest.mark.slow
+MINILM = settings.DEFAULT_VERSION
+EDITED = "library/csv/writer.md"
+DELETED = "library/json/dump.md"
+ADDED = "library/notes/refresh.md"
+ADDED_TEXT = (
+    "# Incremental refresh\n\nA refresh re-embeds only what changed. The zebra-striped marker "
+    "sentence quokka-lantern makes this document easy to find in a search.\n"
+)
+
+
+@pytest.fixture(scope="module")
+def live(built_project, registry, tmp_path_factory):
+    """MiniLM served, the static version built beside it as a candidate."""
+    project = built_project.copy(tmp_path_factory.mktemp("refresh"))
+    assert project.migrate(MINILM).promoted
+    project.static = next(v.id for v in registry.versions if v.loader == "model2vec")
+    project.materialize(BUILD, version=project.static)
+    return project
+
+
+def _version(report: runner.RefreshReport, version_id: str) -> dict:
+    [entry] = [v for v in report.versions if v["id"] == version_id]
+    return entry
+
+
+def _sensor(project) -> dg.SensorResult | dg.RunRequest | dg.SkipReason:
+    context = dg.build_sensor_context(instance=project.instance, resources=project.resources)
+    return corpus_folder_sensor(context)
+
+
+def test_nothing_changed_embeds_and_writes_nothing(live):
+    assert isinstance(_sensor(live), dg.SkipReason)
+    report = runner.refresh(**live.job())
+    assert (report.docs_added, report.docs_changed, report.docs_deleted) == (0, 0, 0)
+    assert (report.chunks_embedded, report.rows_upserted, report.rows_deleted) == (0, 0, 0)
+    assert [(v["id"], v["role"]) for v in report.versions] == [(MINILM, "served"), (live.static, "candidate")]
+
+
+def test_edit_add_delete_touch_exactly_those_documents_in_every_live_version(live):
+    edited = live.corpus / EDITED
+    edited.write_text(edited.read_text() + "\nThe writer also accepts a lineterminator of your choice.\n")
+    (live.corpus / ADDED).parent.mkdir(parents=True, exist_ok=True)
+    (live.corpus / ADDED).write_text(ADDED_TEXT)
+    (live.corpus / DELETED).unlink()
+    rows_before = live.index_rows()
+    deleted_rows = pc.sum(pc.equal(rows_before["doc_id"], DELETED)).as_py()
+    assert isinstance(_sensor(live), dg.RunRequest)  # the cheap stat scan sees the three changes
+
+    report = runner.refresh(**live.job())
+    assert (report.docs_added, report.docs_changed, report.docs_deleted) == (1, 1, 1)
+    for version in (MINILM, live.static):
+        entry = _version(report, version)
+        rows = live.index_rows(version)
+        changed = rows.filter(pc.is_in(rows["doc_id"], pc.cast([EDITED, ADDED], rows["doc_id"].type)))
+        assert entry["indexed"] and entry["rows_deleted"] >= deleted_rows > 0
+        assert 1 <= entry["chunks_embedded"] <= changed.num_rows  # only chunks of the two documents
+        assert DELETED not in set(rows["doc_id"].to_pylist())
+        assert reconcile(live.db(), live.resources["model_registry"].version(version)).passed
+    served = live.pointer.require_current()
+    assert _version(report, MINILM)["served"] and served.action == "refresh"
+    hits = searcher_for_state(served, live.db()).search("quokka-lantern zebra-striped marker", 3).hits
+    assert hits[0]["doc_id"] == ADDED
+    assert _version(report, MINILM)["lag_max_seconds"] >= 0
+    assert isinstance(_sensor(live), dg.SkipReason)
+
+    again = runner.refresh(**live.job())
+    assert (again.chunks_embedded, again.rows_upserted, again.rows_deleted) == (0, 0, 0)
+
+
+def test_crash_between_embedding_and_writing_loses_nothing_and_duplicates_nothing(live):
+    """Stop the pipeline after the vectors are cached and before the index is written, then refresh."""
+    edited = live.corpus / "library/csv/reader.md"
+    edited.write_text(edited.read_text() + "\nRows can be read lazily, one at a time.\n")
+    partial = live.materialize(BUILD[:-1])  # corpus, weights, chunks, embeddings: no index write
+    embedded = live.metadata(partial, "embeddings")["chunks_embedded"]
+    assert embedded >= 1
+    assert not reconcile(live.db(), live.resources["model_registry"].version(MINILM)).passed
+    lag = served_lag(live.db(), live.pointer.require_current())
+    assert "library/csv/reader.md" in lag.pending_documents
+
+    report = runner.refresh(**live.job())
+    entry = _version(report, MINILM)
+    assert entry["chunks_embedded"] == 0 and entry["rows_upserted"] >= embedded  # vectors came from cache
+    rows = live.index_rows()
+    assert len(set(rows["chunk_id"].to_pylist())) == rows.num_rows
+    gates = live.gates()
+    assert next(c for c in gates.checks if c["name"] == COUNT_RECONCILIATION)["passed"]
+    assert not served_lag(live.db(), live.pointer.require_current()).pending_documents
+
+
+def test_rollback_serves_the_previous_version_as_refreshed_by_dual_writes(live):
+    migration = live.migrate(live.static, overrides={"golden_ndcg_margin": 1.0}, reason="test dual write")
+    assert migration.promoted
+    stale_minilm = live.pointer.previous()
+    (live.corpus / ADDED).write_text(ADDED_TEXT.replace("quokka-lantern", "quokka-lantern axolotl-beacon"))
+    report = runner.refresh(**live.job())
+    assert [(v["id"], v["role"]) for v in report.versions] == [(live.static, "served"), (MINILM, "previous")]
+    assert all(v["indexed"] and v["chunks_embedded"] >= 1 for v in report.versions)
+
+    runner.rollback(**live.job())
+    now = live.pointer.require_current()
+    assert now.version == MINILM and now.table_version > stale_minilm.table_version
+    hits = searcher_for_state(now, live.db()).search("axolotl-beacon", 1).hits
+    assert hits[0]["doc_id"] == ADDED and "axolotl-beacon" in hits[0]["text"]
