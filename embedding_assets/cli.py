@@ -108,6 +108,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from embedding_assets.runner import refresh
+
+    report = refresh()
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(
+            f"corpus: +{report.docs_added} ~{report.docs_changed} -{report.docs_deleted} documents; "
+            f"{report.chunks_embedded} chunks embedded, {report.chunks_reused} reused; "
+            f"{report.rows_upserted} rows upserted, {report.rows_deleted} deleted ({report.seconds:.1f}s)"
+        )
+        for v in report.versions:
+            mark = CHECK if v["indexed"] and v["gates_passed"] else CROSS
+            rows = f"+{v['rows_upserted']} -{v['rows_deleted']} rows"
+            print(f"  {mark} {v['id']:<26} {v['role']:<9} {rows}{', served' if v['served'] else ''}")
+    return 0 if report.ok else 1
+
+
 def _parse_override(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     if not sep:
@@ -281,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_checks)
+
+    p = sub.add_parser("refresh", help="one incremental pass: sync the corpus, update every live version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("rollback", help="serve again the state the current one replaced (instant)")
     p.add_argument("--json", action="store_true")

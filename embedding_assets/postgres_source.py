@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from embedding_assets.cdc import PostgresChangeFeed, PostgresSettings, SourceRow
+from embedding_assets.cdc import PostgresChangeFeed, PostgresSettings, ResyncRequired, SourceRow
 from embedding_assets.sources import (
     MAX_DOCUMENT_BYTES,
     Deleted,
@@ -38,7 +38,12 @@ class PostgresSource:
 
     def read(self, known: Manifest | None = None) -> Iterator[SourceItem]:
         created = self.feed.ensure_slot()
-        batch = self.feed.peek(self.max_changes)
+        try:
+            batch = self.feed.peek(self.max_changes)
+        except ResyncRequired:  # a TRUNCATE (or keyless delete): ids are lost, so start over from a snapshot
+            self.feed.drop_slot()
+            created = self.feed.ensure_slot()
+            batch = self.feed.peek(self.max_changes)
         self.end_lsn, self.changes = batch.end_lsn, len(batch.changes)
         if created or not known:
             # The snapshot is read after the peek, so it already holds every change up to end_lsn.

@@ -65,6 +65,8 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
     source.feed.ensure_slot()
     batch = source.feed.peek(source.max_changes)
     if not batch.changes:
+        if batch.end_lsn:  # WAL of other tables only: let the slot release it, nothing needs applying
+            source.advance(batch.end_lsn)
         return dg.SkipReason(f"no pending changes on {source.uri}")
     if _refresh_in_flight(context):
         return dg.SkipReason("a refresh is already running")

@@ -112,7 +112,9 @@ def table_names(db: lancedb.DBConnection) -> list[str]:
 def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> lancedb.table.Table:
     """Open `name`, creating it empty with `schema` if it does not exist yet; a table written by an older
     release gains the columns it lacks, as nulls (one schema-evolution commit, no rewrite)."""
-    table = db.create_table(name, schema=schema, exist_ok=True)
+    if name not in table_names(db):
+        return db.create_table(name, schema=schema, exist_ok=True)
+    table = db.open_table(name)
     missing = [f for f in schema if f.name not in table.schema.names]
     if missing:
         table.add_columns(pa.schema(missing))

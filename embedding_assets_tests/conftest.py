@@ -7,14 +7,18 @@ import tempfile
 os.environ.setdefault("EMBEDDING_ASSETS_DATA", tempfile.mkdtemp(prefix="embedding-assets-test-data-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from collections.abc import Iterator  # noqa: E402
+from contextlib import closing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from embedding_assets import settings  # noqa: E402
+from embedding_assets.cdc import PostgresSettings  # noqa: E402
 from embedding_assets.embedders import Embedder, embedder_for  # noqa: E402
 from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry  # noqa: E402
 from embedding_assets.seed import seed_corpus  # noqa: E402
+from embedding_assets_tests import pg  # noqa: E402
 
 SMALL_CORPUS_PREFIXES = ("library/argparse/", "library/getopt/", "library/json/", "library/csv/")
 SMALL_CORPUS_EXTRA = ("topics/for.md", "topics/try.md", "source/shlex.py", "source/getopt.py")
@@ -65,3 +69,21 @@ def built_project(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory, 
     project = Project(tmp_path_factory.mktemp("built"), small_corpus)
     project.first = project.materialize(BUILD)
     return project
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresSettings]:
+    """The server named by EMBEDDING_ASSETS_PG_HOST or PGHOST, else a throwaway PostgreSQL 15."""
+    if pg.configured():
+        settings = PostgresSettings.from_env()
+        with closing(settings.connect()) as conn, conn.cursor() as cur:
+            cur.execute("SHOW wal_level")
+            row = cur.fetchone()
+        if row is None or row[0] != "logical":
+            pytest.fail(f"the configured server ({settings.describe()}) needs wal_level=logical")
+        yield settings
+    elif pg.INITDB.exists():
+        with pg.throwaway_server() as env:
+            yield PostgresSettings.from_env(env)
+    else:
+        pytest.skip(f"no PostgreSQL: set EMBEDDING_ASSETS_PG_HOST, or install postgresql-15 ({pg.INITDB})")

@@ -71,8 +71,12 @@ class Project:
 
     def with_registry(self, registry: Path) -> Project:
         """The same files and instance, read through another registry file (an edited model entry)."""
+        return self.with_resources(model_registry=ModelRegistryResource(path=str(registry)))
+
+    def with_resources(self, **resources: Any) -> Project:
+        """The same files and instance with some resources replaced (another registry, source, ...)."""
         clone = copy.copy(self)
-        clone.resources = {**self.resources, "model_registry": ModelRegistryResource(path=str(registry))}
+        clone.resources = {**self.resources, **resources}
         clone.defs = dg.Definitions(
             assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=clone.resources
         )

@@ -36,24 +36,6 @@ PASSWORD = "pw-Must-Not-Leak"
 FeedFactory = Callable[..., PostgresChangeFeed]
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresSettings]:
-    """The server named by EMBEDDING_ASSETS_PG_HOST or PGHOST, else a throwaway PostgreSQL 15."""
-    if pg.configured():
-        settings = PostgresSettings.from_env()
-        with closing(settings.connect()) as conn, conn.cursor() as cur:
-            cur.execute("SHOW wal_level")
-            row = cur.fetchone()
-        if row is None or row[0] != "logical":
-            pytest.fail(f"the configured server ({settings.describe()}) needs wal_level=logical")
-        yield settings
-    elif pg.INITDB.exists():
-        with pg.throwaway_server() as env:
-            yield PostgresSettings.from_env(env)
-    else:
-        pytest.skip(f"no PostgreSQL: set EMBEDDING_ASSETS_PG_HOST, or install postgresql-15 ({pg.INITDB})")
-
-
 @pytest.fixture
 def new_feed(postgres: PostgresSettings) -> Iterator[FeedFactory]:
     """Feeds on their own table and slot (`{uid}` in a table name is made unique); their slots, tables and

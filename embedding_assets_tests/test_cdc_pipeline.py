@@ -1,0 +1,108 @@
+"""Change capture end to end: rows inserted, updated and deleted in a real PostgreSQL table reach the
+served index through the sensor and the refresh; the slot advances only after a successful run."""
+
+import uuid
+from contextlib import closing
+
+import dagster as dg
+import pytest
+import yaml
+
+from embedding_assets import runner, settings
+from embedding_assets.cdc import PostgresChangeFeed
+from embedding_assets.resources import CorpusSourceResource
+from embedding_assets.search import searcher_for_state
+from embedding_assets.sensors import postgres_cdc_sensor
+
+pytestmark = pytest.mark.slow
+MINILM = settings.DEFAULT_VERSION
+SEEDED = ["library/csv/reader.md", "library/csv/writer.md", "library/json/dumps.md", "topics/for.md"]
+MARKER = "The pangolin-semaphore sentence marks the inserted row."
+
+
+@pytest.fixture(scope="module")
+def cdc(built_project, postgres, tmp_path_factory):
+    """A deployment whose corpus is a PostgreSQL table holding four of the built project's documents
+    (same texts, so their vectors come from the cache), served with MiniLM."""
+    uid = uuid.uuid4().hex[:8]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "HOST": postgres.host,
+            "PORT": str(postgres.port),
+            "USER": postgres.user,
+            "DB": postgres.dbname,
+            "TABLE": f"docs_{uid}",
+            "SLOT": f"pipeline_{uid}",
+        }.items():
+            patch.setenv(f"EMBEDDING_ASSETS_PG_{name}", value)
+        project = built_project.copy(tmp_path_factory.mktemp("cdc"))
+        project = project.with_resources(corpus_source=CorpusSourceResource(kind="postgres"))
+        project.feed = project.resources["corpus_source"].source().feed
+        project.feed.ensure_table()
+        for doc_id in SEEDED:
+            sql(
+                project,
+                "INSERT INTO {t} (id, title, body) VALUES (%s, '', %s)",
+                doc_id,
+                read(project, doc_id),
+            )
+        assert project.migrate(MINILM).promoted  # creates the slot and takes the snapshot
+        yield project
+        project.feed.drop_slot()
+
+
+def read(project, doc_id: str) -> str:
+    return (project.corpus / doc_id).read_text()
+
+
+def sql(project, statement: str, *params) -> None:
+    with closing(project.feed.settings.connect()) as conn, conn.cursor() as cur:
+        cur.execute(statement.replace("{t}", project.feed.settings.table), params)
+
+
+def served_doc_ids(project) -> set[str]:
+    state = project.pointer.require_current()
+    return set(searcher_for_state(state, project.db()).table.to_arrow()["doc_id"].to_pylist())
+
+
+def test_snapshot_serves_exactly_the_table(cdc):
+    assert served_doc_ids(cdc) == set(SEEDED)
+    assert cdc.feed.peek().changes == []
+
+
+def test_insert_update_delete_arrive_through_the_sensor_and_the_slot_advances(cdc):
+    sql(cdc, "INSERT INTO {t} (id, title, body) VALUES (%s, %s, %s)", "notes/new", "Pangolins", MARKER)
+    body = read(cdc, "topics/for.md") + "\nA for loop can also iterate over a generator expression.\n"
+    sql(cdc, "UPDATE {t} SET body = %s WHERE id = %s", body, "topics/for.md")
+    sql(cdc, "DELETE FROM {t} WHERE id = %s", "library/json/dumps.md")
+    context = dg.build_sensor_context(instance=cdc.instance, resources=cdc.resources)
+    request = postgres_cdc_sensor(context)
+    assert isinstance(request, dg.RunRequest) and request.tags["embedding_assets/cdc_end_lsn"]
+
+    report = runner.refresh(**cdc.job())
+    assert (report.docs_added, report.docs_changed, report.docs_deleted) == (1, 1, 1)
+    assert report.cdc["advanced"] and cdc.feed.peek().changes == []
+    [minilm] = report.versions
+    assert minilm["served"] and minilm["lag_max_seconds"] > 0  # commit time to indexed, measured
+    assert served_doc_ids(cdc) == set(SEEDED) - {"library/json/dumps.md"} | {"notes/new"}
+    hits = searcher_for_state(cdc.pointer.require_current(), cdc.db()).search("pangolin-semaphore", 1).hits
+    assert hits[0]["doc_id"] == "notes/new"
+    assert isinstance(postgres_cdc_sensor(context), dg.SkipReason)
+
+
+def test_a_failed_run_does_not_advance_the_slot_and_the_retry_applies_the_changes(cdc, tmp_path):
+    sql(cdc, "DELETE FROM {t} WHERE id = %s", "library/csv/writer.md")
+    pending = cdc.feed.peek().changes
+    assert [c.kind for c in pending] == ["delete"]
+    document = yaml.safe_load(settings.REGISTRY_PATH.read_text())
+    next(v for v in document["versions"] if v["id"] == MINILM)["fingerprint"] = "sha256:" + "2" * 64
+    broken = tmp_path / "model_registry.yaml"
+    broken.write_text(yaml.safe_dump(document))
+    failed = runner.refresh(**cdc.with_registry(broken).job())  # weights no longer match: the run fails
+    assert not failed.ok and failed.cdc == {"end_lsn": failed.cdc["end_lsn"], "advanced": False}
+    assert PostgresChangeFeed(cdc.feed.settings).peek().changes == pending  # nothing was consumed
+    assert "library/csv/writer.md" in served_doc_ids(cdc)
+
+    retried = runner.refresh(**cdc.job())
+    assert retried.ok and retried.cdc["advanced"] and cdc.feed.peek().changes == []
+    assert "library/csv/writer.md" not in served_doc_ids(cdc)
