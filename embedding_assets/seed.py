@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import shutil
 import sys
 import warnings
@@ -68,6 +69,8 @@ def _members(module: object) -> list[tuple[str, object]]:
     members = []
     for name in sorted(set(names)):
         obj = getattr(module, name, None)
+        if name.endswith("hook") and hasattr(module, f"__{name}__"):
+            obj = getattr(module, f"__{name}__")  # the original: a test runner may have swapped in its own
         if inspect.isclass(obj) or inspect.isroutine(obj):
             owner = getattr(obj, "__module__", module.__name__)  # type: ignore[attr-defined]
             if owner in (module.__name__, f"_{module.__name__}", "builtins") or public is not None:  # type: ignore[attr-defined]
@@ -75,11 +78,34 @@ def _members(module: object) -> list[tuple[str, object]]:
     return members
 
 
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+LITERALS = (type(None), bool, int, float, complex, str, bytes)
+
+
+class _Opaque:
+    """Stands in for a default whose repr depends on the process (objects, live registries)."""
+
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _stable(value: object) -> bool:
+    if isinstance(value, tuple | frozenset):
+        return all(_stable(v) for v in value)
+    return isinstance(value, LITERALS)
+
+
 def _signature(name: str, obj: object) -> str:
+    """`name(params)` with only literal defaults spelled out, so the corpus is byte-for-byte reproducible."""
     try:
-        return f"{name}{inspect.signature(obj)}"  # type: ignore[arg-type]
+        signature = inspect.signature(obj)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return name
+    params = [
+        p.replace(default=_Opaque()) if p.default is not p.empty and not _stable(p.default) else p
+        for p in signature.parameters.values()
+    ]
+    return MEMORY_ADDRESS.sub("", f"{name}{signature.replace(parameters=params)}")
 
 
 def _class_page(qualname: str, cls: type) -> str:
