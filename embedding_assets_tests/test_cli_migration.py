@@ -80,3 +80,12 @@ def test_rollback_with_nothing_before_is_a_clear_error(cli, capsys):
     """After the round trip, MiniLM's first promotion replaced nothing: no further way back."""
     assert main(["rollback", "--json"]) == 2
     assert "replaced nothing" in capsys.readouterr().err
+
+
+def test_refresh_reports_the_documented_shape(cli, capsys):
+    code, report, _ = run(capsys, "refresh", "--json")
+    assert code == 0
+    keys = {"docs_added", "docs_changed", "docs_deleted", "chunks_embedded", "chunks_reused"}
+    assert keys | {"rows_upserted", "rows_deleted", "seconds", "versions"} <= set(report)
+    assert report["chunks_embedded"] == report["rows_upserted"] == 0  # nothing changed since the build
+    assert report["versions"][0]["id"] == MINILM and report["versions"][0]["role"] == "served"
