@@ -175,17 +175,22 @@ def lsn_value(lsn: str) -> int:
 # --- test_decoding's text output ------------------------------------------------------------------------
 
 
+def _read_quoted(text: str, i: int, quote: str, what: str) -> tuple[str, int]:
+    """The quoted text starting at text[i] (a doubled quote stands for one) and the index after it."""
+    parts, j = [], i + 1
+    while (k := text.find(quote, j)) >= 0:
+        parts.append(text[j:k])
+        if not text.startswith(quote, k + 1):
+            return "".join(parts), k + 1
+        parts.append(quote)
+        j = k + 2
+    raise ValueError(f"unterminated quoted {what} at {text[i : i + 40]!r}")
+
+
 def _read_identifier(text: str, i: int, stops: str) -> tuple[str, int]:
     """An identifier at text[i:]: "double-quoted" with "" escapes, or a bare run up to a stop character."""
     if text.startswith('"', i):
-        parts, j = [], i + 1
-        while (k := text.find('"', j)) >= 0:
-            parts.append(text[j:k])
-            if not text.startswith('"', k + 1):
-                return "".join(parts), k + 1
-            parts.append('"')
-            j = k + 2
-        raise ValueError(f"unterminated quoted identifier at {text[i : i + 40]!r}")
+        return _read_quoted(text, i, '"', "identifier")
     j = i
     while j < len(text) and text[j] not in stops:
         j += 1
@@ -210,14 +215,7 @@ def split_table_name(table: str) -> tuple[str | None, str]:
 
 def _read_value(text: str, i: int) -> tuple[str | None, int]:
     if text.startswith("'", i):
-        parts, j = [], i + 1
-        while (k := text.find("'", j)) >= 0:
-            parts.append(text[j:k])
-            if not text.startswith("'", k + 1):
-                return "".join(parts), k + 1
-            parts.append("'")
-            j = k + 2
-        raise ValueError("unterminated quoted value")
+        return _read_quoted(text, i, "'", "value")
     end = text.find(" ", i)
     end = len(text) if end < 0 else end
     token = text[i:end]

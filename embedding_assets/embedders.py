@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 ENCODE_BATCH_SIZE = 64
+QUERY_CACHE_LIMIT = 10_000  # distinct query texts kept per model
 
 
 class Embedder:
@@ -26,6 +27,7 @@ class Embedder:
         self.version = version
         self.weights_path: Path = version.verified_weights_path()
         self.fingerprint = version.pinned_fingerprint()
+        self._query_vectors: dict[str, np.ndarray] = {}
 
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
@@ -54,6 +56,19 @@ class Embedder:
         out = np.empty_like(stacked)
         out[order] = stacked
         return out
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        """Like `encode`, remembering each query's vector: the gates and evaluation ask for the same
+        judged queries against several table versions of one model."""
+        cache = self._query_vectors
+        if len(cache) > QUERY_CACHE_LIMIT:
+            cache.clear()
+        new = [q for q in dict.fromkeys(queries) if q not in cache]
+        if new:
+            cache.update(zip(new, self.encode(new), strict=True))
+        if not queries:
+            return np.zeros((0, self.version.dimension), dtype=np.float32)
+        return np.stack([cache[q] for q in queries])
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from embedding_assets.cdc import PostgresChangeFeed, PostgresSettings, ResyncRequired, SourceRow
+from embedding_assets.cdc import ChangeBatch, PostgresChangeFeed, PostgresSettings, ResyncRequired, SourceRow
 from embedding_assets.sources import (
     MAX_DOCUMENT_BYTES,
     Deleted,
@@ -35,6 +35,11 @@ class PostgresSource:
     @property
     def uri(self) -> str:
         return self.settings.describe()
+
+    def pending(self) -> ChangeBatch:
+        """The changes the slot holds (creating the slot if needed), without consuming them."""
+        self.feed.ensure_slot()
+        return self.feed.peek(self.max_changes)
 
     def read(self, known: Manifest | None = None) -> Iterator[SourceItem]:
         created = self.feed.ensure_slot()

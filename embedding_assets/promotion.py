@@ -48,17 +48,10 @@ def promote(
     overrides: dict | None = None,
 ) -> ServingState:
     """Serve `version` at `table_version`; the pointer move is one atomic rename."""
-    current = pointer.current()
-    name = settings.index_table(version.id)
-    if (
-        table_version is not None
-        and current
-        and (current.table, current.table_version) == (name, table_version)
-    ):
-        return current  # already served exactly this; a second history entry would make rollback a no-op
     state = serving_state(
         db, version, table_version, run_id=run_id, gates=gates or {}, overrides=overrides or {}
     )
-    if current and (current.table, current.table_version) == (name, state.table_version):
-        return current
+    current = pointer.current()
+    if current and (current.table, current.table_version) == (state.table, state.table_version):
+        return current  # already served exactly this; a second history entry would make rollback a no-op
     return pointer.promote(state)

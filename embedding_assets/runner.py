@@ -119,9 +119,6 @@ class GateRun:
     def gate_seconds(self) -> float:
         return round(sum(float(c["metadata"].get("seconds", 0)) for c in self.checks), 2)
 
-    def blocking_failures(self) -> list[dict[str, Any]]:
-        return [c for c in self.checks if not c["passed"] and c["severity"] == "ERROR"]
-
     def to_json(self) -> dict[str, Any]:
         return {
             "promoted": self.promoted,

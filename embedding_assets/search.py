@@ -84,7 +84,7 @@ class Searcher:
             )
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        return self.embedder.encode(queries)
+        return self.embedder.encode_queries(queries)
 
     def search_vector(
         self, vector: np.ndarray, k: int, columns: list[str] | None = None

@@ -62,8 +62,7 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
     if corpus_source.kind != "postgres":
         return dg.SkipReason(f"the corpus source is {corpus_source.kind!r}, not postgres")
     source = corpus_source.source()
-    source.feed.ensure_slot()
-    batch = source.feed.peek(source.max_changes)
+    batch = source.pending()
     if not batch.changes:
         if batch.end_lsn:  # WAL of other tables only: let the slot release it, nothing needs applying
             source.advance(batch.end_lsn)

@@ -108,17 +108,6 @@ def _record_quarantine(
 ) -> None:
     """Replace the quarantine list with this pass's refusals (a fixed document leaves it); an incremental
     pass only adds to it, since it did not look at the documents it was not told about."""
-    if incremental:
-        if quarantined:
-            table = store.open_table(db, QUARANTINE_TABLE, store.QUARANTINE_SCHEMA)
-            rows = [{"doc_id": q.doc_id, "source_uri": q.source_uri, "reason": q.reason} for q in quarantined]
-            now = datetime.now(UTC)
-            store.upsert(
-                table,
-                pa.Table.from_pylist([{**r, "seen_at": now} for r in rows], schema=store.QUARANTINE_SCHEMA),
-                "doc_id",
-            )
-        return
     now = datetime.now(UTC)
     rows = pa.Table.from_pylist(
         [
@@ -127,4 +116,7 @@ def _record_quarantine(
         ],
         schema=store.QUARANTINE_SCHEMA,
     )
-    db.create_table(QUARANTINE_TABLE, data=rows, schema=store.QUARANTINE_SCHEMA, mode="overwrite")
+    if incremental:
+        store.upsert(store.open_table(db, QUARANTINE_TABLE, store.QUARANTINE_SCHEMA), rows, "doc_id")
+    else:
+        db.create_table(QUARANTINE_TABLE, data=rows, schema=store.QUARANTINE_SCHEMA, mode="overwrite")
