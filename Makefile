@@ -1,22 +1,28 @@
 # The two README commands: `make run` (set up, build and serve the default index) and `make test`.
+# Setup installs exactly what uv.lock pins (uv sync --frozen); `make lock` updates the lock on purpose.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-TORCH_PIN := torch==2.13.0
+UV_VERSION := 0.13.9
+UV_TOOL := .uv
+UV := $(UV_TOOL)/bin/uv
+STAMP := $(VENV)/.synced
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test dev lint clean
+.PHONY: setup run test dev lint lock clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The local CPU build of torch; any other torch spec pulls GBs of CUDA packages.
-	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH_PIN)
+# uv itself, pinned, in a small venv of its own (uv sync manages .venv and would remove it from there).
+$(UV):
+	$(PYTHON) -m venv $(UV_TOOL)
+	$(UV_TOOL)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# torch==2.13.0 (CPU) comes from the machine's local wheel folder (pyproject [tool.uv.sources]).
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,6 +39,12 @@ dev: setup
 
 lint: setup
 	$(BIN)/ruff check embedding_assets embedding_assets_tests
+
+# Re-resolve every dependency to its newest allowed release and rewrite uv.lock; commit the result.
+# A new release of a library in the static model's recipe changes its recipe pin: re-pin it
+# (embedding-assets pin --id ID --distill-from BASE --force) under a new version id.
+lock: $(UV)
+	$(UV) lock --upgrade
 
 clean:
 	rm -rf data/lancedb data/serving data/scratch data/models .dagster_home

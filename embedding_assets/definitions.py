@@ -1,83 +1,105 @@
-"""The Definitions: assets, resources, jobs and sensors of embedding-assets."""
+"""The Definitions: assets, checks, jobs, schedules, sensors and the resources every entry point uses.
+
+Deployment choices are read here, once, from the environment (`dg.EnvVar`): where the data lives, which
+registry pins the models, where documents come from, the PostgreSQL server (password kept as an EnvVar,
+never resolved into config), and the serving policies. The CLI, the runner, evaluation and the gates all
+take their resources from `defs`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import dagster as dg
 
-from embedding_assets import settings
-from embedding_assets.assets.chunks import chunks
-from embedding_assets.assets.corpus import corpus
-from embedding_assets.assets.embeddings import embeddings
-from embedding_assets.assets.index import index
-from embedding_assets.assets.model_weights import model_weights
-from embedding_assets.assets.serving import serving_index
-from embedding_assets.checks import index_checks
-from embedding_assets.freshness_checks import (
-    served_freshness,
-)
-from embedding_assets.jobs import (
-    build_index_job,
-    check_index_job,
-    corpus_job,
-    migrate_job,
-    promote_job,
-    refresh_live_job,
-    refresh_served_job,
-    refresh_version_job,
-    rollback_job,
-)
-from embedding_assets.resources import (
+from embedding_assets import locations
+from embedding_assets.defs.assets.chunks import chunks
+from embedding_assets.defs.assets.corpus import corpus
+from embedding_assets.defs.assets.embeddings import embeddings
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.assets.model_weights import model_weights
+from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.checks.freshness import freshness_policy, served_freshness
+from embedding_assets.defs.checks.gates import index_checks
+from embedding_assets.defs.jobs import JOBS
+from embedding_assets.defs.refresh import refresh_live_job
+from embedding_assets.defs.resources import (
     CorpusSourceResource,
     GoldenSetResource,
     LanceDBResource,
     ModelRegistryResource,
+    PostgresResource,
     ServingResource,
 )
-from embedding_assets.schedules import refresh_schedule, served_freshness_job, served_freshness_schedule
-from embedding_assets.sensors import corpus_folder_sensor, model_registry_sensor, postgres_cdc_sensor
+from embedding_assets.defs.schedules import build_schedules
+from embedding_assets.defs.sensors import SENSORS
 
 
-def _env(name: str, default: str) -> str:
-    """A deployment choice from the environment, with the embedded default."""
-    import os
-
-    return os.environ.get(name, default)
+def _choice(name: str, default: str) -> str:
+    """A deployment choice: the environment variable `name` if set, else the embedded default."""
+    return dg.EnvVar(name).get_value(default) or default
 
 
-def _golden_path() -> str:
-    """Judged queries: set explicitly, else a BEIR source's own queries, else the shipped golden set."""
-    if _env("EMBEDDING_ASSETS_SOURCE_KIND", "folder") == "beir":
-        return _env("EMBEDDING_ASSETS_GOLDEN_PATH", _env("EMBEDDING_ASSETS_SOURCE_PATH", ""))
-    return str(settings.GOLDEN_DIR)
+def _secret(name: str) -> str:
+    """A secret stays an EnvVar (resolved only inside a run, never written to run config); unset is ''."""
+    return dg.EnvVar(name) if dg.EnvVar(name).get_value() else ""
 
 
-ASSETS = [corpus, model_weights, chunks, embeddings, index, serving_index]
-ASSET_CHECKS = [*index_checks, served_freshness]
-JOBS = [
-    build_index_job,
-    promote_job,
-    migrate_job,
-    check_index_job,
-    rollback_job,
-    corpus_job,
-    refresh_version_job,
-    refresh_served_job,
-    refresh_live_job,
-    served_freshness_job,
-]
-
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=ASSET_CHECKS,
-    jobs=JOBS,
-    schedules=[refresh_schedule, served_freshness_schedule],
-    sensors=[model_registry_sensor, corpus_folder_sensor, postgres_cdc_sensor],
-    resources={
-        "lancedb": LanceDBResource(uri=_env("EMBEDDING_ASSETS_LANCEDB_URI", str(settings.LANCEDB_DIR))),
-        "model_registry": ModelRegistryResource(path=str(settings.REGISTRY_PATH)),
-        "corpus_source": CorpusSourceResource(
-            kind=_env("EMBEDDING_ASSETS_SOURCE_KIND", "folder"),
-            path=_env("EMBEDDING_ASSETS_SOURCE_PATH", str(settings.CORPUS_DIR)),
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Every resource, configured from the environment with the embedded defaults."""
+    data_dir = Path(_choice("EMBEDDING_ASSETS_DATA", str(locations.DEFAULT_DATA_DIR)))
+    source_kind = _choice("EMBEDDING_ASSETS_SOURCE_KIND", "folder")
+    source_path = _choice("EMBEDDING_ASSETS_SOURCE_PATH", str(locations.corpus_dir(data_dir)))
+    # A BEIR source brings its own judged queries; otherwise the shipped golden set.
+    golden = source_path if source_kind == "beir" else str(locations.SHIPPED_GOLDEN_DIR)
+    postgres = PostgresResource(
+        host=_choice("EMBEDDING_ASSETS_PG_HOST", _choice("PGHOST", "")),
+        port=int(_choice("EMBEDDING_ASSETS_PG_PORT", _choice("PGPORT", "5432"))),
+        user=_choice("EMBEDDING_ASSETS_PG_USER", _choice("PGUSER", "")),
+        password=_secret("EMBEDDING_ASSETS_PG_PASSWORD") or _secret("PGPASSWORD"),
+        dbname=_choice("EMBEDDING_ASSETS_PG_DB", _choice("PGDATABASE", "")),
+        table=_choice("EMBEDDING_ASSETS_PG_TABLE", PostgresResource.model_fields["table"].default),
+        slot=_choice("EMBEDDING_ASSETS_PG_SLOT", PostgresResource.model_fields["slot"].default),
+    )
+    return {
+        "lancedb": LanceDBResource(
+            uri=_choice("EMBEDDING_ASSETS_LANCEDB_URI", str(locations.lancedb_dir(data_dir)))
         ),
-        "serving": ServingResource(folder=str(settings.SERVING_DIR)),
-        "golden_set": GoldenSetResource(path=_golden_path()),
-    },
-)
+        "model_registry": ModelRegistryResource(
+            path=_choice("EMBEDDING_ASSETS_REGISTRY", str(locations.SHIPPED_REGISTRY)),
+            models_dir=str(locations.models_dir(data_dir)),
+        ),
+        "corpus_source": CorpusSourceResource(kind=source_kind, path=source_path, postgres=postgres),
+        "serving": ServingResource(
+            folder=str(locations.serving_dir(data_dir)),
+            retention_hours=float(_choice("EMBEDDING_ASSETS_RETENTION_HOURS", "168")),
+            freshness_slo_minutes=float(_choice("EMBEDDING_ASSETS_FRESHNESS_SLO_MINUTES", "15")),
+        ),
+        "golden_set": GoldenSetResource(
+            path=_choice("EMBEDDING_ASSETS_GOLDEN_PATH", golden),
+            scratch_dir=str(locations.scratch_dir(data_dir)),
+        ),
+    }
+
+
+def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+    """The project's Definitions with `resources` (default: from the environment)."""
+    resources = resources or build_resources()
+    policy = freshness_policy(resources["serving"].freshness_slo)
+    fresh = [
+        a.map_asset_specs(lambda s: s.replace_attributes(freshness_policy=policy)) for a in (corpus, index)
+    ]
+    production = _choice("EMBEDDING_ASSETS_ENV", "local") == "production"
+    return dg.Definitions(
+        assets=[fresh[0], model_weights, chunks, embeddings, fresh[1], serving_index],
+        asset_checks=[*index_checks, served_freshness],
+        jobs=[*JOBS, refresh_live_job],
+        schedules=build_schedules(
+            refresh_cron=_choice("EMBEDDING_ASSETS_REFRESH_CRON", "*/15 * * * *"), running=production
+        ),
+        sensors=SENSORS,
+        resources=resources,
+    )
+
+
+defs = build_definitions()

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from embedding_assets import settings
-from embedding_assets.embedders import ENCODE_BATCH_SIZE
-from embedding_assets.registry import ModelVersion, load_registry
+from embedding_assets.models.embedders import ENCODE_BATCH_SIZE
+from embedding_assets.models.registry import DEFAULT_VERSION, ModelVersion, load_registry
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -49,7 +48,7 @@ def int8_onnx_encoder() -> AlteredEncoder:
     from tokenizers import Tokenizer
 
     version = _pinned()
-    tokenizer = Tokenizer.from_file(str(version.weights.path() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(version.weights_path() / "tokenizer.json"))
     # tokenizer.json ships truncation at 128 and fixed padding to 128; sentence-transformers
     # truncates at max_seq_length and pads to the longest text in the batch.
     tokenizer.enable_truncation(max_length=version.max_tokens, strategy="longest_first")
@@ -84,7 +83,7 @@ def truncated_encoder(max_seq_length: int = 128) -> AlteredEncoder:
     model = _load_minilm()
     model.max_seq_length = max_seq_length
     return AlteredEncoder(
-        f"{settings.DEFAULT_VERSION} with max_seq_length {_pinned().max_tokens} -> {max_seq_length}",
+        f"{DEFAULT_VERSION} with max_seq_length {_pinned().max_tokens} -> {max_seq_length}",
         functools.partial(_st_encode, model),
     )
 
@@ -111,14 +110,14 @@ def noisy_weights_encoder(
             size = param.std(correction=0) if scale == "tensor" else param.abs()
             param.add_(relative * size * noise)
     return AlteredEncoder(
-        f"{settings.DEFAULT_VERSION} with {relative:g} relative Gaussian weight noise ({scale}, seed {seed})",
+        f"{DEFAULT_VERSION} with {relative:g} relative Gaussian weight noise ({scale}, seed {seed})",
         functools.partial(_st_encode, model),
     )
 
 
 @functools.cache
 def _pinned() -> ModelVersion:
-    return load_registry().get(settings.DEFAULT_VERSION)
+    return load_registry().get(DEFAULT_VERSION)
 
 
 def _load_minilm() -> SentenceTransformer:
@@ -127,7 +126,7 @@ def _load_minilm() -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     transformers.logging.set_verbosity_error()
-    model = SentenceTransformer(str(_pinned().weights.path()), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(_pinned().weights_path()), device="cpu", local_files_only=True)
     model.max_seq_length = _pinned().max_tokens
     return model
 

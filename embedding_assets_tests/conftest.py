@@ -1,6 +1,8 @@
 """Shared fixtures: an isolated data folder, the real pinned MiniLM model loaded once, a small real corpus."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 # Isolate every path the package derives from the data folder before the package is imported.
@@ -13,11 +15,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from embedding_assets import settings  # noqa: E402
-from embedding_assets.cdc import PostgresSettings  # noqa: E402
-from embedding_assets.embedders import Embedder, embedder_for  # noqa: E402
-from embedding_assets.registry import ModelRegistry, ModelVersion, load_registry  # noqa: E402
-from embedding_assets.seed import seed_corpus  # noqa: E402
+from embedding_assets.corpus.postgres.settings import PostgresSettings  # noqa: E402
+from embedding_assets.definitions import build_resources  # noqa: E402
+from embedding_assets.models.embedders import Embedder, embedder_for  # noqa: E402
+from embedding_assets.models.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion  # noqa: E402
 from embedding_assets_tests import pg  # noqa: E402
 
 SMALL_CORPUS_PREFIXES = ("library/argparse/", "library/getopt/", "library/json/", "library/csv/")
@@ -26,12 +27,13 @@ SMALL_CORPUS_EXTRA = ("topics/for.md", "topics/try.md", "source/shlex.py", "sour
 
 @pytest.fixture(scope="session")
 def registry() -> ModelRegistry:
-    return load_registry()
+    """The shipped registry, with built artifacts in the session's data folder."""
+    return build_resources()["model_registry"].load()
 
 
 @pytest.fixture(scope="session")
 def minilm(registry: ModelRegistry) -> ModelVersion:
-    return registry.get(settings.DEFAULT_VERSION)
+    return registry.get(DEFAULT_VERSION)
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +44,12 @@ def minilm_embedder(minilm: ModelVersion) -> Embedder:
 
 @pytest.fixture(scope="session")
 def full_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default corpus as the seed command writes it (documents are only written, never embedded)."""
+    """The default corpus as the seed command writes it, in a process of its own (documents are only
+    written, never embedded): in-process, pages of classes that earlier tests' libraries extended differ."""
     root = tmp_path_factory.mktemp("seeded") / "corpus"
-    seed_corpus(root)
+    command = [sys.executable, "-m", "embedding_assets.cli.main", "seed", "--path", str(root)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     return root
 
 

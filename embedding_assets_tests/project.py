@@ -10,25 +10,29 @@ from typing import Any
 
 import dagster as dg
 
-from embedding_assets import runner, settings, store
-from embedding_assets.assets.chunks import chunks
-from embedding_assets.assets.corpus import corpus
-from embedding_assets.assets.embeddings import embeddings
-from embedding_assets.assets.index import index
-from embedding_assets.assets.model_weights import model_weights
-from embedding_assets.definitions import ASSET_CHECKS, ASSETS, JOBS
-from embedding_assets.partitions import model_versions
-from embedding_assets.registry import load_registry
-from embedding_assets.resources import (
+from embedding_assets import locations
+from embedding_assets.cli import runner
+from embedding_assets.definitions import build_definitions, build_resources
+from embedding_assets.defs.assets.chunks import chunks
+from embedding_assets.defs.assets.corpus import corpus
+from embedding_assets.defs.assets.embeddings import embeddings
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.assets.model_weights import model_weights
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import (
     CorpusSourceResource,
     GoldenSetResource,
     LanceDBResource,
     ModelRegistryResource,
     ServingResource,
 )
-from embedding_assets.serving import ServingPointer
+from embedding_assets.index import store, tables
+from embedding_assets.models.registry import DEFAULT_VERSION, load_registry
+from embedding_assets.serving.pointer import ServingPointer
 
 BUILD = [corpus, model_weights, chunks, embeddings, index]
+# Built model artifacts are shared by every test deployment of the session (built once).
+MODELS_DIR = build_resources()["model_registry"].models_dir
 
 
 class Project:
@@ -41,7 +45,7 @@ class Project:
         corpus_dir: Path,
         db: Path | None = None,
         serving: Path | None = None,
-        registry: Path = settings.REGISTRY_PATH,
+        registry: Path = locations.SHIPPED_REGISTRY,
     ):
         self.root = root
         self.corpus = root / "corpus"
@@ -56,33 +60,33 @@ class Project:
         self.instance.add_dynamic_partitions(model_versions.name, load_registry().ids)
         self.resources = {
             "lancedb": LanceDBResource(uri=str(self.db_uri)),
-            "model_registry": ModelRegistryResource(path=str(registry)),
+            "model_registry": ModelRegistryResource(path=str(registry), models_dir=MODELS_DIR),
             "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
             "serving": ServingResource(folder=str(self.pointer.folder)),
-            "golden_set": GoldenSetResource(path=str(settings.GOLDEN_DIR)),
+            "golden_set": GoldenSetResource(
+                path=str(locations.SHIPPED_GOLDEN_DIR), scratch_dir=str(root / "scratch")
+            ),
         }
-        self.defs = dg.Definitions(
-            assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=self.resources
-        )
+        self.defs = build_definitions(self.resources)
 
-    def copy(self, root: Path, registry: Path = settings.REGISTRY_PATH) -> Project:
+    def copy(self, root: Path, registry: Path = locations.SHIPPED_REGISTRY) -> Project:
         """A new deployment with this one's files and a fresh instance: no vector is computed twice."""
         return Project(root, self.corpus, self.db_uri, self.pointer.folder, registry)
 
     def with_registry(self, registry: Path) -> Project:
         """The same files and instance, read through another registry file (an edited model entry)."""
-        return self.with_resources(model_registry=ModelRegistryResource(path=str(registry)))
+        return self.with_resources(
+            model_registry=ModelRegistryResource(path=str(registry), models_dir=MODELS_DIR)
+        )
 
     def with_resources(self, **resources: Any) -> Project:
         """The same files and instance with some resources replaced (another registry, source, ...)."""
         clone = copy.copy(self)
         clone.resources = {**self.resources, **resources}
-        clone.defs = dg.Definitions(
-            assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=JOBS, resources=clone.resources
-        )
+        clone.defs = build_definitions(clone.resources)
         return clone
 
-    def materialize(self, assets: list, version: str = settings.DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
+    def materialize(self, assets: list, version: str = DEFAULT_VERSION) -> dg.ExecuteInProcessResult:
         partitioned = assets != [corpus]  # every other asset and check is per model version
         return dg.materialize(
             assets,
@@ -98,7 +102,7 @@ class Project:
     def migrate(self, version: str, **kwargs: Any) -> runner.GateRun:
         return runner.migrate(version, **kwargs, **self.job())
 
-    def gates(self, version: str = settings.DEFAULT_VERSION) -> runner.GateRun:
+    def gates(self, version: str = DEFAULT_VERSION) -> runner.GateRun:
         return runner.run_gates(version, **self.job())
 
     def metadata(self, result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -107,8 +111,11 @@ class Project:
         ]
         return {k: v.value for k, v in event.materialization.metadata.items()}
 
+    def registry(self):
+        return self.resources["model_registry"].load()
+
     def db(self):
         return store.connect(self.db_uri)
 
-    def index_rows(self, version: str = settings.DEFAULT_VERSION):
-        return self.db().open_table(settings.index_table(version)).to_arrow()
+    def index_rows(self, version: str = DEFAULT_VERSION):
+        return self.db().open_table(tables.index_table(version)).to_arrow()

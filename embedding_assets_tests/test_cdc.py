@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 from psycopg2 import sql
 
-from embedding_assets.cdc import (
+from embedding_assets.corpus.postgres.decoding import (
     Change,
     ChangeBatch,
-    PostgresChangeFeed,
-    PostgresSettings,
     ResyncRequired,
     changes_of,
     decode_line,
     lsn_value,
     split_table_name,
 )
+from embedding_assets.corpus.postgres.feed import PostgresChangeFeed
+from embedding_assets.corpus.postgres.settings import PostgresSettings
 from embedding_assets_tests import pg
 
 INSERT = "INSERT INTO {t} (id, title, body) VALUES (%s, %s, %s)"

@@ -8,14 +8,16 @@ import dagster as dg
 import pytest
 import yaml
 
-from embedding_assets import runner, settings
-from embedding_assets.cdc import PostgresChangeFeed
-from embedding_assets.resources import CorpusSourceResource
-from embedding_assets.search import searcher_for_state
-from embedding_assets.sensors import postgres_cdc_sensor
+from embedding_assets import locations
+from embedding_assets.cli import runner
+from embedding_assets.corpus.postgres.feed import PostgresChangeFeed
+from embedding_assets.defs.resources import CorpusSourceResource, PostgresResource
+from embedding_assets.defs.sensors import postgres_cdc_sensor
+from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.serving.search import searcher_for_state
 
 pytestmark = pytest.mark.slow
-MINILM = settings.DEFAULT_VERSION
+MINILM = DEFAULT_VERSION
 SEEDED = ["library/csv/reader.md", "library/csv/writer.md", "library/json/dumps.md", "topics/for.md"]
 MARKER = "The pangolin-semaphore sentence marks the inserted row."
 
@@ -25,30 +27,29 @@ def cdc(built_project, postgres, tmp_path_factory):
     """A deployment whose corpus is a PostgreSQL table holding four of the built project's documents
     (same texts, so their vectors come from the cache), served with MiniLM."""
     uid = uuid.uuid4().hex[:8]
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "HOST": postgres.host,
-            "PORT": str(postgres.port),
-            "USER": postgres.user,
-            "DB": postgres.dbname,
-            "TABLE": f"docs_{uid}",
-            "SLOT": f"pipeline_{uid}",
-        }.items():
-            patch.setenv(f"EMBEDDING_ASSETS_PG_{name}", value)
-        project = built_project.copy(tmp_path_factory.mktemp("cdc"))
-        project = project.with_resources(corpus_source=CorpusSourceResource(kind="postgres"))
-        project.feed = project.resources["corpus_source"].source().feed
-        project.feed.ensure_table()
-        for doc_id in SEEDED:
-            sql(
-                project,
-                "INSERT INTO {t} (id, title, body) VALUES (%s, '', %s)",
-                doc_id,
-                read(project, doc_id),
-            )
-        assert project.migrate(MINILM).promoted  # creates the slot and takes the snapshot
-        yield project
-        project.feed.drop_slot()
+    server = PostgresResource(
+        host=postgres.host,
+        port=postgres.port,
+        user=postgres.user,
+        password=postgres.password or "",
+        dbname=postgres.dbname,
+        table=f"docs_{uid}",
+        slot=f"pipeline_{uid}",
+    )
+    project = built_project.copy(tmp_path_factory.mktemp("cdc"))
+    project = project.with_resources(corpus_source=CorpusSourceResource(kind="postgres", postgres=server))
+    project.feed = project.resources["corpus_source"].source().feed
+    project.feed.ensure_table()
+    for doc_id in SEEDED:
+        sql(
+            project,
+            "INSERT INTO {t} (id, title, body) VALUES (%s, '', %s)",
+            doc_id,
+            read(project, doc_id),
+        )
+    assert project.migrate(MINILM).promoted  # creates the slot and takes the snapshot
+    yield project
+    project.feed.drop_slot()
 
 
 def read(project, doc_id: str) -> str:
@@ -62,7 +63,9 @@ def sql(project, statement: str, *params) -> None:
 
 def served_doc_ids(project) -> set[str]:
     state = project.pointer.require_current()
-    return set(searcher_for_state(state, project.db()).table.to_arrow()["doc_id"].to_pylist())
+    return set(
+        searcher_for_state(state, project.db(), project.registry()).table.to_arrow()["doc_id"].to_pylist()
+    )
 
 
 def test_snapshot_serves_exactly_the_table(cdc):
@@ -75,8 +78,8 @@ def test_insert_update_delete_arrive_through_the_sensor_and_the_slot_advances(cd
     body = read(cdc, "topics/for.md") + "\nA for loop can also iterate over a generator expression.\n"
     sql(cdc, "UPDATE {t} SET body = %s WHERE id = %s", body, "topics/for.md")
     sql(cdc, "DELETE FROM {t} WHERE id = %s", "library/json/dumps.md")
-    context = dg.build_sensor_context(instance=cdc.instance, resources=cdc.resources)
-    request = postgres_cdc_sensor(context)
+    with dg.build_sensor_context(instance=cdc.instance, resources=cdc.resources) as context:
+        request = postgres_cdc_sensor(context)
     assert isinstance(request, dg.RunRequest) and request.tags["embedding_assets/cdc_end_lsn"]
 
     report = runner.refresh(**cdc.job())
@@ -85,7 +88,11 @@ def test_insert_update_delete_arrive_through_the_sensor_and_the_slot_advances(cd
     [minilm] = report.versions
     assert minilm["served"] and minilm["lag_max_seconds"] > 0  # commit time to indexed, measured
     assert served_doc_ids(cdc) == set(SEEDED) - {"library/json/dumps.md"} | {"notes/new"}
-    hits = searcher_for_state(cdc.pointer.require_current(), cdc.db()).search("pangolin-semaphore", 1).hits
+    hits = (
+        searcher_for_state(cdc.pointer.require_current(), cdc.db(), cdc.registry())
+        .search("pangolin-semaphore", 1)
+        .hits
+    )
     assert hits[0]["doc_id"] == "notes/new"
     assert isinstance(postgres_cdc_sensor(context), dg.SkipReason)
 
@@ -94,8 +101,9 @@ def test_a_failed_run_does_not_advance_the_slot_and_the_retry_applies_the_change
     sql(cdc, "DELETE FROM {t} WHERE id = %s", "library/csv/writer.md")
     pending = cdc.feed.peek().changes
     assert [c.kind for c in pending] == ["delete"]
-    document = yaml.safe_load(settings.REGISTRY_PATH.read_text())
-    next(v for v in document["versions"] if v["id"] == MINILM)["fingerprint"] = "sha256:" + "2" * 64
+    document = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
+    document["versions"] = [v for v in document["versions"] if v["id"] == MINILM]  # its builds pin it
+    document["versions"][0]["fingerprint"] = "sha256:" + "2" * 64
     broken = tmp_path / "model_registry.yaml"
     broken.write_text(yaml.safe_dump(document))
     failed = runner.refresh(**cdc.with_registry(broken).job())  # weights no longer match: the run fails
@@ -106,3 +114,15 @@ def test_a_failed_run_does_not_advance_the_slot_and_the_retry_applies_the_change
     retried = runner.refresh(**cdc.job())
     assert retried.ok and retried.cdc["advanced"] and cdc.feed.peek().changes == []
     assert "library/csv/writer.md" not in served_doc_ids(cdc)
+
+
+def test_after_a_truncate_the_sensor_requests_a_resync_instead_of_failing_every_tick(cdc):
+    """Runs last: it empties the table. A TRUNCATE names no ids, so the slot must be read afresh."""
+    sql(cdc, "TRUNCATE {t}")
+    with dg.build_sensor_context(instance=cdc.instance, resources=cdc.resources) as context:
+        request = postgres_cdc_sensor(context)  # raised ResyncRequired on every tick before
+    assert isinstance(request, dg.RunRequest)
+    assert request.tags["embedding_assets/trigger"] == "postgres-resync"
+    report = runner.refresh(**cdc.job())
+    assert report.ok and report.docs_deleted > 0
+    assert cdc.feed.peek().changes == []  # resynchronized from a fresh slot and snapshot

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from embedding_assets.chunking import SPECIAL_TOKENS, Chunker
-from embedding_assets.registry import ChunkingConfig
+from embedding_assets.index.chunking import SPECIAL_TOKENS, Chunker
+from embedding_assets.models.registry import ChunkingConfig
 
 DOCS = [
     "topics/specialnames.md",

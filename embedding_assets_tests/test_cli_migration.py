@@ -3,25 +3,28 @@ SQLite Dagster instance: migrate, checks, status, rollback and their JSON shapes
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from embedding_assets import settings
-from embedding_assets.checks import GATES, GOLDEN_QUALITY
-from embedding_assets.cli import main
+from embedding_assets.cli.main import main
+from embedding_assets.defs.checks.gates import GATES, GOLDEN_QUALITY
+from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.wiring import wiring
 
 pytestmark = pytest.mark.slow
-MINILM = settings.DEFAULT_VERSION
+MINILM = DEFAULT_VERSION
 QUERY = "how do I read a csv file with a header row"
 
 
 @pytest.fixture(scope="module")
 def cli(built_project, registry, tmp_path_factory):
     """The CLI's data folders filled from the built project (its vectors are reused, not re-encoded)."""
-    if settings.LANCEDB_DIR.exists() or settings.SERVING_DIR.exists():
-        pytest.fail(f"{settings.DATA_DIR} already holds a deployment; this module needs a clean one")
-    shutil.copytree(built_project.corpus, settings.CORPUS_DIR, dirs_exist_ok=True)
-    shutil.copytree(built_project.db_uri, settings.LANCEDB_DIR)
+    wired = wiring()  # the CLI's own resources: the session's data folder (EMBEDDING_ASSETS_DATA)
+    if Path(wired.lancedb.uri).exists() or Path(wired.serving.folder).exists():
+        pytest.fail(f"{wired.lancedb.uri} already holds a deployment; this module needs a clean one")
+    shutil.copytree(built_project.corpus, wired.corpus_source.path, dirs_exist_ok=True)
+    shutil.copytree(built_project.db_uri, wired.lancedb.uri)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
         patch.setenv("EMBEDDING_ASSETS_LOG_LEVEL", "WARNING")

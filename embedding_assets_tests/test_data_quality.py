@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedding_assets import settings, store
-from embedding_assets.chunking import SPECIAL_TOKENS
-from embedding_assets.gates.data_quality import DataQualityReport, check_version_data_quality
-from embedding_assets.gates.data_quality import validate_data_quality as validate
-from embedding_assets.registry import ModelVersion
+from embedding_assets.index import store, tables
+from embedding_assets.index.chunking import SPECIAL_TOKENS
+from embedding_assets.models.registry import ModelVersion
+from embedding_assets.quality.gates.data_quality import DataQualityReport, check_version_data_quality
+from embedding_assets.quality.gates.data_quality import validate_data_quality as validate
 
 DIM = 8
 MAX_TOKENS = 32
@@ -222,10 +222,10 @@ def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelV
         for c, v in zip(chunk_records, vectors, strict=True)
     ]
     db.create_table(
-        settings.chunks_table(minilm.id), pa.Table.from_pylist(chunk_records, schema=store.CHUNKS_SCHEMA)
+        tables.chunks_table(minilm.id), pa.Table.from_pylist(chunk_records, schema=store.CHUNKS_SCHEMA)
     )
     index_schema = store.index_schema(minilm.dimension)
-    db.create_table(settings.index_table(minilm.id), pa.Table.from_pylist(index_records, schema=index_schema))
+    db.create_table(tables.index_table(minilm.id), pa.Table.from_pylist(index_records, schema=index_schema))
 
     report = check_version_data_quality(db, minilm)
     assert (report.chunks, report.rows) == (len(IDS), len(IDS))

@@ -1,20 +1,66 @@
 import dagster as dg
+import pytest
 
 from embedding_assets.definitions import defs
-from embedding_assets.partitions import model_versions
-from embedding_assets.registry import load_registry
-from embedding_assets.sensors import model_registry_sensor
+from embedding_assets.defs.assets.chunks import chunks
+from embedding_assets.defs.assets.corpus import corpus
+from embedding_assets.defs.assets.embeddings import embeddings
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.assets.model_weights import model_weights
+from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
+from embedding_assets.defs.checks.gates import GATES
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.sensors import model_registry_sensor
+from embedding_assets.wiring import wiring
+
+VERSION = {model_weights.key, chunks.key, embeddings.key, index.key}
+# job -> (assets it materializes, whether it runs the index gates, partitioned by model version)
+JOBS = {
+    "build_index": ({corpus.key} | VERSION, True, True),
+    "migrate_index": ({corpus.key, serving_index.key} | VERSION, True, True),
+    "promote_index": ({serving_index.key}, False, True),
+    "check_index": (set(), True, True),
+    "refresh_version": (VERSION, True, True),
+    "refresh_served": (VERSION | {serving_index.key}, True, True),
+    "sync_corpus": ({corpus.key}, False, False),
+    "check_served_freshness": (set(), False, False),
+    "rollback_serving": (set(), False, False),
+    "refresh_live_versions": (set(), False, False),
+}
 
 
-def test_definitions_load_and_every_job_and_sensor_resolves():
+def test_every_asset_and_check_is_defined():
     repo = defs.get_repository_def()
-    assert {"corpus", "model_weights", "chunks", "embeddings", "index", "serving_index"} <= {
-        k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()
+    assert {corpus.key, serving_index.key} | VERSION == set(repo.asset_graph.get_all_asset_keys())
+    checks = {k.name for k in repo.asset_graph.asset_check_keys}
+    assert checks == {*GATES, SERVED_FRESHNESS}
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_each_job_targets_what_it_says(name):
+    job = defs.resolve_job_def(name)
+    assets, gates, partitioned = JOBS[name]
+    assert job.asset_layer.executable_asset_keys == assets
+    gate_keys = {k.name for k in job.asset_layer.asset_graph.asset_check_keys if k.asset_key == index.key}
+    assert gate_keys == (set(GATES) if gates else set()), gate_keys
+    assert (job.partitions_def == model_versions) == partitioned  # the UI offers a partition picker
+
+
+def test_schedules_and_sensors_resolve_to_their_jobs():
+    schedules = {s.name: s for s in defs.schedules or []}
+    assert defs.resolve_schedule_def("refresh_live_versions_schedule").job_name == "refresh_live_versions"
+    assert defs.resolve_schedule_def("served_freshness_schedule").job_name == "check_served_freshness"
+    assert all(s.description for s in schedules.values())
+    targets = {
+        name: defs.resolve_sensor_def(name).job_name
+        for name in ("corpus_folder_sensor", "postgres_cdc_sensor")
     }
-    for job in repo.get_all_jobs():
-        assert job.name
-    for sensor in defs.sensors or []:
-        assert defs.resolve_sensor_def(sensor.name)
+    assert targets == {
+        "corpus_folder_sensor": "refresh_live_versions",
+        "postgres_cdc_sensor": "refresh_live_versions",
+    }
+    assert defs.resolve_sensor_def("model_registry_sensor").description
 
 
 def test_every_asset_has_a_group_and_description():
@@ -23,20 +69,23 @@ def test_every_asset_has_a_group_and_description():
         assert spec.group_name != "default" and spec.description, key
 
 
+def test_corpus_and_index_carry_the_freshness_policy():
+    for asset in (corpus, index):
+        assert defs.resolve_assets_def(asset.key).specs_by_key[asset.key].freshness_policy is not None
+
+
+def test_every_entry_point_shares_one_wiring():
+    wired = wiring(defs)
+    assert wired.lancedb.uri == wiring().lancedb.uri
+    assert wired.model_registry.load().ids == wiring().model_registry.load().ids
+
+
 def test_registry_sensor_adds_a_partition_per_registered_version():
     instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_sensor_context(
-        instance=instance, resources={"model_registry": defs.resources["model_registry"]}
-    )
-    result = model_registry_sensor(context)
+    resources = {"model_registry": defs.resources["model_registry"]}
+    result = model_registry_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     [request] = result.dynamic_partitions_requests
-    assert request.partition_keys == load_registry().ids
+    assert request.partition_keys == wiring().model_registry.load().ids
     instance.add_dynamic_partitions(model_versions.name, list(request.partition_keys))
-    assert isinstance(
-        model_registry_sensor(
-            dg.build_sensor_context(
-                instance=instance, resources={"model_registry": defs.resources["model_registry"]}
-            )
-        ),
-        dg.SkipReason,
-    )
+    again = model_registry_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(again, dg.SkipReason)

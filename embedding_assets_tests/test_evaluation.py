@@ -1,7 +1,7 @@
 import pytest
 
-from embedding_assets import settings
-from embedding_assets.evaluation import load_judged, ndcg_at_k, rank_documents, recall_at_k
+from embedding_assets import locations
+from embedding_assets.quality.evaluation import load_judged, ndcg_at_k, rank_documents, recall_at_k
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_documents_rank_by_their_best_chunk():
 
 
 def test_shipped_judged_queries_point_at_seeded_documents(full_corpus):
-    judged = load_judged(settings.PROJECT_ROOT / "data" / "golden")
+    judged = load_judged(locations.SHIPPED_GOLDEN_DIR)
     assert len(judged.queries) >= 40
     judged_docs = {d for rel in judged.qrels.values() for d in rel}
     missing = sorted(d for d in judged_docs if not (full_corpus / d).is_file())

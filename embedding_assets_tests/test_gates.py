@@ -5,17 +5,20 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from embedding_assets import checks, runner, settings, store
-from embedding_assets.checks import (
+from embedding_assets import locations
+from embedding_assets.cli import runner
+from embedding_assets.defs.checks import gates as checks
+from embedding_assets.defs.checks.gates import (
     COUNT_RECONCILIATION,
     GATES,
     GOLDEN_QUALITY,
     NEIGHBOUR_STABILITY,
     SENTINEL_DRIFT,
 )
-from embedding_assets.gates.sentinels import sentinel_drift
-from embedding_assets.registry import FingerprintMismatchError, WeightsSource
-from embedding_assets.search import (
+from embedding_assets.index import store, tables
+from embedding_assets.models.registry import DEFAULT_VERSION, FingerprintMismatchError, WeightsSource
+from embedding_assets.quality.gates.sentinels import sentinel_drift
+from embedding_assets.serving.search import (
     EncoderMismatchError,
     Searcher,
     ServedStateMissingError,
@@ -29,7 +32,7 @@ from embedding_assets_tests.altered_encoders import (
 from embedding_assets_tests.project import BUILD
 
 pytestmark = pytest.mark.slow
-MINILM = settings.DEFAULT_VERSION
+MINILM = DEFAULT_VERSION
 QUERIES = ["how do I parse command line options", "write rows to a csv file", "decode a JSON document"]
 
 
@@ -64,7 +67,7 @@ def test_first_migration_passes_every_gate_and_records_them(served):
     assert drift["sentinels"] >= 100 and drift["p95_distance"] < 1e-4
     state = served.pointer.require_current()
     assert set(state.gates) == set(GATES) and state.gates[COUNT_RECONCILIATION]["passed"]
-    assert state.table_version == served.db().open_table(settings.index_table(MINILM)).version
+    assert state.table_version == served.db().open_table(tables.index_table(MINILM)).version
 
 
 def test_int8_weights_are_benign_for_drift_but_refused_by_the_fingerprint(served, minilm):
@@ -102,7 +105,7 @@ def test_five_percent_weight_noise_lands_at_the_block_threshold(served, minilm):
 @pytest.mark.parametrize("damage", ["duplicate_rows", "foreign_fingerprint"])
 def test_damage_found_by_the_gates_refuses_a_later_promotion(served, damage):
     before = served.pointer.require_current()
-    table = served.db().open_table(settings.index_table(MINILM))
+    table = served.db().open_table(tables.index_table(MINILM))
     victim = "library/csv/reader.md"
     if damage == "duplicate_rows":
         rows = table.to_arrow()
@@ -118,11 +121,11 @@ def test_damage_found_by_the_gates_refuses_a_later_promotion(served, damage):
         runner.promote_version(MINILM, **served.job())
     assert served.pointer.require_current() == before
     # The served table version is pinned, so queries never saw the damage; a rebuild repairs it.
-    assert searcher_for_state(before, served.db()).search(QUERIES[0], 3).hits
+    assert searcher_for_state(before, served.db(), served.registry()).search(QUERIES[0], 3).hits
     served.materialize(BUILD)
     assert served.gates().gates_passed
     runner.promote_version(MINILM, **served.job())  # gates passed in their own run: serving may move
-    repaired = served.db().open_table(settings.index_table(MINILM)).version
+    repaired = served.db().open_table(tables.index_table(MINILM)).version
     assert served.pointer.require_current().table_version == repaired
 
 
@@ -147,17 +150,17 @@ def test_worse_model_is_blocked_by_golden_quality_then_passes_with_a_recorded_ov
 
 def test_rollback_restores_the_results_served_before_the_promotion(served, static_id):
     minilm_state = served.pointer.history()[served.pointer.require_current().supersedes]
-    expected = _results(searcher_for_state(minilm_state, served.db()))
+    expected = _results(searcher_for_state(minilm_state, served.db(), served.registry()))
     moved = runner.rollback(**served.job())
     assert moved == {"served_version": MINILM, "previous_version": static_id}
     now = served.pointer.require_current()
     assert (now.action, now.table_version) == ("rollback", minilm_state.table_version)
-    assert _results(searcher_for_state(now, served.db())) == expected
+    assert _results(searcher_for_state(now, served.db(), served.registry())) == expected
 
 
 def test_a_chunking_change_behind_the_same_version_moves_neighbours(served, static_id, tmp_path):
     """The static version was served once; re-chunking it behind the same id shows in stability."""
-    document = yaml.safe_load(settings.REGISTRY_PATH.read_text())
+    document = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
     entry = next(v for v in document["versions"] if v["id"] == static_id)
     entry["chunking"] = {"chunk_tokens": 24, "overlap_tokens": 0, "python_by_definition": False}
     edited = tmp_path / "model_registry.yaml"
@@ -180,4 +183,4 @@ def test_a_recreated_table_is_not_mistaken_for_the_served_state(served, tmp_path
         recreated.delete("false")  # an empty commit: only the version number moves
     assert recreated.version == state.table_version
     with pytest.raises(ServedStateMissingError, match="recreated"):
-        searcher_for_state(state, store.connect(tmp_path))
+        searcher_for_state(state, store.connect(tmp_path), served.registry())

@@ -4,12 +4,14 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from embedding_assets import settings
-from embedding_assets.assets.corpus import corpus
-from embedding_assets.assets.index import index
-from embedding_assets.checks import COUNT_RECONCILIATION, count_reconciliation
-from embedding_assets.jobs import CHECK_JOB, check_index_job
-from embedding_assets.search import served_searcher
+from embedding_assets.defs.assets.corpus import corpus
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, count_reconciliation
+from embedding_assets.defs.jobs import CHECK_JOB, check_index_job
+from embedding_assets.index import tables
+from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.serving import search as search_module
+from embedding_assets.serving.search import Searcher, ServedSearch, served_searcher
 from embedding_assets_tests.project import BUILD, Project
 
 pytestmark = pytest.mark.slow
@@ -50,7 +52,7 @@ def test_first_build_reconciles_documents_chunks_and_rows(project):
     assert len(set(rows["chunk_id"].to_pylist())) == rows.num_rows
     assert not any(rows[c].null_count for c in PROVENANCE)
     assert set(rows["model_fingerprint"].to_pylist()) == {
-        project.resources["model_registry"].version(settings.DEFAULT_VERSION).fingerprint
+        project.resources["model_registry"].version(DEFAULT_VERSION).fingerprint
     }
 
 
@@ -64,11 +66,11 @@ def test_rerun_is_idempotent_and_embeds_nothing(project):
 
 
 def test_promoted_search_returns_provenance(project):
-    migration = project.migrate(settings.DEFAULT_VERSION)
+    migration = project.migrate(DEFAULT_VERSION)
     assert migration.promoted, migration.to_json()
-    searcher = served_searcher(project.db(), project.pointer)
+    searcher = served_searcher(project.db(), project.pointer, project.registry())
     result = searcher.search("how do I parse command line options", 5)
-    assert result.model_version == settings.DEFAULT_VERSION
+    assert result.model_version == DEFAULT_VERSION
     assert result.hits[0]["doc_id"].startswith(("library/getopt/", "library/argparse/", "source/getopt"))
     assert [h["score"] for h in result.hits] == sorted((h["score"] for h in result.hits), reverse=True)
     for hit in result.hits:
@@ -77,8 +79,28 @@ def test_promoted_search_returns_provenance(project):
         )
     assert (
         project.pointer.require_current().table_version
-        == project.db().open_table(settings.index_table(settings.DEFAULT_VERSION)).version
+        == project.db().open_table(tables.index_table(DEFAULT_VERSION)).version
     )
+
+
+def test_served_search_proves_a_table_state_once_and_follows_the_pointer(project, monkeypatch):
+    """The fingerprint scan belongs to a table version: a kept searcher answers many queries with one
+    proof, and a new serving state (here a refresh of the served version) is opened on the next query."""
+    scans = []
+    original = Searcher._refuse_foreign_vectors
+    monkeypatch.setattr(Searcher, "_refuse_foreign_vectors", lambda self: scans.append(1) or original(self))
+    monkeypatch.setattr(search_module, "_PROVEN_STATES", set())
+    served = ServedSearch(project.db(), project.pointer, project.registry())
+    first = [served.search(q, 3) for q in ("parse options", "read a csv file", "json dumps", "for loop")]
+    assert len(scans) == 1 and len({id(served.searcher())}) == 1
+    assert {r.table_version for r in first} == {project.pointer.require_current().table_version}
+    again = ServedSearch(project.db(), project.pointer, project.registry())
+    again.search("parse options", 3)
+    assert len(scans) == 1  # the same table state is not scanned again in this process
+    before = served.searcher()
+    state = project.pointer.require_current()
+    project.pointer.move_to(state.model_copy(update={"action": "refresh", "supersedes": state.supersedes}))
+    assert served.search("parse options", 3).hits and served.searcher() is not before
 
 
 def test_bad_documents_are_quarantined_and_the_run_goes_on(project):
@@ -90,6 +112,22 @@ def test_bad_documents_are_quarantined_and_the_run_goes_on(project):
     assert meta["docs_added"] == 0
     (project.corpus / "broken.md").unlink()
     (project.corpus / "empty.txt").unlink()
+
+
+def test_progress_inside_a_run_goes_to_the_run_log_not_a_terminal_bar(project, capfd):
+    (project.corpus / "topics/progress.md").write_text(
+        "# Progress\n\nA run reports how many chunks it embedded through Dagster's log, not a bar.\n"
+    )
+    result = project.materialize(BUILD)
+    assert project.metadata(result, "embeddings")["chunks_embedded"] >= 1
+    err = capfd.readouterr().err
+    assert "chunk/s" not in err and "\r" not in err, err[-500:]  # tqdm draws with carriage returns
+    logged = [
+        e.message
+        for e in project.instance.all_logs(result.run_id)
+        if e.message and "embedded" in e.message and "chunks/s" in e.message
+    ]
+    assert logged, "progress was not logged through Dagster"
 
 
 def test_edit_and_delete_touch_only_those_documents(project):
@@ -112,13 +150,13 @@ def test_edit_and_delete_touch_only_those_documents(project):
 def test_cli_search_and_status_speak_json(project, monkeypatch, capsys):
     import json
 
-    from embedding_assets.cli import main
+    from embedding_assets import wiring
+    from embedding_assets.cli.main import main
 
-    monkeypatch.setattr(settings, "LANCEDB_DIR", project.db_uri)
-    monkeypatch.setattr(settings, "SERVING_DIR", project.pointer.folder)
+    monkeypatch.setattr(wiring, "project_definitions", lambda: project.defs)
     assert main(["search", "how do I parse command line options", "--k", "5", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
-    assert found["model_version"] == settings.DEFAULT_VERSION and len(found["hits"]) == 5
+    assert found["model_version"] == DEFAULT_VERSION and len(found["hits"]) == 5
     assert {
         "doc_id",
         "chunk_id",
@@ -133,21 +171,22 @@ def test_cli_search_and_status_speak_json(project, monkeypatch, capsys):
     } <= set(found["hits"][0])
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["served_version"] == settings.DEFAULT_VERSION
+    assert status["served_version"] == DEFAULT_VERSION
     assert status["served_fingerprint"] == found["model_fingerprint"]
-    served = next(v for v in status["versions"] if v["id"] == settings.DEFAULT_VERSION)
+    served = next(v for v in status["versions"] if v["id"] == DEFAULT_VERSION)
     assert served["state"] == "served" and served["rows"] == served["chunks"] == status["rows"] > 0
     assert status["documents"] == len([p for p in project.corpus.rglob("*") if p.is_file()])
 
 
-def test_static_version_is_built_reproducibly_and_indexed(project, registry):
+def test_static_version_is_built_from_its_recipe_and_indexed(project, registry):
     static = next(v for v in registry.versions if v.loader == "model2vec")
     result = project.materialize(BUILD, version=static.id)
     weights = project.metadata(result, "model_weights")
-    assert weights["model_fingerprint"] == static.fingerprint  # rebuilt here, same bytes as pinned
+    assert weights["model_fingerprint"] == static.fingerprint  # the pinned recipe
+    assert weights["weights_fingerprint"].startswith("sha256:")  # the bytes this machine built
     index_meta = project.metadata(result, "index")
     assert index_meta["rows"] == project.metadata(result, "chunks")["chunks"] > 0
-    table = project.db().open_table(settings.index_table(static.id))
+    table = project.db().open_table(tables.index_table(static.id))
     assert table.schema.field("vector").type.list_size == static.dimension == 256
 
 
@@ -166,7 +205,7 @@ def _check(project):
         resources=project.resources,
     )
     result = checks.resolve_job_def(CHECK_JOB).execute_in_process(
-        tags={"dagster/partition": settings.DEFAULT_VERSION}, instance=project.instance, raise_on_error=False
+        partition_key=DEFAULT_VERSION, instance=project.instance, raise_on_error=False
     )
     return _reconciliation(project, result)
 
@@ -187,7 +226,7 @@ def test_count_reconciliation_passes_a_clean_build(project):
 )
 def test_count_reconciliation_blocks_real_damage(project, damage, problem):
     db = project.db()
-    table = db.open_table(settings.index_table(settings.DEFAULT_VERSION))
+    table = db.open_table(tables.index_table(DEFAULT_VERSION))
     victim = "library/json/loads.md"
     if damage == "delete_rows":
         table.delete(f"doc_id = '{victim}'")
@@ -197,7 +236,7 @@ def test_count_reconciliation_blocks_real_damage(project, damage, problem):
     elif damage == "foreign_fingerprint":
         table.update(where=f"doc_id = '{victim}'", values={"model_fingerprint": "sha256:" + "0" * 64})
     else:
-        db.open_table(settings.DOCUMENTS_TABLE).delete(f"doc_id = '{victim}'")
+        db.open_table(tables.DOCUMENTS_TABLE).delete(f"doc_id = '{victim}'")
     evaluation = _check(project)
     assert not evaluation.passed and evaluation.metadata[problem].value >= 1
     assert victim in str(evaluation.metadata["examples"].value)

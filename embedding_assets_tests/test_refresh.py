@@ -5,16 +5,17 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from embedding_assets import runner, settings
-from embedding_assets.checks import COUNT_RECONCILIATION
-from embedding_assets.freshness import served_lag
-from embedding_assets.gates.counts import reconcile
-from embedding_assets.search import searcher_for_state
-from embedding_assets.sensors import corpus_folder_sensor
+from embedding_assets.cli import runner
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION
+from embedding_assets.defs.sensors import corpus_folder_sensor
+from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.quality.freshness import served_lag
+from embedding_assets.quality.gates.counts import reconcile
+from embedding_assets.serving.search import searcher_for_state
 from embedding_assets_tests.project import BUILD
 
 pytestmark = pytest.mark.slow
-MINILM = settings.DEFAULT_VERSION
+MINILM = DEFAULT_VERSION
 EDITED = "library/csv/writer.md"
 DELETED = "library/json/dump.md"
 ADDED = "library/notes/refresh.md"
@@ -40,8 +41,8 @@ def _version(report: runner.RefreshReport, version_id: str) -> dict:
 
 
 def _sensor(project) -> dg.SensorResult | dg.RunRequest | dg.SkipReason:
-    context = dg.build_sensor_context(instance=project.instance, resources=project.resources)
-    return corpus_folder_sensor(context)
+    with dg.build_sensor_context(instance=project.instance, resources=project.resources) as context:
+        return corpus_folder_sensor(context)
 
 
 def test_nothing_changed_embeds_and_writes_nothing(live):
@@ -74,7 +75,11 @@ def test_edit_add_delete_touch_exactly_those_documents_in_every_live_version(liv
         assert reconcile(live.db(), live.resources["model_registry"].version(version)).passed
     served = live.pointer.require_current()
     assert _version(report, MINILM)["served"] and served.action == "refresh"
-    hits = searcher_for_state(served, live.db()).search("quokka-lantern zebra-striped marker", 3).hits
+    hits = (
+        searcher_for_state(served, live.db(), live.registry())
+        .search("quokka-lantern zebra-striped marker", 3)
+        .hits
+    )
     assert hits[0]["doc_id"] == ADDED
     assert _version(report, MINILM)["lag_max_seconds"] >= 0
     assert isinstance(_sensor(live), dg.SkipReason)
@@ -93,6 +98,10 @@ def test_crash_between_embedding_and_writing_loses_nothing_and_duplicates_nothin
     assert not reconcile(live.db(), live.resources["model_registry"].version(MINILM)).passed
     lag = served_lag(live.db(), live.pointer.require_current())
     assert "library/csv/reader.md" in lag.pending_documents
+    # The manifest already matches the folder, but the change never reached the index: the folder sensor
+    # still asks for a refresh (it used to skip, and its run key allowed one run per change ever).
+    request = _sensor(live)
+    assert isinstance(request, dg.RunRequest) and request.tags["embedding_assets/trigger"] == "folder-retry"
 
     report = runner.refresh(**live.job())
     entry = _version(report, MINILM)
@@ -116,5 +125,5 @@ def test_rollback_serves_the_previous_version_as_refreshed_by_dual_writes(live):
     runner.rollback(**live.job())
     now = live.pointer.require_current()
     assert now.version == MINILM and now.table_version > stale_minilm.table_version
-    hits = searcher_for_state(now, live.db()).search("axolotl-beacon", 1).hits
+    hits = searcher_for_state(now, live.db(), live.registry()).search("axolotl-beacon", 1).hits
     assert hits[0]["doc_id"] == ADDED and "axolotl-beacon" in hits[0]["text"]

@@ -1,13 +1,15 @@
 """Pinning: exact weights or nothing."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
-from embedding_assets import settings
-from embedding_assets.fingerprint import fingerprint_weights
-from embedding_assets.pinning import pin_version
-from embedding_assets.registry import (
+from embedding_assets import locations
+from embedding_assets.models.fingerprint import fingerprint_weights
+from embedding_assets.models.pinning import pin_version
+from embedding_assets.models.registry import (
+    DEFAULT_VERSION,
     FingerprintMismatchError,
     ModelRegistry,
     UnpinnedModelError,
@@ -19,16 +21,17 @@ from embedding_assets.registry import (
 @pytest.fixture
 def weights_copy(minilm, tmp_path):
     """A copy of the pinned MiniLM weights under the test data folder, as an artifact."""
-    target = settings.DATA_DIR / "models" / tmp_path.name
-    shutil.copytree(minilm.weights.path(), target)
+    target = Path(minilm.models_dir) / tmp_path.name
+    shutil.copytree(minilm.weights_path(), target)
     yield target
     shutil.rmtree(target)
 
 
 def test_shipped_versions_are_pinned(registry):
-    assert {settings.DEFAULT_VERSION, "minilm-l6-v2-static256"} <= set(registry.ids)
+    assert {DEFAULT_VERSION, "minilm-l6-v2-static256"} <= set(registry.ids)
     for version in registry.versions:
-        assert version.pinned_fingerprint().startswith("sha256:")
+        kind = "recipe-sha256:" if version.weights.build else "sha256:"  # built: recipe; package: bytes
+        assert version.pinned_fingerprint().startswith(kind)
 
 
 def test_pinned_minilm_verifies(minilm):
@@ -56,7 +59,7 @@ def test_latest_as_a_version_id_is_refused(registry):
 
 
 def test_changed_weights_behind_the_same_version_are_refused(minilm, weights_copy):
-    swapped = minilm.model_copy(update={"weights": WeightsSource(artifact=f"models/{weights_copy.name}")})
+    swapped = minilm.model_copy(update={"weights": WeightsSource(artifact=weights_copy.name)})
     assert swapped.verified_weights_path() == weights_copy  # identical copy: accepted
     config = weights_copy / "sentence_bert_config.json"
     config.write_text(config.read_text().replace("256", "128"))  # a preprocessing change, same version id
@@ -80,12 +83,14 @@ def test_pipeline_hash_follows_chunking_and_encoder(minilm):
     assert rechunked.encoder_key() == minilm.encoder_key() != shorter.encoder_key()
 
 
-def test_pin_writes_a_verified_entry(minilm, weights_copy, tmp_path, monkeypatch, minilm_embedder):
+def test_pin_writes_a_verified_entry(minilm, weights_copy, tmp_path, minilm_embedder):
     registry_path = tmp_path / "registry.yaml"
-    shutil.copyfile(settings.REGISTRY_PATH, registry_path)
-    monkeypatch.setattr(settings, "REGISTRY_PATH", registry_path)
-    pinned = pin_version("minilm-copy", "sentence-transformers", artifact=f"models/{weights_copy.name}")
+    shutil.copyfile(locations.SHIPPED_REGISTRY, registry_path)
+    models = Path(minilm.models_dir)
+    pinned = pin_version(
+        registry_path, models, "minilm-copy", "sentence-transformers", artifact=weights_copy.name
+    )
     assert pinned.fingerprint == minilm.fingerprint and pinned.dimension == 384 and pinned.max_tokens == 256
-    assert load_registry(registry_path).get("minilm-copy") == pinned
+    assert load_registry(registry_path, models).get("minilm-copy") == pinned
     with pytest.raises(ValueError, match="already pinned"):
-        pin_version("minilm-copy", "sentence-transformers", artifact=f"models/{weights_copy.name}")
+        pin_version(registry_path, models, "minilm-copy", "sentence-transformers", artifact=weights_copy.name)

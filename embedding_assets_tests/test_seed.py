@@ -6,7 +6,7 @@ import sys
 
 def test_seeding_in_another_process_writes_identical_documents(full_corpus, tmp_path):
     other = tmp_path / "corpus"
-    command = [sys.executable, "-m", "embedding_assets.cli", "seed", "--path", str(other)]
+    command = [sys.executable, "-m", "embedding_assets.cli.main", "seed", "--path", str(other)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ours = {p.relative_to(full_corpus): p.read_bytes() for p in full_corpus.rglob("*") if p.is_file()}

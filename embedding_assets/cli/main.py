@@ -1,0 +1,405 @@
+"""`embedding-assets`: what a data engineer does from a shell. `--json` where a script reads the output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedding_assets import metadata as md
+from embedding_assets.models.registry import DEFAULT_VERSION
+
+if TYPE_CHECKING:
+    from embedding_assets.cli.runner import GateRun
+
+SAMPLE_QUERY = "how do I parse command line options"
+CHECK = "\u2713"
+CROSS = "\u2717"
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _wired():
+    from embedding_assets.wiring import wiring
+
+    return wiring()
+
+
+def _corpus_folder(args: argparse.Namespace) -> Path:
+    """--path, else the configured folder source (EMBEDDING_ASSETS_SOURCE_PATH or data/corpus)."""
+    if getattr(args, "path", None):
+        return Path(args.path)
+    source = _wired().corpus_source
+    if source.kind != "folder":
+        raise ValueError(f"the corpus source is {source.kind!r}; give --path to seed a folder")
+    return Path(source.path)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from embedding_assets.corpus.seed import seed_corpus
+
+    report = seed_corpus(_corpus_folder(args), overwrite=args.force)
+    print(
+        f"{report.documents} documents ({report.topics} topics, {report.api_pages} API pages, "
+        f"{report.source_files} source files) in {report.root}"
+    )
+    return 0
+
+
+def _print_gates(run: GateRun) -> None:
+    """One line per check: verdict, severity and what it saw."""
+    marks = {True: CHECK, False: CROSS}
+    for c in run.checks:
+        level = c["metadata"].get(md.GATE_LEVEL, "pass" if c["passed"] else "block")
+        print(f"  {marks[c['passed']]} {c['name']:<22} {level:<6} {c['description']}")
+    for error in run.errors:
+        print(f"  {CROSS} {error}")
+
+
+def _report_gate_run(run: GateRun, args: argparse.Namespace, *, ok: bool, headline: str) -> int:
+    if getattr(args, "json", False):
+        _print_json(run.to_json())
+    else:
+        print(headline)
+        _print_gates(run)
+        print(
+            f"serving: {run.served_version or 'nothing'}  ({run.seconds:.1f}s, gates {run.gate_seconds:.1f}s)"
+        )
+    return 0 if ok else 1
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import build
+
+    if not args.no_promote:
+        return cmd_migrate(argparse.Namespace(to=args.version, override=[], reason="", json=args.json))
+    run = build(args.version)
+    ok = run.gates_passed
+    return _report_gate_run(
+        run,
+        args,
+        ok=ok,
+        headline=f"{args.version} built beside serving; gates {'passed' if ok else 'BLOCK'}:",
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import migrate
+
+    overrides = dict(_parse_override(o) for o in args.override)
+    if overrides and not args.reason.strip():
+        raise ValueError("threshold overrides need --reason; it is recorded in the serving history")
+    run = migrate(args.to, overrides, args.reason)
+    headline = (
+        f"{CHECK} {args.to} promoted to serving"
+        if run.promoted
+        else f"{CROSS} {args.to} blocked; serving is untouched"
+    )
+    return _report_gate_run(run, args, ok=run.promoted, headline=headline)
+
+
+def cmd_checks(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import run_gates
+
+    run = run_gates(args.version)
+    ok = run.gates_passed
+    return _report_gate_run(
+        run, args, ok=ok, headline=f"gates on {args.version} as it is now: {'pass' if ok else 'BLOCK'}"
+    )
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import rollback
+
+    moved = rollback()
+    if args.json:
+        _print_json(moved)
+    else:
+        print(
+            f"{CHECK} serving {moved['served_version']} again (rolled back from {moved['previous_version']})"
+        )
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import refresh
+
+    report = refresh()
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(
+            f"corpus: +{report.docs_added} ~{report.docs_changed} -{report.docs_deleted} documents; "
+            f"{report.chunks_embedded} chunks embedded, {report.chunks_reused} reused; "
+            f"{report.rows_upserted} rows upserted, {report.rows_deleted} deleted ({report.seconds:.1f}s)"
+        )
+        for v in report.versions:
+            mark = CHECK if v["indexed"] and v["gates_passed"] else CROSS
+            rows = f"+{v['rows_upserted']} -{v['rows_deleted']} rows"
+            print(f"  {mark} {v['id']:<26} {v['role']:<9} {rows}{', served' if v['served'] else ''}")
+    return 0 if report.ok else 1
+
+
+def _parse_override(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--override takes THRESHOLD=VALUE, got {text!r}")
+    return name.strip(), float(value)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import promote_version
+
+    promote_version(args.version)
+    print(f"{CHECK} serving {args.version}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from embedding_assets.serving.search import ServedSearch
+
+    wired = _wired()
+    served = ServedSearch(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    result = served.search(args.query, args.k).to_json()
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"model {result['model_version']} ({result['model_fingerprint'][:19]}...)")
+    for rank, hit in enumerate(result["hits"], 1):
+        snippet = " ".join(hit["text"].split())[:110]
+        print(f"{rank:2d}. {hit['score']:.3f}  {hit['chunk_id']}\n      {snippet}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from embedding_assets.serving.status import collect_status
+
+    wired = _wired()
+    status = collect_status(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"served: {status['served_version'] or 'nothing'}  {status['served_fingerprint'] or ''}")
+    print(f"documents: {status['documents']}  quarantined: {status['quarantined']}")
+    for v in status["versions"]:
+        print(f"  {v['id']:<28} {v['state']:<10} chunks={v['chunks']:<7} rows={v['rows']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from embedding_assets.quality.evaluation import evaluate, evaluate_dataset
+    from embedding_assets.serving.search import Searcher, served_searcher
+
+    wired = _wired()
+    registry = wired.model_registry.load()
+    if args.dataset:
+        result = evaluate_dataset(
+            Path(args.dataset),
+            registry.get(args.version or DEFAULT_VERSION),
+            Path(wired.golden_set.scratch_dir),
+        )
+    else:
+        db = wired.lancedb.connect()
+        searcher = (
+            Searcher(db, registry.get(args.version))
+            if args.version
+            else served_searcher(db, wired.serving.pointer(), registry)
+        )
+        documents = len(
+            set(searcher.table.search().select(["doc_id"]).limit(None).to_arrow()["doc_id"].to_pylist())
+        )
+        result = {
+            "version": searcher.version.id,
+            "dataset": wired.golden_set.path,
+            "documents": documents,
+            **evaluate(searcher, wired.golden_set.judged(), progress=True),
+        }
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{result['version']} on {result['dataset']}: nDCG@10={result['ndcg@10']:.4f} "
+            f"recall@10={result['recall@10']:.4f} recall@100={result['recall@100']:.4f} "
+            f"({result['queries']} queries, {result['documents']} documents)"
+        )
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from embedding_assets.models.pinning import pin_distilled, pin_version
+
+    registry = _wired().model_registry
+    if args.distill_from:
+        version = pin_distilled(
+            Path(registry.path), args.id, args.distill_from, pca_dims=args.pca_dims, force=args.force
+        )
+    else:
+        version = pin_version(
+            Path(registry.path),
+            Path(registry.models_dir),
+            args.id,
+            args.loader,
+            package=args.package,
+            artifact=args.artifact,
+            max_tokens=args.max_tokens,
+            force=args.force,
+        )
+    print(f"{CHECK} pinned {version.id}: {version.fingerprint} ({version.dimension}-d)")
+    return 0
+
+
+def cmd_build_model(args: argparse.Namespace) -> int:
+    from embedding_assets.models.builds import build_static_model
+
+    registry = _wired().model_registry.load()
+    version = registry.get(args.version)
+    record = build_static_model(version, registry, force=args.force)
+    version.verified_weights_path()
+    print(
+        f"{CHECK} {version.id} built at {version.weights_path()}: recipe {version.fingerprint}, "
+        f"artifact bytes {record['artifact_fingerprint']} (built {record['built_at']})"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job on the embedded defaults: seed, build, promote, summarize, answer a sample query."""
+    from embedding_assets.cli.runner import migrate
+    from embedding_assets.corpus.seed import seed_corpus
+    from embedding_assets.serving.status import collect_status
+
+    started = time.perf_counter()
+    wired = _wired()
+    corpus_dir = Path(wired.corpus_source.path)
+    if wired.corpus_source.kind == "folder" and (not corpus_dir.exists() or not any(corpus_dir.iterdir())):
+        seed_corpus(corpus_dir)
+    run = migrate(args.version)
+    print(f"\n== gates on {args.version} ==")
+    _print_gates(run)
+    if not run.promoted:
+        print(f"{CROSS} {args.version} was not promoted; serving: {run.served_version or 'nothing'}")
+        return 1
+    status = collect_status(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    served = next(v for v in status["versions"] if v["id"] == status["served_version"])
+    print("\n== embedding-assets health ==")
+    print(f"documents       {status['documents']} (quarantined {status['quarantined']})")
+    print(f"chunks          {served['chunks']}")
+    print(f"index rows      {served['rows']}")
+    print(f"model version   {status['served_version']}")
+    print(f"fingerprint     {status['served_fingerprint']}")
+    print(f"wall time       {time.perf_counter() - started:.1f}s\n")
+    print(f'top results for "{SAMPLE_QUERY}":')
+    return cmd_search(argparse.Namespace(query=SAMPLE_QUERY, k=5, json=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedding-assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "seed", help="write the default corpus (the interpreter's Python docs) under data/corpus"
+    )
+    p.add_argument("--path", help="folder to write (default: the configured corpus folder)")
+    p.add_argument("--force", action="store_true", help="replace an existing corpus")
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("run", help="seed if needed, build and promote the default version, show health")
+    p.add_argument("--version", default=DEFAULT_VERSION)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("materialize", help="build one model version's index and gate it (and promote it)")
+    p.add_argument("--version", default=DEFAULT_VERSION)
+    p.add_argument("--no-promote", action="store_true", help="build and gate beside the served version only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser("promote", help="serve a built version whose gates passed on its latest build")
+    p.add_argument("--version", required=True)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("migrate", help="build a version, run the gates, promote only if they pass")
+    p.add_argument("--to", required=True, help="registered model version to serve")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="THRESHOLD=VALUE",
+        help="override one gate threshold for this migration (e.g. golden_ndcg_margin=0.2); repeatable",
+    )
+    p.add_argument("--reason", default="", help="why the thresholds are overridden (kept in the history)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("checks", help="re-run the gates on a version's index as it is now, no promotion")
+    p.add_argument("--version", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_checks)
+
+    p = sub.add_parser("refresh", help="one incremental pass: sync the corpus, update every live version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser("rollback", help="serve again the state the current one replaced (instant)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("search", help="query the served index")
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="what is served, and row counts per version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("eval", help="nDCG@10 / recall on judged queries (served index, or a BEIR dataset)")
+    p.add_argument("--dataset", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    p.add_argument("--version", help="built version to score (default: served; with --dataset: the default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pin", help="fingerprint weights and write a registry entry")
+    p.add_argument("--id", required=True)
+    p.add_argument(
+        "--loader", default="sentence-transformers", choices=["sentence-transformers", "model2vec"]
+    )
+    p.add_argument("--package", help="installed package shipping the weights (in its model/ folder)")
+    p.add_argument("--artifact", help="weights folder relative to the models folder (data/models)")
+    p.add_argument("--distill-from", help="pin a static model distilled from this version, by its recipe")
+    p.add_argument("--pca-dims", type=int, default=256, help="with --distill-from: the PCA dimension")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--force", action="store_true", help="re-pin an existing version to new weights")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser(
+        "build-model", help="build a version's static model artifact and verify its fingerprint"
+    )
+    p.add_argument("--version", required=True)
+    p.add_argument("--force", action="store_true", help="rebuild even if the artifact exists")
+    p.set_defaults(func=cmd_build_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dagster import DagsterError, Failure
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Failure as exc:  # raised by an asset on purpose, e.g. serving_index refusing a blocked version
+        print(f"error: {exc.description}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, DagsterError) as exc:
+        cause = getattr(exc, "user_exception", None) or exc
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Where documents come from (folder, BEIR, PostgreSQL change capture) and the corpus stage."""

@@ -1,0 +1,121 @@
+"""Corpus stage: mirror the source into the `documents` table and record what changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import lancedb
+import pyarrow as pa
+
+from embedding_assets.corpus.sources import Deleted, Document, Manifest, ManifestEntry, Quarantined, Source
+from embedding_assets.index import store, tables
+
+
+@dataclass
+class CorpusSync:
+    """What one pass over the source found and wrote."""
+
+    documents: int = 0
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    table_version: int | None = None
+
+
+def read_manifest(db: lancedb.DBConnection) -> Manifest:
+    """doc_id -> checksum, size and mtime as the documents table holds them."""
+    columns = ["doc_id", "doc_checksum", "size", "mtime_ns"]
+    if tables.DOCUMENTS_TABLE not in store.table_names(db):
+        return {}
+    rows = store.open_table(db, tables.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA).to_arrow().select(columns)
+    return {
+        doc_id: ManifestEntry(checksum, size, mtime_ns)
+        for doc_id, checksum, size, mtime_ns in zip(*(rows[c].to_pylist() for c in columns), strict=True)
+    }
+
+
+def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
+    """Upsert new and changed documents, then drop the deleted ones (after the upsert succeeded).
+
+    A complete source lists everything it has, so what it no longer lists is deleted; an incremental
+    (change-capture) source names its deletions, and whatever it does not mention is unchanged.
+    """
+    known = read_manifest(db)
+    sync = CorpusSync()
+    documents: dict[str, Document] = {}
+    seen: set[str] = set()
+    explicit_deletes: set[str] = set()
+    for item in source.read(known):
+        if isinstance(item, Quarantined):
+            sync.quarantined.append(item)
+            continue
+        if item.doc_id in seen:
+            raise ValueError(f"source {source.uri} yields document id {item.doc_id!r} twice")
+        seen.add(item.doc_id)
+        if isinstance(item, Document):
+            documents[item.doc_id] = item
+        elif isinstance(item, Deleted):
+            explicit_deletes.add(item.doc_id)
+    sync.added = sorted(i for i in documents if i not in known)
+    sync.changed = sorted(i for i, d in documents.items() if i in known and known[i].checksum != d.checksum)
+    quarantined_ids = {q.doc_id for q in sync.quarantined if not q.forget}  # they keep their last version
+    forgotten = {q.doc_id for q in sync.quarantined if q.forget}
+    if source.complete:
+        sync.deleted = sorted(i for i in known if i not in seen and i not in quarantined_ids)
+    else:
+        sync.deleted = sorted(i for i in explicit_deletes | forgotten if i in known)
+    sync.documents = len(set(known) - set(sync.deleted) | set(sync.added))
+
+    table = store.open_table(db, tables.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA)
+    # A document whose content is the same but whose mtime moved is rewritten too, so the next scan can
+    # skip it; its checksum (and so every downstream row) is unchanged.
+    rewritten = [d for i, d in documents.items() if i not in known or _entry(d) != known[i]]
+    store.upsert(table, _document_rows(rewritten), "doc_id")
+    store.delete_keys(table, "doc_id", sync.deleted)
+    sync.table_version = table.version
+    _record_quarantine(db, sync.quarantined, incremental=not source.complete)
+    return sync
+
+
+def _entry(document: Document) -> ManifestEntry:
+    return ManifestEntry(document.checksum, len(document.text.encode("utf-8")), document.mtime_ns)
+
+
+def _document_rows(documents: list[Document]) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "doc_id": d.doc_id,
+                "title": d.title,
+                "text": d.text,
+                "source_uri": d.source_uri,
+                "doc_checksum": d.checksum,
+                "size": len(d.text.encode("utf-8")),
+                "updated_at": d.updated_at,
+                "mtime_ns": d.mtime_ns,
+            }
+            for d in documents
+        ],
+        schema=store.DOCUMENTS_SCHEMA,
+    )
+
+
+def _record_quarantine(
+    db: lancedb.DBConnection, quarantined: list[Quarantined], *, incremental: bool = False
+) -> None:
+    """Replace the quarantine list with this pass's refusals (a fixed document leaves it); an incremental
+    pass only adds to it, since it did not look at the documents it was not told about."""
+    now = datetime.now(UTC)
+    rows = pa.Table.from_pylist(
+        [
+            {"doc_id": q.doc_id, "source_uri": q.source_uri, "reason": q.reason, "seen_at": now}
+            for q in quarantined
+        ],
+        schema=store.QUARANTINE_SCHEMA,
+    )
+    if incremental:
+        store.upsert(store.open_table(db, tables.QUARANTINE_TABLE, store.QUARANTINE_SCHEMA), rows, "doc_id")
+    else:
+        db.create_table(tables.QUARANTINE_TABLE, data=rows, schema=store.QUARANTINE_SCHEMA, mode="overwrite")

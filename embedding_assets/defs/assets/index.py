@@ -1,0 +1,56 @@
+"""The index asset: one LanceDB table per model version, every row with its vector and provenance."""
+
+import time
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from embedding_assets import metadata as md
+from embedding_assets.defs.assets.embeddings import embeddings
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource
+from embedding_assets.index import tables
+from embedding_assets.index.rows import sync_index
+from embedding_assets.quality.freshness import indexing_lag
+from embedding_assets.quality.gates.sentinels import ensure_sentinels
+
+
+@dg.asset(
+    group_name="index",
+    partitions_def=model_versions,
+    deps=[embeddings],
+    kinds={"lancedb"},
+)
+def index(
+    context: dg.AssetExecutionContext, lancedb: LanceDBResource, model_registry: ModelRegistryResource
+) -> dg.MaterializeResult:
+    """Per chunk: vector plus provenance (doc, checksum, chunk hash, fingerprint, config hash, times).
+
+    Metadata includes the lag from source change to indexed for the documents this run wrote."""
+    version = model_registry.version(context.partition_key)
+    started = time.perf_counter()
+    db = lancedb.connect()
+    corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version  # what this run indexes from
+    sync = sync_index(db, version)
+    lag = indexing_lag(db, sync.docs_written, datetime.now(UTC))
+    sentinels, created = ensure_sentinels(db, version)
+    if created:
+        context.log.info(f"stored {sentinels} sentinel chunks with their vectors for {version.id}")
+    return dg.MaterializeResult(
+        metadata={
+            md.MODEL_VERSION: version.id,
+            md.MODEL_FINGERPRINT: version.pinned_fingerprint(),
+            md.PIPELINE_CONFIG_HASH: version.pipeline_config_hash(),
+            "table": tables.index_table(version.id),
+            "rows": sync.rows_total,
+            "documents": sync.documents,
+            md.ROWS_UPSERTED: sync.rows_upserted,
+            md.ROWS_DELETED: sync.rows_deleted,
+            md.SECONDS: round(time.perf_counter() - started, 2),
+            md.LANCE_TABLE_VERSION: sync.table_version,
+            md.CORPUS_TABLE_VERSION: corpus_version,
+            "sentinels": sentinels,
+            "docs_indexed": len(sync.docs_written),
+            **{md.LAG_SECONDS[q]: lag[q] for q in md.LAG_SECONDS},
+        }
+    )

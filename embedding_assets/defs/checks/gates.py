@@ -1,0 +1,242 @@
+"""The gates on each version's index: blocking, partitioned asset checks built by one factory.
+
+A gate that fails blocks with ERROR severity; a signal in its warning band fails with WARN and does not
+block. Every check takes a launchpad config whose set fields override the registry's thresholds for that
+one run; the override and its reason are recorded in the check's metadata and the serving history.
+"""
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dagster as dg
+import lancedb
+
+from embedding_assets import metadata as md
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import (
+    GoldenSetResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
+from embedding_assets.index.rows import MissingEmbeddingsError
+from embedding_assets.models.embedders import embedder_for
+from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
+from embedding_assets.quality.gates.counts import count_gate
+from embedding_assets.quality.gates.data_quality import check_version_data_quality
+from embedding_assets.quality.gates.golden import golden_quality
+from embedding_assets.quality.gates.outcome import GateOutcome, Markdown
+from embedding_assets.quality.gates.sentinels import sentinel_drift
+from embedding_assets.quality.gates.stability import neighbour_stability
+from embedding_assets.serving.pointer import ServingPointer
+from embedding_assets.serving.search import EncoderMismatchError, ServedStateMissingError
+
+COUNT_RECONCILIATION = "count_reconciliation"
+SENTINEL_DRIFT = "sentinel_drift"
+NEIGHBOUR_STABILITY = "neighbour_stability"
+GOLDEN_QUALITY = "golden_quality"
+DATA_QUALITY = "data_quality"
+GATES = (COUNT_RECONCILIATION, SENTINEL_DRIFT, NEIGHBOUR_STABILITY, GOLDEN_QUALITY, DATA_QUALITY)
+
+# Partitioned asset checks are a Dagster preview feature; the warning repeats on every import.
+warnings.filterwarnings(
+    "ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning
+)
+
+current_encoder = embedder_for  # the model as this process loads it now (fingerprint verified)
+# Errors that mean "this index cannot be judged as it stands" (mixed spaces, missing vectors or weights).
+GATE_REFUSALS = (
+    EncoderMismatchError,
+    MissingEmbeddingsError,
+    ModelRegistryError,
+    ServedStateMissingError,
+    FileNotFoundError,
+)
+
+
+class GateOverride(dg.Config):
+    """Why the thresholds of this run differ from the registry's (required with any override)."""
+
+    override_reason: str = ""
+
+
+class NoOverride(GateOverride):
+    pass
+
+
+class SentinelDriftOverride(GateOverride):
+    sentinel_warn: float | None = None
+    sentinel_block: float | None = None
+
+
+class NeighbourStabilityOverride(GateOverride):
+    stability_warn: float | None = None
+    stability_block: float | None = None
+
+
+class GoldenQualityOverride(GateOverride):
+    golden_ndcg_floor: float | None = None
+    golden_recall_floor: float | None = None
+    golden_ndcg_margin: float | None = None
+
+
+OVERRIDE_TYPES: dict[str, type[GateOverride]] = {
+    COUNT_RECONCILIATION: NoOverride,
+    SENTINEL_DRIFT: SentinelDriftOverride,
+    NEIGHBOUR_STABILITY: NeighbourStabilityOverride,
+    GOLDEN_QUALITY: GoldenQualityOverride,
+    DATA_QUALITY: NoOverride,
+}
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """Everything a gate reads, resolved once per check execution."""
+
+    db: lancedb.DBConnection
+    version: ModelVersion
+    registry: ModelRegistry
+    pointer: ServingPointer
+    golden: GoldenSetResource
+    thresholds: GateThresholds
+
+
+def _overrides(config: GateOverride) -> dict:
+    values = {k: v for k, v in config.model_dump().items() if k != md.OVERRIDE_REASON and v is not None}
+    if values and not config.override_reason.strip():
+        raise dg.Failure(f"threshold overrides {values} need an override_reason, which the history records")
+    return values
+
+
+def _metadata(outcome: GateOutcome, inputs: GateInputs, overrides: dict, reason: str, seconds: float):
+    metadata = {
+        k: dg.MetadataValue.md(v) if isinstance(v, Markdown) else v for k, v in outcome.metadata.items()
+    }
+    metadata.update(
+        {md.MODEL_VERSION: inputs.version.id, md.GATE_LEVEL: outcome.level, md.SECONDS: round(seconds, 2)}
+    )
+    if overrides:
+        metadata.update({md.OVERRIDES: overrides, md.OVERRIDE_REASON: reason})
+    return metadata
+
+
+def gate_check(
+    name: str, description: str, evaluate: Callable[[GateInputs], GateOutcome]
+) -> dg.AssetChecksDefinition:
+    """A blocking, partitioned check on `index` that runs `evaluate` and reports its outcome."""
+    config_type = OVERRIDE_TYPES[name]
+
+    @dg.asset_check(
+        asset=index, name=name, blocking=True, partitions_def=model_versions, description=description
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext,
+        config: config_type,
+        lancedb: LanceDBResource,
+        model_registry: ModelRegistryResource,
+        serving: ServingResource,
+        golden_set: GoldenSetResource,
+    ) -> dg.AssetCheckResult:
+        registry = model_registry.load()
+        version = registry.get(context.partition_key)
+        overrides = _overrides(config)
+        thresholds = GateThresholds.model_validate({**version.gates.model_dump(), **overrides})
+        inputs = GateInputs(lancedb.connect(), version, registry, serving.pointer(), golden_set, thresholds)
+        started = time.perf_counter()
+        try:
+            outcome = evaluate(inputs)
+        except GATE_REFUSALS as exc:  # the gate could not even measure: that blocks, with the reason
+            outcome = GateOutcome("block", f"{type(exc).__name__}: {exc}")
+        context.log.info(f"{name} [{version.id}]: {outcome.level}: {outcome.summary}")
+        return dg.AssetCheckResult(
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.WARN if outcome.level == "warn" else dg.AssetCheckSeverity.ERROR,
+            description=outcome.summary,
+            metadata=_metadata(
+                outcome, inputs, overrides, config.override_reason, time.perf_counter() - started
+            ),
+        )
+
+    return _check
+
+
+def _data_quality(inputs: GateInputs) -> GateOutcome:
+    report = check_version_data_quality(inputs.db, inputs.version)
+    failures = report.failures()
+    summary = (
+        f"{len(report.outcomes)} expectations met on {report.chunks} chunks and {report.rows} vectors"
+        if report.passed
+        else "; ".join(f"{f.suite}.{f.column}: {f.expectation}" for f in failures)
+    )
+    return GateOutcome(
+        "pass" if report.passed else "block",
+        summary,
+        {
+            "chunks": report.chunks,
+            "rows": report.rows,
+            "expectations": len(report.outcomes),
+            "failed_expectations": len(failures),
+            "results": report.table(),
+            "failures": [{"expectation": f.expectation, "column": f.column, **f.observed} for f in failures],
+        },
+    )
+
+
+count_reconciliation = gate_check(
+    COUNT_RECONCILIATION,
+    "Manifest vs chunks vs index rows: no orphan, stale, missing or duplicate rows; one model space.",
+    lambda g: count_gate(g.db, g.version),
+)
+sentinel_drift_check = gate_check(
+    SENTINEL_DRIFT,
+    "Sentinel chunks stored at the first build, re-embedded now: cosine distance p50/p95/max.",
+    lambda g: sentinel_drift(g.db, g.version, current_encoder(g.version), g.thresholds),
+)
+neighbour_stability_check = gate_check(
+    NEIGHBOUR_STABILITY,
+    "Top-10 overlap of fixed queries with the last served state of this version.",
+    lambda g: neighbour_stability(
+        g.db, g.version, g.pointer, g.registry, g.golden.fixed_queries(), g.thresholds
+    ),
+)
+golden_quality_check = gate_check(
+    GOLDEN_QUALITY,
+    "nDCG@10 and recall@10 on judged queries: above the floors and within a margin of the served version.",
+    lambda g: golden_quality(g.db, g.version, g.pointer, g.registry, g.golden.judged(), g.thresholds),
+)
+data_quality_check = gate_check(
+    DATA_QUALITY,
+    "great-expectations suites on chunks and vectors: unique ids, text, token limits, finite unit vectors.",
+    _data_quality,
+)
+
+
+index_checks = [
+    count_reconciliation,
+    sentinel_drift_check,
+    neighbour_stability_check,
+    golden_quality_check,
+    data_quality_check,
+]
+
+
+def override_run_config(overrides: dict[str, float], reason: str) -> dict:
+    """Run config setting threshold overrides (field -> value) on the checks that own them, with a reason."""
+    owners = {
+        field: name
+        for name, config_type in OVERRIDE_TYPES.items()
+        for field in config_type.model_fields
+        if field != md.OVERRIDE_REASON
+    }
+    op_names = {next(iter(c.check_keys)).name: c.node_def.name for c in index_checks}
+    ops: dict[str, dict] = {}
+    for field, value in overrides.items():
+        if field not in owners:
+            raise ValueError(f"unknown threshold {field!r}; overridable: {sorted(owners)}")
+        ops.setdefault(op_names[owners[field]], {"config": {md.OVERRIDE_REASON: reason}})["config"][field] = (
+            value
+        )
+    return {"ops": ops}

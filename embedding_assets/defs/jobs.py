@@ -1,0 +1,103 @@
+"""Jobs a data engineer launches: build a version, gate it, promote it, migrate to it, roll back, refresh."""
+
+import dagster as dg
+
+from embedding_assets.defs.assets.chunks import chunks
+from embedding_assets.defs.assets.corpus import corpus
+from embedding_assets.defs.assets.embeddings import embeddings
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.assets.model_weights import model_weights
+from embedding_assets.defs.assets.serving import move_pointer_back, serving_index
+from embedding_assets.defs.checks.freshness import served_freshness
+from embedding_assets.defs.partitions import model_versions
+
+BUILD_INDEX_JOB = "build_index"
+PROMOTE_JOB = "promote_index"
+CHECK_JOB = "check_index"
+MIGRATE_JOB = "migrate_index"
+ROLLBACK_JOB = "rollback_serving"
+CORPUS_JOB = "sync_corpus"
+REFRESH_VERSION_JOB = "refresh_version"
+REFRESH_SERVED_JOB = "refresh_served"
+REFRESH_LIVE_JOB = "refresh_live_versions"
+SERVED_FRESHNESS_JOB = "check_served_freshness"
+
+VERSION_ASSETS = dg.AssetSelection.assets(model_weights, chunks, embeddings, index)
+BUILD_ASSETS = dg.AssetSelection.assets(corpus) | VERSION_ASSETS
+SERVING = dg.AssetSelection.assets(serving_index)
+
+build_index_job = dg.define_asset_job(
+    BUILD_INDEX_JOB,
+    selection=BUILD_ASSETS,
+    partitions_def=model_versions,
+    description="Sync the corpus, then chunk, embed and index one model version and run its gates "
+    "(serving is untouched).",
+)
+
+promote_job = dg.define_asset_job(
+    PROMOTE_JOB,
+    selection=SERVING,
+    partitions_def=model_versions,
+    description="Point serving at one model version, if every gate passed on its latest index build.",
+)
+
+migrate_job = dg.define_asset_job(
+    MIGRATE_JOB,
+    selection=BUILD_ASSETS | SERVING,
+    partitions_def=model_versions,
+    description="Build one model version beside serving, run the gates, and promote it only if they pass. "
+    "Threshold overrides for this migration go in the checks' config, with a reason.",
+)
+
+check_index_job = dg.define_asset_job(
+    CHECK_JOB,
+    selection=dg.AssetSelection.checks_for_assets(index),
+    # A job of checks alone drops `partitions_def` (its partitions are inferred from assets it executes);
+    # a partitioned config carries the model_versions partitions so the UI offers the partition picker.
+    config=dg.PartitionedConfig(partitions_def=model_versions, run_config_for_partition_key_fn=lambda _: {}),
+    description="Re-run the gates on one model version's index as it is now, without building or promoting.",
+)
+
+
+@dg.job(name=ROLLBACK_JOB, description="Point serving back at the state the current one replaced.")
+def rollback_job():
+    move_pointer_back()
+
+
+corpus_job = dg.define_asset_job(
+    CORPUS_JOB,
+    selection=dg.AssetSelection.assets(corpus),
+    description="Mirror the source into the documents table and record what was added, changed, deleted.",
+)
+
+refresh_version_job = dg.define_asset_job(
+    REFRESH_VERSION_JOB,
+    selection=VERSION_ASSETS,
+    partitions_def=model_versions,
+    description="Bring one version's chunks, vectors and rows up to date with the corpus, and gate them.",
+)
+
+refresh_served_job = dg.define_asset_job(
+    REFRESH_SERVED_JOB,
+    selection=VERSION_ASSETS | SERVING,
+    partitions_def=model_versions,
+    description="Refresh the served version and serve its new table version if the gates pass.",
+)
+
+served_freshness_job = dg.define_asset_job(
+    SERVED_FRESHNESS_JOB,
+    selection=dg.AssetSelection.checks(served_freshness),
+    description="How far the served table lags the corpus.",
+)
+
+JOBS = [
+    build_index_job,
+    promote_job,
+    migrate_job,
+    check_index_job,
+    rollback_job,
+    corpus_job,
+    refresh_version_job,
+    refresh_served_job,
+    served_freshness_job,
+]

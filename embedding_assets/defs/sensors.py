@@ -1,0 +1,149 @@
+"""Sensors: partitions follow the registry; corpus changes (folder scan, PostgreSQL decoding) start a
+refresh of every live version, and a refresh that failed is asked for again."""
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from embedding_assets import metadata as md
+from embedding_assets.corpus.sources import FolderSource
+from embedding_assets.corpus.sync import read_manifest
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.jobs import REFRESH_LIVE_JOB
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import (
+    CorpusSourceResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
+from embedding_assets.index import tables
+from embedding_assets.serving.live import live_versions
+
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED]
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+RETRY_AFTER = timedelta(minutes=5)  # a failed refresh is retried, but not on every tick
+TRIGGER_TAG = "embedding_assets/trigger"
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Adds a model_versions partition for every version pinned in the registry.",
+)
+def model_registry_sensor(context: dg.SensorEvaluationContext, model_registry: ModelRegistryResource):
+    """Add a partition for every version pinned in the registry that Dagster does not know yet."""
+    known = set(context.instance.get_dynamic_partitions(model_versions.name))
+    new = [v for v in model_registry.load().ids if v not in known]
+    if not new:
+        return dg.SkipReason("every registered model version has a partition")
+    return dg.SensorResult(dynamic_partitions_requests=[model_versions.build_add_request(new)])
+
+
+def _latest_refresh(context: dg.SensorEvaluationContext, statuses: list[dg.DagsterRunStatus]):
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=REFRESH_LIVE_JOB, statuses=statuses), limit=1
+    )
+    return runs[0] if runs else None
+
+
+def _indexed_corpus_version(instance: dg.DagsterInstance, version_id: str) -> int:
+    """The documents table version the latest index run of `version_id` read (-1: none recorded)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=index.key, asset_partitions=[version_id]), limit=1
+    ).records
+    if not records:
+        return -1
+    value = records[0].asset_materialization.metadata.get(md.CORPUS_TABLE_VERSION)
+    return int(value.value) if value is not None else -1
+
+
+def unindexed_versions(
+    instance: dg.DagsterInstance, corpus_version: int, version_ids: list[str]
+) -> list[str]:
+    """Live versions whose latest index run read an older documents table than the current one: a corpus
+    sync wrote changes that their refresh did not reach (a failed or interrupted run)."""
+    return [v for v in version_ids if _indexed_corpus_version(instance, v) < corpus_version]
+
+
+@dg.sensor(
+    job_name=REFRESH_LIVE_JOB,
+    minimum_interval_seconds=30,
+    description="Refreshes every live version when the corpus folder differs from the manifest (size, "
+    "mtime), or when a synced corpus change has not reached every live version's index yet.",
+)
+def corpus_folder_sensor(
+    context: dg.SensorEvaluationContext,
+    corpus_source: CorpusSourceResource,
+    lancedb: LanceDBResource,
+    model_registry: ModelRegistryResource,
+    serving: ServingResource,
+):
+    """A stat of every corpus file against the manifest; files are read only by the run."""
+    if corpus_source.kind != "folder":
+        return dg.SkipReason(f"the corpus source is {corpus_source.kind!r}, not a folder")
+    db = lancedb.connect()
+    scan = FolderSource(corpus_source.source().root).scan()
+    manifest = read_manifest(db)
+    changed = sorted(
+        d for d, stat in scan.items() if (m := manifest.get(d)) is None or (m.size, m.mtime_ns) != stat
+    )
+    deleted = sorted(d for d in manifest if d not in scan)
+    live = [v.id for v in live_versions(db, serving.pointer(), model_registry.load(), serving.retention)]
+    corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version if manifest else 0
+    behind = unindexed_versions(context.instance, corpus_version, live) if manifest else []
+    if not changed and not deleted and not behind:
+        return dg.SkipReason(f"{len(scan)} files match the manifest and every live version indexed them")
+    if _latest_refresh(context, IN_FLIGHT):
+        return dg.SkipReason("a refresh is already running")
+    last = _latest_refresh(context, FINISHED)
+    if last is not None and last.status == dg.DagsterRunStatus.FAILURE:
+        record = context.instance.get_run_record_by_id(last.run_id)
+        ended = record.end_time if record else None
+        if ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER:
+            return dg.SkipReason(f"the last refresh ({last.run_id[:8]}) failed; retrying after {RETRY_AFTER}")
+    # One request per pending state and per finished refresh: a failed refresh leaves the state pending,
+    # and the next key (after that run) asks again.
+    state = repr([(d, scan.get(d)) for d in changed + deleted] + behind).encode()
+    digest = hashlib.sha256(state).hexdigest()[:16]
+    context.log.info(
+        f"{len(changed)} new or modified files, {len(deleted)} deleted, e.g. {(changed + deleted)[:3]}; "
+        f"versions behind the corpus: {behind}"
+    )
+    return dg.RunRequest(
+        run_key=f"folder-{digest}-after-{last.run_id[:8] if last else 'none'}",
+        tags={TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
+    )
+
+
+@dg.sensor(
+    job_name=REFRESH_LIVE_JOB,
+    minimum_interval_seconds=30,
+    description="Refreshes every live version when the PostgreSQL replication slot holds changes to the "
+    "documents table (peeked, never consumed), or must be resynchronized after a TRUNCATE.",
+)
+def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: CorpusSourceResource):
+    """Pending changes request a refresh. The slot advances only when that refresh indexed them in every
+    live version, so a failed run is retried next tick."""
+    if corpus_source.kind != "postgres":
+        return dg.SkipReason(f"the corpus source is {corpus_source.kind!r}, not postgres")
+    source = corpus_source.source()
+    batch = source.pending()
+    if not batch.changes and not batch.resync:
+        if batch.end_lsn:  # WAL of other tables only: let the slot release it, nothing needs applying
+            source.advance(batch.end_lsn)
+        return dg.SkipReason(f"no pending changes on {source.uri}")
+    if _latest_refresh(context, IN_FLIGHT):
+        return dg.SkipReason("a refresh is already running")
+    if batch.resync:
+        context.log.info(f"{source.uri}: a TRUNCATE (or keyless delete): the refresh resynchronizes")
+    return dg.RunRequest(
+        tags={
+            TRIGGER_TAG: "postgres-resync" if batch.resync else "postgres",
+            "embedding_assets/cdc_end_lsn": batch.end_lsn or "",
+        }
+    )
+
+
+SENSORS = [model_registry_sensor, corpus_folder_sensor, postgres_cdc_sensor]

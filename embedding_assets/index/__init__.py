@@ -1,0 +1,1 @@
+"""Chunking, the embedding cache and the index rows, as plain functions over LanceDB tables."""

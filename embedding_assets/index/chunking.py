@@ -1,0 +1,177 @@
+"""Token-aware chunking with the model's own tokenizer.
+
+Prose is cut at sentence and paragraph boundaries and packed up to the version's token budget with
+overlap; Python files are cut at top-level definitions, and a definition too long for one chunk keeps
+its signature as a context line on every continuation chunk. Every chunk records the character span
+of the document it covers, so the document can be reconstructed from its chunks.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from embedding_assets.models.registry import ChunkingConfig
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or the model's equivalents) count against max_tokens
+SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?:;])\s+|\n\s*\n+|\n(?=\s*(?:[-*+] |\d+\. |#|>>> |\.\. ))")
+LINE_BOUNDARY = re.compile(r"(?<=\n)")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a document: what is embedded (`text`) and the span of the source it covers."""
+
+    ordinal: int
+    text: str
+    char_start: int
+    char_end: int
+    token_count: int
+
+    @property
+    def chunk_hash(self) -> str:
+        return chunk_hash(self.text)
+
+
+def chunk_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Chunker:
+    """Cuts documents into chunks that never exceed the model's input limit."""
+
+    def __init__(self, tokenizer: Tokenizer, config: ChunkingConfig, max_tokens: int):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.budget = min(config.chunk_tokens, max_tokens - SPECIAL_TOKENS)
+        self.overlap = min(config.overlap_tokens, self.budget // 2)
+
+    def chunk(self, doc_id: str, text: str) -> list[Chunk]:
+        if doc_id.endswith(".py") and self.config.python_by_definition:
+            segments = [(a, b, sig, LINE_BOUNDARY) for a, b, sig in _python_segments(text)]
+        else:
+            segments = [(0, len(text), _title_of(text), SENTENCE_BOUNDARY)]
+        spans: list[tuple[int, int, str]] = []
+        for start, end, context, boundary in segments:
+            spans.extend(self._pack(text, start, end, context, boundary))
+        return [self._make(text, i, start, end, header) for i, (start, end, header) in enumerate(spans)]
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _make(self, text: str, ordinal: int, start: int, end: int, header: str) -> Chunk:
+        body = text[start:end].strip()
+        chunk_text = f"{header}\n{body}" if header else body
+        return Chunk(ordinal, chunk_text, start, end, self.count(chunk_text))
+
+    def _pack(
+        self, text: str, start: int, end: int, context: str, boundary: re.Pattern[str]
+    ) -> Iterable[tuple[int, int, str]]:
+        """Greedy packing of boundary-aligned units into spans of at most the token budget.
+
+        Yields (start, end, header): the header is the segment's context line, given to every span
+        but the first (which already begins with it).
+        """
+        if not text[start:end].strip():
+            return
+        header_tokens = self.count(context) + 1 if context else 0
+        if header_tokens > self.budget // 2:
+            context, header_tokens = "", 0
+        budget = self.budget - header_tokens
+        current: list[tuple[int, int, int]] = []
+        header = ""
+        for unit in self._units(text, start, end, boundary, max(budget // 2, 8)):
+            if current and sum(u[2] for u in current) + unit[2] > budget:
+                yield current[0][0], current[-1][1], header
+                current = self._overlap_tail(current, budget - unit[2])
+                header = context
+            current.append(unit)
+        if current:
+            yield current[0][0], current[-1][1], header
+
+    def _overlap_tail(self, units: list[tuple[int, int, int]], room: int) -> list[tuple[int, int, int]]:
+        tail: list[tuple[int, int, int]] = []
+        used = 0
+        for unit in reversed(units[1:]):
+            if used + unit[2] > min(self.overlap, room):
+                break
+            tail.insert(0, unit)
+            used += unit[2]
+        return tail
+
+    def _units(
+        self, text: str, start: int, end: int, boundary: re.Pattern[str], limit: int
+    ) -> list[tuple[int, int, int]]:
+        """(start, end, tokens) pieces split at `boundary`; a piece over `limit` is cut between words."""
+        cuts = [start] + [m.end() + start for m in boundary.finditer(text[start:end])] + [end]
+        pieces = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
+        encodings = self.tokenizer.encode_batch([text[a:b] for a, b in pieces], add_special_tokens=False)
+        units: list[tuple[int, int, int]] = []
+        for (a, b), encoding in zip(pieces, encodings, strict=True):
+            if len(encoding.ids) <= limit:
+                units.append((a, b, len(encoding.ids)))
+                continue
+            starts = _word_starts(encoding.tokens)
+            lo_token = 0
+            while lo_token < len(encoding.ids):
+                hi_token = _cut_before(starts, lo_token, lo_token + limit, len(encoding.ids))
+                lo = a if lo_token == 0 else a + encoding.offsets[lo_token][0]
+                hi = b if hi_token >= len(encoding.ids) else a + encoding.offsets[hi_token][0]
+                units.append((lo, hi, hi_token - lo_token))
+                lo_token = hi_token
+        return units
+
+
+def _word_starts(tokens: list[str]) -> list[bool]:
+    """Whether each token begins a word (WordPiece marks continuations with `##`)."""
+    return [not t.startswith("##") for t in tokens]
+
+
+def _cut_before(starts: list[bool], lo: int, hi: int, n: int) -> int:
+    """The last word start in (lo, hi], so a window never splits a word unless the word is huge."""
+    if hi >= n:
+        return n
+    for i in range(hi, lo, -1):
+        if starts[i]:
+            return i
+    return hi
+
+
+def _title_of(text: str) -> str:
+    """A markdown document's first heading, repeated as context on chunks after the first."""
+    first = text.lstrip().split("\n", 1)[0].strip()
+    return first if first.startswith("#") and len(first) < 200 else ""
+
+
+def _python_segments(source: str) -> list[tuple[int, int, str]]:
+    """Top-level definitions and the module code between them as (start, end, signature)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return [(0, len(source), "")]
+    line_starts = [0]
+    for line in source.splitlines(keepends=True):
+        line_starts.append(line_starts[-1] + len(line))
+    segments: list[tuple[int, int, str]] = []
+    cursor = 0
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        first_line = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        start = line_starts[first_line - 1]
+        end = line_starts[min(node.end_lineno or node.lineno, len(line_starts) - 1)]
+        if start > cursor:
+            segments.append((cursor, start, ""))
+        signature = source[line_starts[node.lineno - 1] : line_starts[node.lineno]].strip()
+        segments.append((start, end, signature))
+        cursor = end
+    if cursor < len(source):
+        segments.append((cursor, len(source), ""))
+    return segments

@@ -1,0 +1,106 @@
+"""Chunks stage: re-chunk only documents whose checksum or pipeline config changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_assets.index import store, tables
+from embedding_assets.index.chunking import Chunker
+from embedding_assets.models.registry import ModelVersion
+
+
+@dataclass(frozen=True)
+class ChunkSync:
+    documents_chunked: int
+    chunks_written: int
+    chunks_deleted: int
+    chunks_total: int
+    max_tokens_seen: int
+    table_version: int
+
+
+def chunk_id(doc_id: str, ordinal: int) -> str:
+    return f"{doc_id}#{ordinal}"
+
+
+def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunker) -> ChunkSync:
+    """Bring `chunks__<version>` in line with the documents table; writes before it deletes."""
+    config_hash = version.pipeline_config_hash()
+    name = tables.chunks_table(version.id)
+    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
+    existing = store.read_columns(db, name, ["chunk_id", "doc_id", "doc_checksum", "pipeline_config_hash"])
+    chunked_as = {
+        (d, c)
+        for d, c, h in zip(
+            *(existing[k].to_pylist() for k in ("doc_id", "doc_checksum", "pipeline_config_hash")),
+            strict=True,
+        )
+        if h == config_hash
+    }
+    stale_docs = [
+        d
+        for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
+        if (d, c) not in chunked_as
+    ]
+
+    rows = _chunk_rows(db, stale_docs, chunker, config_hash)
+    table = store.open_table(db, name, store.CHUNKS_SCHEMA)
+    written = store.upsert(
+        table,
+        rows,
+        "chunk_id",
+        changed_when="target.chunk_hash != source.chunk_hash "
+        "OR target.doc_checksum != source.doc_checksum "
+        "OR target.pipeline_config_hash != source.pipeline_config_hash "
+        "OR target.char_start != source.char_start OR target.char_end != source.char_end",
+    )
+    live = set(rows["chunk_id"].to_pylist())
+    rechunked = set(stale_docs)
+    live_docs = set(docs["doc_id"].to_pylist())
+    obsolete = [
+        cid
+        for cid, d in zip(existing["chunk_id"].to_pylist(), existing["doc_id"].to_pylist(), strict=True)
+        if d not in live_docs or (d in rechunked and cid not in live)
+    ]
+    deleted = store.delete_keys(table, "chunk_id", obsolete)
+    tokens = rows["token_count"]
+    return ChunkSync(
+        documents_chunked=len(stale_docs),
+        chunks_written=written.inserted + written.updated,
+        chunks_deleted=deleted,
+        chunks_total=table.count_rows(),
+        max_tokens_seen=int(pc.max(tokens).as_py() or 0) if rows.num_rows else 0,
+        table_version=table.version,
+    )
+
+
+def _chunk_rows(db: lancedb.DBConnection, doc_ids: list[str], chunker: Chunker, config_hash: str) -> pa.Table:
+    records = []
+    for start in range(0, len(doc_ids), store.IN_LIST_BATCH):
+        batch = doc_ids[start : start + store.IN_LIST_BATCH]
+        where = f"doc_id IN ({', '.join(store.sql_literal(d) for d in batch)})"
+        docs = store.read_columns(
+            db, tables.DOCUMENTS_TABLE, ["doc_id", "text", "source_uri", "doc_checksum"], where
+        )
+        for doc in docs.to_pylist():
+            for chunk in chunker.chunk(doc["doc_id"], doc["text"]):
+                records.append(
+                    {
+                        "chunk_id": chunk_id(doc["doc_id"], chunk.ordinal),
+                        "doc_id": doc["doc_id"],
+                        "source_uri": doc["source_uri"],
+                        "doc_checksum": doc["doc_checksum"],
+                        "chunk_ordinal": chunk.ordinal,
+                        "chunk_hash": chunk.chunk_hash,
+                        "text": chunk.text,
+                        "char_start": chunk.char_start,
+                        "char_end": chunk.char_end,
+                        "token_count": chunk.token_count,
+                        "pipeline_config_hash": config_hash,
+                    }
+                )
+    return pa.Table.from_pylist(records, schema=store.CHUNKS_SCHEMA)

@@ -1,0 +1,164 @@
+"""LanceDB tables: their schemas, and the few write patterns every stage uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+IN_LIST_BATCH = 500
+
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("source_uri", pa.string()),
+        ("doc_checksum", pa.string()),
+        ("size", pa.int64()),
+        ("updated_at", TIMESTAMP),
+        ("mtime_ns", pa.int64()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [("doc_id", pa.string()), ("source_uri", pa.string()), ("reason", pa.string()), ("seen_at", TIMESTAMP)]
+)
+
+CHUNKS_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("doc_checksum", pa.string()),
+        ("chunk_ordinal", pa.int32()),
+        ("chunk_hash", pa.string()),
+        ("text", pa.string()),
+        ("char_start", pa.int32()),
+        ("char_end", pa.int32()),
+        ("token_count", pa.int32()),
+        ("pipeline_config_hash", pa.string()),
+    ]
+)
+
+
+def vector_type(dimension: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dimension)
+
+
+def cache_schema(dimension: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("chunk_hash", pa.string()),
+            ("model_fingerprint", pa.string()),
+            ("embedded_at", TIMESTAMP),
+            ("vector", vector_type(dimension)),
+        ]
+    )
+
+
+def index_schema(dimension: int) -> pa.Schema:
+    """One row per live chunk: the vector and every provenance column."""
+    return pa.schema(
+        [
+            ("doc_id", pa.string()),
+            ("source_uri", pa.string()),
+            ("doc_checksum", pa.string()),
+            ("chunk_id", pa.string()),
+            ("chunk_ordinal", pa.int32()),
+            ("chunk_hash", pa.string()),
+            ("text", pa.string()),
+            ("model_version", pa.string()),
+            ("model_fingerprint", pa.string()),
+            ("pipeline_config_hash", pa.string()),
+            ("embedded_at", TIMESTAMP),
+            ("indexed_at", TIMESTAMP),
+            ("vector", vector_type(dimension)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    """Rows a merge wrote, and the Lance table version it produced."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    table_version: int | None = None
+
+
+def connect(uri: str | Path) -> lancedb.DBConnection:
+    return lancedb.connect(str(uri))
+
+
+def table_names(db: lancedb.DBConnection) -> list[str]:
+    names: list[str] = []
+    page = db.list_tables()
+    while True:
+        names.extend(page.tables)
+        if not page.page_token:
+            return names
+        page = db.list_tables(page_token=page.page_token)
+
+
+def open_table(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> lancedb.table.Table:
+    """Open `name`, creating it empty with `schema` if it does not exist yet; a table written by an older
+    release gains the columns it lacks, as nulls (one schema-evolution commit, no rewrite)."""
+    if name not in table_names(db):
+        return db.create_table(name, schema=schema, exist_ok=True)
+    table = db.open_table(name)
+    missing = [f for f in schema if f.name not in table.schema.names]
+    if missing:
+        table.add_columns(pa.schema(missing))
+    return table
+
+
+def read_columns(
+    db: lancedb.DBConnection, name: str, columns: list[str], where: str | None = None
+) -> pa.Table:
+    """Selected columns of a table, or an empty table if it does not exist."""
+    if name not in table_names(db):
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    query = db.open_table(name).search().select(columns)
+    if where:
+        query = query.where(where)
+    return query.limit(None).to_arrow()
+
+
+def upsert(
+    table: lancedb.table.Table, rows: pa.Table, key: str, *, changed_when: str | None = None
+) -> WriteStats:
+    """Insert new keys and update existing ones (only where `changed_when` holds) in one commit."""
+    if rows.num_rows == 0:
+        return WriteStats(table_version=table.version)
+    builder = (
+        table.merge_insert(key).when_matched_update_all(where=changed_when).when_not_matched_insert_all()
+    )
+    result = builder.execute(rows.cast(table.schema))
+    return WriteStats(result.num_inserted_rows, result.num_updated_rows, 0, table.version)
+
+
+def delete_keys(table: lancedb.table.Table, key: str, values: Iterable[str]) -> int:
+    """Delete rows whose `key` is in `values`; call only after the replacements were written."""
+    values = sorted(set(values))
+    before = table.count_rows()
+    for start in range(0, len(values), IN_LIST_BATCH):
+        batch = values[start : start + IN_LIST_BATCH]
+        table.delete(f"{key} IN ({', '.join(sql_literal(v) for v in batch)})")
+    return before - table.count_rows()
+
+
+def version_committed_at(table: lancedb.table.Table, version: int) -> datetime | None:
+    """When `version` of the table was committed: with the number, it identifies a table state even if
+    the table was dropped and recreated (version numbers restart, timestamps do not)."""
+    return next((v["timestamp"] for v in table.list_versions() if v["version"] == version), None)
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

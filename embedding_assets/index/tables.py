@@ -1,0 +1,26 @@
+"""LanceDB table names: every stage and gate takes them from here."""
+
+from __future__ import annotations
+
+DOCUMENTS_TABLE = "documents"
+QUARANTINE_TABLE = "quarantine"
+CHUNKS_TABLE_PREFIX = "chunks__"
+INDEX_TABLE_PREFIX = "index__"
+CACHE_TABLE_PREFIX = "embedding_cache__"
+SENTINELS_TABLE_PREFIX = "sentinels__"
+
+
+def chunks_table(version: str) -> str:
+    return f"{CHUNKS_TABLE_PREFIX}{version}"
+
+
+def index_table(version: str) -> str:
+    return f"{INDEX_TABLE_PREFIX}{version}"
+
+
+def cache_table(encoder_key: str) -> str:
+    return f"{CACHE_TABLE_PREFIX}{encoder_key[:16]}"
+
+
+def sentinels_table(version: str) -> str:
+    return f"{SENTINELS_TABLE_PREFIX}{version}"

@@ -1,0 +1,31 @@
+"""Where the project keeps things by default. Deployment choices override these in `definitions.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
+SHIPPED_REGISTRY = PROJECT_ROOT / "model_registry.yaml"
+SHIPPED_GOLDEN_DIR = PROJECT_ROOT / "data" / "golden"  # the judged queries live in the repository
+DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
+
+
+def corpus_dir(data_dir: Path) -> Path:
+    return data_dir / "corpus"
+
+
+def lancedb_dir(data_dir: Path) -> Path:
+    return data_dir / "lancedb"
+
+
+def models_dir(data_dir: Path) -> Path:
+    return data_dir / "models"
+
+
+def scratch_dir(data_dir: Path) -> Path:
+    return data_dir / "scratch"
+
+
+def serving_dir(data_dir: Path) -> Path:
+    return data_dir / "serving"

@@ -1,0 +1,1 @@
+"""Model versions: the registry that pins them, fingerprints, embedders, pinning and built models."""

@@ -1,1 +1,0 @@
-"""The pipeline stages as plain functions over LanceDB; the Dagster assets are thin wrappers."""

@@ -1,0 +1,1 @@
+"""What the gates measure, retrieval evaluation and freshness."""

@@ -1,0 +1,150 @@
+"""Retrieval evaluation on judged queries: nDCG@10, recall@10, recall@100 (documents by best chunk)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lancedb
+from tqdm.auto import tqdm
+
+from embedding_assets.corpus.sources import BeirSource
+from embedding_assets.corpus.sync import sync_corpus
+from embedding_assets.index import store
+from embedding_assets.index.chunking import Chunker
+from embedding_assets.index.chunks import sync_chunks
+from embedding_assets.index.embeddings import sync_embeddings
+from embedding_assets.index.rows import sync_index
+from embedding_assets.models.embedders import embedder_for
+from embedding_assets.models.registry import ModelVersion
+from embedding_assets.serving.search import Searcher
+
+Qrels = dict[str, dict[str, int]]
+CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so 100 distinct documents surface
+
+
+@dataclass(frozen=True)
+class JudgedQueries:
+    queries: dict[str, str]
+    qrels: Qrels
+
+
+def load_judged(folder: Path) -> JudgedQueries:
+    """BEIR layout: queries.jsonl plus qrels/test.tsv (or qrels.tsv) with a header row."""
+    queries = {}
+    with open(folder / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                queries[str(record["_id"])] = record["text"]
+    qrels_path = folder / "qrels" / "test.tsv"
+    if not qrels_path.exists():
+        qrels_path = folder / "qrels.tsv"
+    qrels: Qrels = {}
+    with open(qrels_path, encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            score = int(row["score"])
+            if score > 0:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = score
+    return JudgedQueries({q: t for q, t in queries.items() if q in qrels}, qrels)
+
+
+def restrict_to(judged: JudgedQueries, doc_ids: set[str]) -> JudgedQueries:
+    """Only judgments of documents in the corpus, and only queries that keep at least one."""
+    qrels = {
+        q: kept for q, rel in judged.qrels.items() if (kept := {d: s for d, s in rel.items() if d in doc_ids})
+    }
+    return JudgedQueries({q: t for q, t in judged.queries.items() if q in qrels}, qrels)
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> float:
+    """Graded nDCG with the exponential gain 2^rel - 1 (as trec_eval and BEIR use)."""
+    dcg = sum((2 ** relevant.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    idcg = sum((2**r - 1) / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> float:
+    return len(set(ranked[:k]) & set(relevant)) / len(relevant) if relevant else 0.0
+
+
+def rank_documents(hits: list[dict], limit: int) -> list[str]:
+    """Documents in order of their best chunk's score."""
+    ranked: list[str] = []
+    for hit in hits:  # hits arrive best first
+        if hit["doc_id"] not in ranked:
+            ranked.append(hit["doc_id"])
+    return ranked[:limit]
+
+
+def ranked_documents(
+    searcher: Searcher, queries: list[str], limit: int = 100, *, progress: bool = False
+) -> list[list[str]]:
+    """For each query, the documents of its best chunks, best first."""
+    vectors = searcher.encode_queries(queries)
+    return [
+        rank_documents(searcher.search_vector(vector, limit * CHUNKS_PER_DOCUMENT_RANK, ["doc_id"]), limit)
+        for vector in tqdm(vectors, desc="searching", disable=not progress)
+    ]
+
+
+def evaluate(searcher: Searcher, judged: JudgedQueries, *, progress: bool = False) -> dict:
+    """Mean nDCG@10, recall@10 and recall@100 of `searcher` on `judged`."""
+    ids = list(judged.queries)
+    started = time.perf_counter()
+    rankings = ranked_documents(searcher, [judged.queries[q] for q in ids], 100, progress=progress)
+    totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
+    for qid, ranked in zip(ids, rankings, strict=True):
+        relevant = judged.qrels[qid]
+        totals["ndcg@10"] += ndcg_at_k(ranked, relevant, 10)
+        totals["recall@10"] += recall_at_k(ranked, relevant, 10)
+        totals["recall@100"] += recall_at_k(ranked, relevant, 100)
+    n = len(ids)
+    return {
+        **{k: round(v / n, 4) if n else 0.0 for k, v in totals.items()},
+        "queries": n,
+        "query_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def build_dataset_index(
+    dataset: Path, version: ModelVersion, scratch_dir: Path, *, progress: bool = True
+) -> tuple[lancedb.DBConnection, dict]:
+    """An index of a BEIR corpus in a scratch database keyed by dataset checksum and pipeline hash.
+
+    Runs the same corpus/chunk/embed/index stages as the assets; they are incremental, so a second
+    call with the same dataset and version reuses everything and encodes nothing.
+    """
+    source = BeirSource(dataset)
+    scratch = scratch_dir / f"{source.checksum()[:16]}-{version.pipeline_config_hash()[:16]}"
+    db = store.connect(scratch)
+    embedder = embedder_for(version)
+    started = time.perf_counter()
+    corpus = sync_corpus(db, source)
+    chunked = sync_chunks(db, version, Chunker(embedder.tokenizer, version.chunking, version.max_tokens))
+    embedded = sync_embeddings(db, embedder, progress=progress)
+    indexed = sync_index(db, version)
+    return db, {
+        "documents": corpus.documents,
+        "chunks": chunked.chunks_total,
+        "rows": indexed.rows_total,
+        "chunks_embedded": embedded.encoded,
+        "build_seconds": round(time.perf_counter() - started, 2),
+        "encode_seconds": round(embedded.seconds_encoding, 2),
+        "scratch": str(scratch),
+    }
+
+
+def evaluate_dataset(
+    dataset: Path, version: ModelVersion, scratch_dir: Path, *, progress: bool = True
+) -> dict:
+    """Evaluate `version` on a BEIR dataset without touching the served index."""
+    db, build = build_dataset_index(dataset, version, scratch_dir, progress=progress)
+    metrics = evaluate(Searcher(db, version), load_judged(dataset), progress=progress)
+    return {"version": version.id, "dataset": str(dataset), **metrics, **build}

@@ -1,0 +1,82 @@
+"""Freshness: how long a source change takes to reach the index, and how far serving lags the corpus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_assets.index import store, tables
+from embedding_assets.serving.pointer import ServingState
+
+
+def distribution(seconds: list[float] | np.ndarray) -> dict[str, float]:
+    """p50, p99 and max of a list of durations in seconds (zeros when it is empty)."""
+    values = np.asarray(seconds, dtype=np.float64)
+    if values.size == 0:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {
+        "p50": round(float(p50), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(values.max()), 3),
+        "count": int(values.size),
+    }
+
+
+def indexing_lag(db: lancedb.DBConnection, doc_ids: list[str], indexed_at: datetime) -> dict[str, float]:
+    """Source change to indexed, per document written in this run: indexed_at - the document's updated_at."""
+    if not doc_ids:
+        return distribution([])
+    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "updated_at"])
+    wanted = set(doc_ids)
+    lags = [
+        (indexed_at - updated).total_seconds()
+        for doc_id, updated in zip(docs["doc_id"].to_pylist(), docs["updated_at"].to_pylist(), strict=True)
+        if doc_id in wanted and updated is not None
+    ]
+    return distribution(lags)
+
+
+@dataclass
+class ServedLag:
+    """What the served table version does not yet reflect, and how old its rows are."""
+
+    pending_documents: list[str] = field(default_factory=list)
+    oldest_pending_seconds: float = 0.0
+    row_age: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def staleness(self) -> timedelta:
+        return timedelta(seconds=self.oldest_pending_seconds)
+
+
+def served_lag(db: lancedb.DBConnection, state: ServingState, now: datetime | None = None) -> ServedLag:
+    """Compare the corpus manifest with the served table version: documents added, changed or deleted
+    in the corpus but not yet served are pending, and the oldest pending change is the staleness."""
+    now = now or datetime.now(UTC)
+    table = db.open_table(state.table)
+    table.checkout(state.table_version)
+    served = table.search().select(["doc_id", "doc_checksum", "indexed_at"]).limit(None).to_arrow()
+    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum", "updated_at"])
+    served_checksums = dict(
+        zip(served["doc_id"].to_pylist(), served["doc_checksum"].to_pylist(), strict=False)
+    )
+    manifest = dict(zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True))
+    updated = dict(zip(docs["doc_id"].to_pylist(), docs["updated_at"].to_pylist(), strict=True))
+    stale = [d for d, c in manifest.items() if served_checksums.get(d) != c]
+    gone = [d for d in served_checksums if d not in manifest]
+    ages = [(now - updated[d]).total_seconds() for d in stale if updated[d] is not None]
+    if gone:  # a deletion is at least as old as the corpus commit that made it
+        corpus = db.open_table(tables.DOCUMENTS_TABLE)
+        committed = store.version_committed_at(corpus, corpus.version)
+        if committed is not None:
+            ages.append((now.replace(tzinfo=None) - committed).total_seconds())
+    indexed = served["indexed_at"]
+    row_ages = pc.subtract(pa.scalar(now, store.TIMESTAMP), indexed) if len(indexed) else pa.array([])
+    seconds = [a.total_seconds() for a in row_ages.to_pylist()] if len(indexed) else []
+    return ServedLag(sorted(stale + gone), max(ages, default=0.0), distribution(seconds))

@@ -1,0 +1,285 @@
+"""Data-quality gate: great-expectations suites over a version's chunks and its index vectors.
+
+great-expectations takes seconds to import, so it is imported on first use, with analytics off;
+an ephemeral context costs milliseconds, so each validation builds its own.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import lancedb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_assets.index import store, tables
+from embedding_assets.index.chunking import SPECIAL_TOKENS
+from embedding_assets.metadata import EXAMPLES
+from embedding_assets.models.registry import ModelVersion
+from embedding_assets.quality.gates.outcome import Markdown, markdown_table
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+CHUNKS_SUITE = "chunks"
+VECTORS_SUITE = "vectors"
+ID = "chunk_id"
+TABLE = ""  # the `column` of a table-level expectation
+BLOCK_ROWS = 16_384  # vectors are reduced this many rows at a time, bounding float64 scratch memory
+RESULT_FORMAT = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": EXAMPLES,
+    "unexpected_index_column_names": [ID],
+}
+OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
+NOT_THRESHOLDS = {"batch_id", "column"}
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's verdict.
+
+    `observed` holds GX's counts; its `partial_unexpected_list` names the offending chunk ids (first
+    five, distinct) and `partial_unexpected_values` the offending values. `kwargs` are the thresholds.
+    """
+
+    suite: str
+    expectation: str
+    column: str
+    success: bool
+    observed: dict
+    kwargs: dict
+
+
+@dataclass(frozen=True)
+class DataQualityReport:
+    """Every expectation of both suites, with the table sizes and the time the validation took."""
+
+    outcomes: list[ExpectationOutcome]
+    chunks: int
+    rows: int
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    def failures(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def table(self) -> Markdown:
+        rows = []
+        for o in self.outcomes:
+            unexpected = o.observed.get("unexpected_count", o.observed.get("observed_value", ""))
+            if o.observed.get("partial_unexpected_list"):
+                unexpected = f"{unexpected} e.g. {o.observed['partial_unexpected_list']}"
+            if "exception" in o.observed:
+                unexpected = f"error: {o.observed['exception']}"
+            thresholds = ", ".join(f"{k}={v}" for k, v in o.kwargs.items())
+            passed = "yes" if o.success else "**no**"
+            rows.append([o.suite, o.expectation, o.column or "(table)", passed, unexpected, thresholds])
+        return markdown_table(["suite", "expectation", "column", "passed", "unexpected", "thresholds"], rows)
+
+
+def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) -> DataQualityReport:
+    """Validate the version's chunks table and index table as stored."""
+    chunks = store.read_columns(db, tables.chunks_table(version.id), [ID, "text", "token_count"])
+    rows = store.read_columns(db, tables.index_table(version.id), [ID, "vector"])
+    return validate_data_quality(
+        chunks, rows, dimension=version.dimension, max_tokens=version.max_tokens, normalize=version.normalize
+    )
+
+
+def validate_data_quality(
+    chunks: pa.Table,
+    rows: pa.Table,
+    *,
+    dimension: int,
+    max_tokens: int,
+    normalize: bool,
+    norm_tolerance: float = 1e-3,
+) -> DataQualityReport:
+    """Run the chunks and vectors suites; `max_tokens` is the model limit including special tokens."""
+    started = time.perf_counter()
+    gx = _gx()
+    context = _context(gx)
+    datasource = context.data_sources.add_pandas("data_quality")
+    outcomes: list[ExpectationOutcome] = []
+    for name, frame, expectations in (
+        (CHUNKS_SUITE, chunk_frame(chunks), _chunk_expectations(gx, max_tokens - SPECIAL_TOKENS)),
+        (VECTORS_SUITE, vector_frame(rows), _vector_expectations(gx, dimension, normalize, norm_tolerance)),
+    ):
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        batch = (
+            datasource.add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe(name)
+            .get_batch(batch_parameters={"dataframe": frame})
+        )
+        result = batch.validate(suite, result_format=RESULT_FORMAT)
+        order = {e.id: i for i, e in enumerate(suite.expectations)}
+        for r in sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
+            outcomes.append(_outcome(name, r))
+    return DataQualityReport(outcomes, chunks.num_rows, rows.num_rows, time.perf_counter() - started)
+
+
+def chunk_frame(chunks: pa.Table) -> pd.DataFrame:
+    """chunk_id, text and token_count, plus the length of the text once whitespace is stripped."""
+    text = chunks.column("text").cast(pa.string())
+    return pd.DataFrame(
+        {
+            ID: chunks.column(ID).to_pandas(),
+            "text": text.to_pandas(),
+            "token_count": chunks.column("token_count").cast(pa.int64()).to_pandas(),
+            "text_stripped_length": pc.utf8_length(pc.utf8_trim_whitespace(text)).to_pandas(),
+        }
+    )
+
+
+def vector_frame(rows: pa.Table) -> pd.DataFrame:
+    """chunk_id with each vector's length, all-finite flag and L2 norm (NaN when not finite)."""
+    dims, finite, norms = vector_stats(rows.column("vector")) if rows.num_rows else _empty_stats()
+    return pd.DataFrame(
+        {
+            ID: rows.column(ID).to_pandas(),
+            "vector_dimension": dims,
+            "vector_finite": finite,
+            "vector_norm": norms,
+        }
+    )
+
+
+def vector_stats(vectors: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (dimension, all finite, norm) from the flattened values; a null vector has dimension 0."""
+    kind = vectors.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise TypeError(f"vector column is {vectors.type}, expected a list of floats")
+    parts = [
+        _block_stats(chunk.slice(start, BLOCK_ROWS))
+        for chunk in vectors.chunks
+        for start in range(0, len(chunk), BLOCK_ROWS)
+    ]
+    if not parts:
+        return _empty_stats()
+    dims, finite, norms = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return dims, finite, norms
+
+
+def _block_stats(block: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dims = pc.fill_null(pc.list_value_length(block), 0).to_numpy().astype(np.int64)
+    values = block.flatten().to_numpy(zero_copy_only=False).astype(np.float64)  # null elements -> NaN
+    finite = np.ones(len(block), dtype=bool)
+    sum_squares = np.zeros(len(block), dtype=np.float64)
+    present = dims > 0
+    if values.size:
+        starts = (np.cumsum(dims) - dims)[present]
+        finite[present] = np.logical_and.reduceat(np.isfinite(values), starts)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sum_squares[present] = np.add.reduceat(np.square(values), starts)
+    norms = np.sqrt(sum_squares)
+    norms[~finite] = np.nan  # a non-finite vector has no norm: the finite expectation reports it
+    return dims, finite, norms
+
+
+def _empty_stats() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.float64)
+
+
+def _chunk_expectations(gx: ModuleType, max_content_tokens: int) -> list[Any]:
+    e = gx.expectations
+    return [
+        *_key_expectations(gx),
+        e.ExpectColumnValuesToNotBeNull(column="text"),
+        e.ExpectColumnValuesToBeBetween(column="text_stripped_length", min_value=1),
+        e.ExpectColumnValuesToNotBeNull(column="token_count"),
+        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_content_tokens),
+    ]
+
+
+def _vector_expectations(gx: ModuleType, dimension: int, normalize: bool, tolerance: float) -> list[Any]:
+    e = gx.expectations
+    norm = (
+        e.ExpectColumnValuesToBeBetween(
+            column="vector_norm", min_value=1 - tolerance, max_value=1 + tolerance
+        )
+        if normalize
+        else e.ExpectColumnValuesToBeBetween(column="vector_norm", min_value=0, strict_min=True)
+    )
+    return [
+        *_key_expectations(gx),
+        e.ExpectColumnValuesToBeBetween(column="vector_dimension", min_value=dimension, max_value=dimension),
+        e.ExpectColumnValuesToBeInSet(column="vector_finite", value_set=[True]),
+        norm,
+    ]
+
+
+def _key_expectations(gx: ModuleType) -> list[Any]:
+    e = gx.expectations
+    return [
+        e.ExpectTableRowCountToBeBetween(min_value=1),
+        e.ExpectColumnValuesToNotBeNull(column=ID),
+        e.ExpectColumnValuesToBeUnique(column=ID),
+    ]
+
+
+def _outcome(suite: str, result: Any) -> ExpectationOutcome:
+    config = result.expectation_config
+    found = result.result or {}
+    observed = {k: _json_safe(found[k]) for k in OBSERVED_KEYS if k in found}
+    if "partial_unexpected_list" in found:
+        index = found.get("partial_unexpected_index_list") or []
+        ids = [_json_safe(i.get(ID) if isinstance(i, dict) else i) for i in index]
+        observed["partial_unexpected_list"] = list(dict.fromkeys(ids))[:EXAMPLES]
+        observed["partial_unexpected_values"] = _json_safe(found["partial_unexpected_list"][:EXAMPLES])
+    error = _exception_message(result.exception_info)
+    if error:
+        observed["exception"] = error
+    kwargs = {k: _json_safe(v) for k, v in config.kwargs.items() if k not in NOT_THRESHOLDS and v is not None}
+    column = config.kwargs.get("column") or TABLE
+    return ExpectationOutcome(suite, config.type, column, bool(result.success), observed, kwargs)
+
+
+def _exception_message(info: dict | None) -> str | None:
+    """GX reports one exception per result, or one per metric keyed by metric id."""
+    if not info:
+        return None
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    messages = [str(i.get("exception_message")) for i in infos if i.get("raised_exception")]
+    return "; ".join(messages) or None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return None if value is pd.NA or value is pd.NaT else str(value)
+
+
+def _gx() -> ModuleType:
+    """great_expectations, imported on first use with analytics off unless the environment says otherwise."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    return gx
+
+
+def _context(gx: ModuleType) -> Any:
+    """A fresh in-memory context without progress bars."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context

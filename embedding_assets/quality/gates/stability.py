@@ -1,0 +1,111 @@
+"""Neighbour stability: do fixed queries still find the same documents as the last served state?"""
+
+from __future__ import annotations
+
+import lancedb
+
+from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
+from embedding_assets.quality.evaluation import ranked_documents
+from embedding_assets.quality.gates.outcome import GateOutcome, level_for, markdown_table
+from embedding_assets.serving.pointer import ServingPointer, ServingState
+from embedding_assets.serving.search import (
+    EncoderMismatchError,
+    Searcher,
+    ServedStateMissingError,
+    searcher_for_state,
+)
+
+TOP_K = 10
+WORST_SHOWN = 5
+
+
+def top_k_overlap(a: list[str], b: list[str], k: int = TOP_K) -> float:
+    """Share of the top-k documents two rankings have in common."""
+    a, b = a[:k], b[:k]
+    return len(set(a) & set(b)) / max(len(a), len(b), 1)
+
+
+def last_served_state(pointer: ServingPointer, version_id: str) -> ServingState | None:
+    """The most recent state in the history that served `version_id`."""
+    return next((s for s in reversed(pointer.history()) if s.version == version_id), None)
+
+
+def neighbour_stability(
+    db: lancedb.DBConnection,
+    version: ModelVersion,
+    pointer: ServingPointer,
+    registry: ModelRegistry,
+    queries: list[str],
+    thresholds: GateThresholds,
+) -> GateOutcome:
+    """Mean top-10 document overlap against the version's last served state (gated), and against the
+    currently served version when that is another model (reported only: spaces differ by design)."""
+    queries = queries[: thresholds.stability_queries]
+    current = ranked_documents(Searcher(db, version), queries, TOP_K)
+    metadata: dict = {
+        "queries": len(queries),
+        "warn_below": thresholds.stability_warn,
+        "block_below": thresholds.stability_block,
+    }
+    if len(queries) < 20:
+        return GateOutcome(
+            "block", f"only {len(queries)} fixed queries; the gate needs at least 20", metadata
+        )
+    served = pointer.current()
+    if served is not None and served.version != version.id:
+        metadata.update(_cross_version(db, registry, served, queries, current))
+    cross = (
+        f"; vs served {metadata['cross_version']}: {metadata['cross_version_overlap']} (reported, not gated)"
+        if "cross_version" in metadata
+        else ""
+    )
+    baseline = last_served_state(pointer, version.id)
+    if baseline is None:
+        return GateOutcome(
+            "pass",
+            f"{version.id} was never served: no baseline yet; its first promotion sets one{cross}",
+            metadata,
+        )
+    try:
+        before = ranked_documents(searcher_for_state(baseline, db, registry), queries, TOP_K)
+    except ServedStateMissingError as exc:
+        return GateOutcome("warn", f"the last served state of {version.id} cannot be read: {exc}", metadata)
+    overlaps = [top_k_overlap(a, b) for a, b in zip(current, before, strict=True)]
+    mean = sum(overlaps) / len(overlaps)
+    worst = sorted(range(len(queries)), key=lambda i: overlaps[i])[:WORST_SHOWN]
+    metadata.update(
+        {
+            "mean_top10_overlap": round(mean, 4),
+            "min_top10_overlap": round(min(overlaps), 4),
+            "baseline_table_version": baseline.table_version,
+            "baseline_served_at": str(baseline.at),
+            "least_stable_queries": markdown_table(
+                ["query", "overlap"], [[queries[i], overlaps[i]] for i in worst]
+            ),
+        }
+    )
+    level = level_for(
+        mean, warn=thresholds.stability_warn, block=thresholds.stability_block, higher_is_worse=False
+    )
+    return GateOutcome(
+        level,
+        f"mean top-10 overlap {mean:.3f} with the last served state of {version.id} "
+        f"(warn < {thresholds.stability_warn}, block < {thresholds.stability_block}){cross}",
+        metadata,
+    )
+
+
+def _cross_version(
+    db: lancedb.DBConnection,
+    registry: ModelRegistry,
+    served: ServingState,
+    queries: list[str],
+    current: list[list[str]],
+) -> dict:
+    """Overlap with the served version's results, for the migration report; never a reason to block."""
+    try:
+        other = ranked_documents(searcher_for_state(served, db, registry), queries, TOP_K)
+    except (ModelRegistryError, EncoderMismatchError, ServedStateMissingError) as exc:
+        return {"cross_version": served.version, "cross_version_overlap": f"unavailable: {exc}"}
+    overlaps = [top_k_overlap(a, b) for a, b in zip(current, other, strict=True)]
+    return {"cross_version": served.version, "cross_version_overlap": round(sum(overlaps) / len(overlaps), 4)}

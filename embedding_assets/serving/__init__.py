@@ -1,0 +1,1 @@
+"""The serving pointer, promotion, live versions, search and status."""

@@ -1,0 +1,143 @@
+"""The serving pointer: which model version and Lance table version answer queries, with its history.
+
+The pointer is one JSON file replaced atomically (write to a temp file, fsync, rename); every
+promotion and rollback is also appended to a JSON-lines history, so the way back is always known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+POINTER_FILE = "pointer.json"
+HISTORY_FILE = "history.jsonl"
+
+
+class ServingState(BaseModel):
+    """What serves: a model version pinned to one Lance table version (and the tag naming it)."""
+
+    version: str
+    model_fingerprint: str
+    pipeline_config_hash: str
+    table: str
+    table_version: int
+    table_committed_at: datetime | None = Field(None, description="commit time of that table version")
+    lance_tag: str
+    rows: int
+    action: str = Field("promote", description="promote, refresh (same version, newer table) or rollback")
+    run_id: str | None = None
+    gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
+    overrides: dict = Field(default_factory=dict, description="threshold overrides in force, with reasons")
+    seq: int = Field(0, description="position in the history")
+    supersedes: int | None = Field(None, description="history position of the state this one replaced")
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    since: datetime | None = Field(None, description="when this version began serving (kept by refreshes)")
+
+    @property
+    def serving_since(self) -> datetime:
+        return self.since or self.at
+
+
+class NothingServedError(RuntimeError):
+    """No version has been promoted yet."""
+
+
+class NothingToRollBackError(RuntimeError):
+    """The served state replaced nothing, so there is nowhere to go back to."""
+
+
+class ServingPointer:
+    """Reads and moves the pointer under a folder (data/serving by default)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @property
+    def pointer_path(self) -> Path:
+        return self.folder / POINTER_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.folder / HISTORY_FILE
+
+    def current(self) -> ServingState | None:
+        if not self.pointer_path.exists():
+            return None
+        return ServingState.model_validate_json(self.pointer_path.read_text())
+
+    def require_current(self) -> ServingState:
+        state = self.current()
+        if state is None:
+            raise NothingServedError("nothing is served yet: materialize and promote a version first")
+        return state
+
+    def history(self) -> list[ServingState]:
+        if not self.history_path.exists():
+            return []
+        lines = [line for line in self.history_path.read_text().splitlines() if line.strip()]
+        return [
+            ServingState.model_validate_json(line).model_copy(update={"seq": i})
+            for i, line in enumerate(lines)
+        ]
+
+    def previous(self) -> ServingState | None:
+        """The state the served one replaced: where a rollback goes."""
+        current = self.current()
+        if current is None or current.supersedes is None:
+            return None
+        return self.history()[current.supersedes]
+
+    def promote(self, state: ServingState) -> ServingState:
+        """Serve `state`, remembering the state it replaces; a newer table of the served version is a
+        refresh, which keeps the way back (and the serving start) of the state it refreshes."""
+        current = self.current()
+        if current is not None and current.version == state.version:
+            update = {"action": "refresh", "supersedes": current.supersedes, "since": current.serving_since}
+        else:
+            update = {"supersedes": current.seq if current else None, "since": state.at}
+        return self.move_to(state.model_copy(update=update))
+
+    def rollback(
+        self, run_id: str | None = None, refreshed: ServingState | None = None
+    ) -> tuple[ServingState, ServingState]:
+        """Serve again the state the current one replaced; return (now served, rolled back from).
+
+        `refreshed` is that version at a newer, gated table version (kept fresh by dual writes) to serve
+        instead of the exact old one. Repeated rollbacks walk further back, not back and forth.
+        """
+        current = self.require_current()
+        target = self.previous()
+        if target is None:
+            raise NothingToRollBackError(f"{current.version} (history #{current.seq}) replaced nothing")
+        now = datetime.now(UTC)
+        state = (refreshed or target).model_copy(
+            update={
+                "action": "rollback",
+                "run_id": run_id,
+                "at": now,
+                "since": now,
+                "supersedes": target.supersedes,
+            }
+        )
+        return self.move_to(state), current
+
+    def move_to(self, state: ServingState) -> ServingState:
+        """Atomically point at `state` and append it to the history."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = state.model_copy(update={"seq": len(self.history())})
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(state.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".pointer-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(state.model_dump(mode="json"), indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.pointer_path)
+        return state

@@ -1,0 +1,168 @@
+"""Search the served index (or any built version) with the exact model that built it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lancedb
+import numpy as np
+
+from embedding_assets.index import store, tables
+from embedding_assets.models.embedders import Embedder, embedder_for
+from embedding_assets.models.registry import ModelRegistry, ModelVersion
+from embedding_assets.serving.pointer import ServingPointer, ServingState
+
+HIT_COLUMNS = [
+    "doc_id",
+    "chunk_id",
+    "chunk_ordinal",
+    "text",
+    "source_uri",
+    "doc_checksum",
+    "chunk_hash",
+    "model_version",
+    "model_fingerprint",
+    "pipeline_config_hash",
+    "embedded_at",
+    "indexed_at",
+]
+
+
+class EncoderMismatchError(RuntimeError):
+    """The query encoder is not the model that produced the table's vectors."""
+
+
+class ServedStateMissingError(RuntimeError):
+    """The table version a serving state names no longer exists as it was served."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    model_version: str
+    model_fingerprint: str
+    table_version: int
+    hits: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "model_fingerprint": self.model_fingerprint,
+            "table_version": self.table_version,
+            "hits": [
+                {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in h.items()}
+                for h in self.hits
+            ],
+        }
+
+
+# Table states proven to hold only one fingerprint's vectors: (database, table, version, commit time,
+# fingerprint). A Lance table version never changes, so the proof is made once per state and process.
+_PROVEN_STATES: set[tuple[str, str, int, object, str]] = set()
+
+
+class Searcher:
+    """A table of one version opened once, queried with that version's verified encoder."""
+
+    def __init__(self, db: lancedb.DBConnection, version: ModelVersion, table_version: int | None = None):
+        self.version = version
+        self.embedder: Embedder = embedder_for(version)
+        self.table = db.open_table(tables.index_table(version.id))
+        if table_version is not None:
+            self.table.checkout(table_version)
+        state = (
+            str(getattr(db, "uri", "")),
+            self.table.name,
+            self.table.version,
+            store.version_committed_at(self.table, self.table.version),
+            self.embedder.fingerprint,
+        )
+        if state not in _PROVEN_STATES:
+            self._refuse_foreign_vectors()
+            _PROVEN_STATES.add(state)
+
+    def _refuse_foreign_vectors(self) -> None:
+        """Scan the table once for a row of another fingerprint: vectors of two spaces never mix."""
+        fp = self.embedder.fingerprint
+        foreign = (
+            self.table.search()
+            .where(f"model_fingerprint != {store.sql_literal(fp)}")
+            .select(["chunk_id", "model_fingerprint"])
+            .limit(1)
+            .to_list()
+        )
+        if foreign:
+            raise EncoderMismatchError(
+                f"table {self.table.name} holds vectors of fingerprint {foreign[0]['model_fingerprint']} "
+                f"(e.g. {foreign[0]['chunk_id']}), but version {self.version.id!r} encodes with {fp}; "
+                "refusing to compare vectors from different spaces"
+            )
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        return self.embedder.encode_queries(queries)
+
+    def search_vector(
+        self, vector: np.ndarray, k: int, columns: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column)."""
+        rows = (
+            self.table.search(vector)
+            .metric("cosine")
+            .select([*(columns or HIT_COLUMNS), "_distance"])
+            .limit(k)
+            .to_list()
+        )
+        for row in rows:
+            row["score"] = round(1.0 - float(row.pop("_distance")), 6)
+        return rows
+
+    def search(self, query: str, k: int = 10) -> SearchResult:
+        hits = self.search_vector(self.encode_queries([query])[0], k)
+        return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
+
+
+def searcher_for_state(state: ServingState, db: lancedb.DBConnection, registry: ModelRegistry) -> Searcher:
+    """A searcher for a serving state: its version's pinned model, at the exact Lance table version."""
+    version = registry.get(state.version)
+    if version.pinned_fingerprint() != state.model_fingerprint:
+        raise EncoderMismatchError(
+            f"served version {state.version!r} was built with {state.model_fingerprint}, "
+            f"but the registry now pins {version.pinned_fingerprint()}; re-materialize and promote it"
+        )
+    try:
+        searcher = Searcher(db, version, state.table_version)
+    except (ValueError, OSError) as exc:  # Lance cannot check out that version any more
+        raise ServedStateMissingError(f"{state.table} v{state.table_version} is gone: {exc}") from exc
+    committed = store.version_committed_at(searcher.table, state.table_version)
+    if state.table_committed_at is not None and committed != state.table_committed_at:
+        raise ServedStateMissingError(
+            f"{state.table} v{state.table_version} was committed at {committed}, but the state served "
+            f"was committed at {state.table_committed_at}: the table was recreated since"
+        )
+    return searcher
+
+
+def served_searcher(db: lancedb.DBConnection, pointer: ServingPointer, registry: ModelRegistry) -> Searcher:
+    """A searcher for what the serving pointer names, at the exact Lance table version it pins."""
+    return searcher_for_state(pointer.require_current(), db, registry)
+
+
+class ServedSearch:
+    """Search what is served, keeping the searcher (model, open table) between queries and following the
+    pointer: when serving moves, the next query opens the new state; a query never mixes two states."""
+
+    def __init__(self, db: lancedb.DBConnection, pointer: ServingPointer, registry: ModelRegistry):
+        self.db, self.pointer, self.registry = db, pointer, registry
+        self._state: tuple[str, int, int] | None = None
+        self._searcher: Searcher | None = None
+
+    def searcher(self) -> Searcher:
+        state = self.pointer.require_current()
+        key = (state.version, state.table_version, state.seq)
+        if self._searcher is None or key != self._state:
+            self._searcher, self._state = searcher_for_state(state, self.db, self.registry), key
+        return self._searcher
+
+    def search(self, query: str, k: int = 10) -> SearchResult:
+        """Top-k chunks for `query` from the served index, best first, each with its provenance."""
+        return self.searcher().search(query, k)

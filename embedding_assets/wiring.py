@@ -1,0 +1,47 @@
+"""The one wiring path outside a run: the Definitions' resources, initialized (EnvVars resolved), for the
+CLI, the runner, the Python API and tests. Inside a run, Dagster hands the same resources to each op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import dagster as dg
+
+from embedding_assets.defs.resources import (
+    CorpusSourceResource,
+    GoldenSetResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """The project's resources, ready to call."""
+
+    lancedb: LanceDBResource
+    model_registry: ModelRegistryResource
+    corpus_source: CorpusSourceResource
+    serving: ServingResource
+    golden_set: GoldenSetResource
+
+
+def project_definitions() -> dg.Definitions:
+    """The Definitions of `definitions.py` (deployment choices read from the environment once)."""
+    from embedding_assets.definitions import defs
+
+    return defs
+
+
+def initialized(resource: dg.ConfigurableResource) -> dg.ConfigurableResource:
+    """`resource` with its config processed (EnvVars resolved, nested resources initialized). None of the
+    project's resources holds anything to tear down, so the initialized copy outlives the context."""
+    with resource.process_config_and_initialize_cm() as ready:
+        return ready
+
+
+def wiring(defs: dg.Definitions | None = None) -> Wiring:
+    """The resources of `defs` (default: the project's), initialized for use outside a run."""
+    resources = (defs or project_definitions()).resources
+    return Wiring(**{f.name: initialized(resources[f.name]) for f in fields(Wiring)})
