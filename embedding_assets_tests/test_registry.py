@@ -94,3 +94,18 @@ def test_pin_writes_a_verified_entry(minilm, weights_copy, tmp_path, minilm_embe
     assert load_registry(registry_path, models).get("minilm-copy") == pinned
     with pytest.raises(ValueError, match="already pinned"):
         pin_version(registry_path, models, "minilm-copy", "sentence-transformers", artifact=weights_copy.name)
+
+
+def test_model_weights_asset_reports_the_verified_pin(minilm):
+    """Unit test of the asset itself: called with a context built for one partition."""
+    import dagster as dg
+
+    from embedding_assets.definitions import build_resources
+    from embedding_assets.defs.assets.model_weights import model_weights
+
+    resources = {"model_registry": build_resources()["model_registry"]}
+    with dg.build_asset_context(partition_key=minilm.id, resources=resources) as context:
+        result = model_weights(context)
+    meta = result.metadata
+    assert meta["model_fingerprint"] == meta["weights_fingerprint"] == minilm.fingerprint
+    assert meta["dimension"] == 384 and meta["weight_bytes"] > 0

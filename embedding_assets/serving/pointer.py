@@ -6,9 +6,12 @@ promotion and rollback is also appended to a JSON-lines history, so the way back
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from pydantic import BaseModel, Field
 
 POINTER_FILE = "pointer.json"
 HISTORY_FILE = "history.jsonl"
+LOCK_FILE = ".lock"
 
 
 class ServingState(BaseModel):
@@ -95,12 +99,17 @@ class ServingPointer:
     def promote(self, state: ServingState) -> ServingState:
         """Serve `state`, remembering the state it replaces; a newer table of the served version is a
         refresh, which keeps the way back (and the serving start) of the state it refreshes."""
-        current = self.current()
-        if current is not None and current.version == state.version:
-            update = {"action": "refresh", "supersedes": current.supersedes, "since": current.serving_since}
-        else:
-            update = {"supersedes": current.seq if current else None, "since": state.at}
-        return self.move_to(state.model_copy(update=update))
+        with self.locked():
+            current = self.current()
+            if current is not None and current.version == state.version:
+                update = {
+                    "action": "refresh",
+                    "supersedes": current.supersedes,
+                    "since": current.serving_since,
+                }
+            else:
+                update = {"supersedes": current.seq if current else None, "since": state.at}
+            return self._append(state.model_copy(update=update))
 
     def rollback(
         self, run_id: str | None = None, refreshed: ServingState | None = None
@@ -108,14 +117,24 @@ class ServingPointer:
         """Serve again the state the current one replaced; return (now served, rolled back from).
 
         `refreshed` is that version at a newer, gated table version (kept fresh by dual writes) to serve
-        instead of the exact old one. Repeated rollbacks walk further back, not back and forth.
+        instead of the exact old one (ignored if serving moved since it was chosen). Repeated rollbacks
+        walk further back, not back and forth.
         """
-        current = self.require_current()
-        target = self.previous()
-        if target is None:
-            raise NothingToRollBackError(f"{current.version} (history #{current.seq}) replaced nothing")
+        with self.locked():
+            current = self.require_current()
+            target = self.previous()
+            if target is None:
+                raise NothingToRollBackError(f"{current.version} (history #{current.seq}) replaced nothing")
+            if refreshed is not None and refreshed.version != target.version:
+                refreshed = None
+            return self._append(self._rolled_back(target, refreshed, run_id)), current
+
+    @staticmethod
+    def _rolled_back(
+        target: ServingState, refreshed: ServingState | None, run_id: str | None
+    ) -> ServingState:
         now = datetime.now(UTC)
-        state = (refreshed or target).model_copy(
+        return (refreshed or target).model_copy(
             update={
                 "action": "rollback",
                 "run_id": run_id,
@@ -124,11 +143,26 @@ class ServingPointer:
                 "supersedes": target.supersedes,
             }
         )
-        return self.move_to(state), current
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock: promotions and rollbacks, from any process, one at a time."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def move_to(self, state: ServingState) -> ServingState:
-        """Atomically point at `state` and append it to the history."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Atomically point at `state` and append it to the history (under the lock)."""
+        with self.locked():
+            return self._append(state)
+
+    def _append(self, state: ServingState) -> ServingState:
+        """Append `state` to the history and replace the pointer; the caller holds the lock."""
         state = state.model_copy(update={"seq": len(self.history())})
         with open(self.history_path, "a", encoding="utf-8") as f:
             f.write(state.model_dump_json() + "\n")
