@@ -82,3 +82,10 @@ def test_a_rebuild_is_judged_by_the_sentinel_drift_gate(built_project, static, r
     [drift] = [c for c in gates.checks if c["name"] == SENTINEL_DRIFT]
     assert drift["metadata"]["sentinels"] >= 100 and "p95_distance" in drift["metadata"], drift
     assert drift["passed"], drift  # the same recipe on the same machine: the rebuilt space is the same
+
+
+def test_a_build_inside_a_run_draws_no_terminal_bar(static, registry, tmp_path, capfd):
+    elsewhere = static.model_copy(update={"models_dir": str(tmp_path)})
+    record = build_static_model(elsewhere, registry, progress=False)
+    assert "Encoding tokens" not in capfd.readouterr().err  # model2vec's own tqdm bar
+    assert elsewhere.verified_weights_path() and record["recipe_fingerprint"] == static.fingerprint

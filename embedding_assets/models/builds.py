@@ -11,11 +11,14 @@ recipe: the sentinel drift gate of that data folder measures how far its vectors
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -86,14 +89,34 @@ def verify_built_artifact(version: ModelVersion, artifact: Path) -> None:
         )
     actual = fingerprint_weights(artifact)
     if actual != record["artifact_fingerprint"]:
-        raise FingerprintMismatchError(version.id, record["artifact_fingerprint"], actual, artifact)
+        raise FingerprintMismatchError(
+            version.id, record["artifact_fingerprint"], actual, artifact, pinned_by="its build recorded"
+        )
+
+
+@contextmanager
+def _quiet_distill(progress: bool) -> Iterator[None]:
+    """model2vec draws a tqdm bar over the vocabulary and has no switch for it; inside a run (`progress`
+    False) the bar would land in the run's logs, so it is drawn disabled there."""
+    from model2vec.distill import inference
+
+    if progress:
+        yield
+        return
+    bar = inference.tqdm
+    inference.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        inference.tqdm = bar
 
 
 def build_static_model(
-    version: ModelVersion, registry: ModelRegistry, *, force: bool = False
+    version: ModelVersion, registry: ModelRegistry, *, force: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Distill `version` from its base model into its artifact folder (unless it is there already, or
-    `force`); return the build record (recipe, artifact byte fingerprint, when and where it was built)."""
+    `force`); return the build record (recipe, artifact byte fingerprint, when and where it was built).
+    `progress` draws model2vec's terminal bar; a run passes False and logs through Dagster instead."""
     build = _check_recipe(version)
     target = version.weights_path()
     if target.is_dir() and not force and (existing := read_record(target)) is not None:
@@ -102,7 +125,8 @@ def build_static_model(
 
     from model2vec.distill import distill
 
-    model = distill(str(base_path), pca_dims=build.pca_dims, device="cpu")
+    with _quiet_distill(progress):
+        model = distill(str(base_path), pca_dims=build.pca_dims, device="cpu")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         staging = Path(tmp) / "model"

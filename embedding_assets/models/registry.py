@@ -43,11 +43,13 @@ class UnpinnedModelError(ModelRegistryError):
 class FingerprintMismatchError(ModelRegistryError):
     """The weights on disk are not the weights the version pinned."""
 
-    def __init__(self, version: str, expected: str, actual: str, path: Path):
+    def __init__(
+        self, version: str, expected: str, actual: str, path: Path, pinned_by: str = "the registry pins"
+    ):
         self.version, self.expected, self.actual = version, expected, actual
         super().__init__(
             f"model version {version!r}: weights at {path} have fingerprint {actual}, "
-            f"but the registry pins {expected}; refusing to load different weights under the same version"
+            f"but {pinned_by} {expected}; refusing to load different weights under the same version"
         )
 
 

@@ -18,7 +18,8 @@ def model_weights(
     version = registry.get(context.partition_key)
     built: dict = {}
     if version.weights.build is not None:
-        record = build_static_model(version, registry)
+        context.log.info(f"{version.id}: building from its recipe if the artifact is missing")
+        record = build_static_model(version, registry, progress=False)
         built = {
             "recipe": record["recipe"],
             "artifact_fingerprint": record["artifact_fingerprint"],
