@@ -98,13 +98,14 @@ def corpus_folder_sensor(
     if _latest_refresh(context, IN_FLIGHT):
         return dg.SkipReason("a refresh is already running")
     last = _latest_refresh(context, FINISHED)
-    if last is not None and last.status == dg.DagsterRunStatus.FAILURE:
+    failed = last is not None and last.status == dg.DagsterRunStatus.FAILURE
+    if last is not None and failed:
         record = context.instance.get_run_record_by_id(last.run_id)
         ended = record.end_time if record else None
         if ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER:
             return dg.SkipReason(f"the last refresh ({last.run_id[:8]}) failed; retrying after {RETRY_AFTER}")
-    # One request per pending state and per finished refresh: a failed refresh leaves the state pending,
-    # and the next key (after that run) asks again.
+    # One request per pending state; after a failed refresh, one more per failure. A state that a
+    # successful refresh leaves as it was (a quarantined file keeps its last good version) asks no more.
     state = repr([(d, scan.get(d)) for d in changed + deleted] + behind).encode()
     digest = hashlib.sha256(state).hexdigest()[:16]
     context.log.info(
@@ -112,7 +113,9 @@ def corpus_folder_sensor(
         f"versions behind the corpus: {behind}"
     )
     return dg.RunRequest(
-        run_key=f"folder-{digest}-after-{last.run_id[:8] if last else 'none'}",
+        run_key=f"folder-{digest}-retry-{last.run_id[:8]}"
+        if last is not None and failed
+        else f"folder-{digest}",
         tags={TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
     )
 
