@@ -22,7 +22,7 @@ from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.checks.freshness import freshness_policy, served_freshness
 from embedding_assets.defs.checks.gates import index_checks
 from embedding_assets.defs.jobs import JOBS
-from embedding_assets.defs.refresh import refresh_live_job
+from embedding_assets.defs.refresh import REFRESH_SENSORS
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     GoldenSetResource,
@@ -93,11 +93,11 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
     return dg.Definitions(
         assets=[fresh[0], model_weights, chunks, embeddings, fresh[1], serving_index],
         asset_checks=[*index_checks, served_freshness],
-        jobs=[*JOBS, refresh_live_job],
+        jobs=JOBS,
         schedules=build_schedules(
             refresh_cron=_choice("EMBEDDING_ASSETS_REFRESH_CRON", "*/15 * * * *"), running=production
         ),
-        sensors=SENSORS,
+        sensors=[*SENSORS, *REFRESH_SENSORS],
         resources=resources,
     )
 

@@ -11,6 +11,14 @@ import yaml
 from embedding_assets import locations
 from embedding_assets.cli import runner
 from embedding_assets.corpus.postgres.feed import PostgresChangeFeed
+from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
+from embedding_assets.defs.refresh import (
+    BATCH_TAG,
+    CDC_TAG,
+    REFRESH_TAG,
+    change_capture_commit_sensor,
+    refresh_live_versions_sensor,
+)
 from embedding_assets.defs.resources import CorpusSourceResource, PostgresResource
 from embedding_assets.defs.sensors import postgres_cdc_sensor
 from embedding_assets.models.registry import DEFAULT_VERSION
@@ -19,6 +27,7 @@ from embedding_assets.serving.search import searcher_for_state
 pytestmark = pytest.mark.slow
 MINILM = DEFAULT_VERSION
 SEEDED = ["library/csv/reader.md", "library/csv/writer.md", "library/json/dumps.md", "topics/for.md"]
+QUEUED = "Runs of the refresh go through the queue, one per live version.\n"
 MARKER = "The pangolin-semaphore sentence marks the inserted row."
 
 
@@ -114,6 +123,47 @@ def test_a_failed_run_does_not_advance_the_slot_and_the_retry_applies_the_change
     retried = runner.refresh(**cdc.job())
     assert retried.ok and retried.cdc["advanced"] and cdc.feed.peek().changes == []
     assert "library/csv/writer.md" not in served_doc_ids(cdc)
+
+
+def _launch(cdc, job_name: str, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """What the daemon does with a RunRequest, done in process on the test instance."""
+    return cdc.defs.resolve_job_def(job_name).execute_in_process(
+        instance=cdc.instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+    )
+
+
+def _after(cdc, sensor, result: dg.ExecuteInProcessResult):
+    """Evaluate a run-status sensor on the success of `result`'s run, as the daemon would."""
+    [success] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_SUCCESS]
+    with dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=success,
+        dagster_instance=cdc.instance,
+        dagster_run=result.dagster_run,
+        resources=cdc.resources,
+    ) as context:
+        return sensor(context)
+
+
+def test_dagster_native_refresh_runs_one_request_per_version_and_commits_after_the_last(cdc):
+    """sensor -> sync_corpus run -> one run per live version -> the slot advances only after all of them."""
+    sql(cdc, "INSERT INTO {t} (id, title, body) VALUES (%s, 'Queue', %s)", "notes/queued", QUEUED)
+    with dg.build_sensor_context(instance=cdc.instance, resources=cdc.resources) as context:
+        request = postgres_cdc_sensor(context)
+    assert isinstance(request, dg.RunRequest) and request.tags[REFRESH_TAG] == "1"
+    sync = _launch(cdc, CORPUS_JOB, request)
+    assert sync.success
+    requests = _after(cdc, refresh_live_versions_sensor, sync)
+    assert [(r.job_name, r.partition_key) for r in requests] == [(REFRESH_SERVED_JOB, MINILM)]
+    assert requests[0].tags[BATCH_TAG] == sync.run_id and requests[0].tags[CDC_TAG]
+    assert cdc.feed.peek().changes  # the sync alone commits nothing
+    version_run = _launch(cdc, requests[0].job_name, requests[0])
+    assert version_run.success and cdc.feed.peek().changes  # still nothing until the commit sensor ran
+    _after(cdc, change_capture_commit_sensor, version_run)
+    assert cdc.feed.peek().changes == []
+    assert "notes/queued" in served_doc_ids(cdc)
+    again = _after(cdc, change_capture_commit_sensor, version_run)  # a second success report is harmless
+    assert isinstance(again, dg.SkipReason)
 
 
 def test_after_a_truncate_the_sensor_requests_a_resync_instead_of_failing_every_tick(cdc):

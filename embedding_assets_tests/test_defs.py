@@ -26,7 +26,6 @@ JOBS = {
     "sync_corpus": ({corpus.key}, False, False),
     "check_served_freshness": (set(), False, False),
     "rollback_serving": (set(), False, False),
-    "refresh_live_versions": (set(), False, False),
 }
 
 
@@ -49,18 +48,17 @@ def test_each_job_targets_what_it_says(name):
 
 def test_schedules_and_sensors_resolve_to_their_jobs():
     schedules = {s.name: s for s in defs.schedules or []}
-    assert defs.resolve_schedule_def("refresh_live_versions_schedule").job_name == "refresh_live_versions"
+    assert defs.resolve_schedule_def("refresh_live_versions_schedule").job_name == "sync_corpus"
     assert defs.resolve_schedule_def("served_freshness_schedule").job_name == "check_served_freshness"
     assert all(s.description for s in schedules.values())
     targets = {
         name: defs.resolve_sensor_def(name).job_name
         for name in ("corpus_folder_sensor", "postgres_cdc_sensor")
     }
-    assert targets == {
-        "corpus_folder_sensor": "refresh_live_versions",
-        "postgres_cdc_sensor": "refresh_live_versions",
-    }
-    assert defs.resolve_sensor_def("model_registry_sensor").description
+    assert targets == {"corpus_folder_sensor": "sync_corpus", "postgres_cdc_sensor": "sync_corpus"}
+    # After a sync, one run per live version; after the last of a batch, the change-capture commit.
+    for name in ("model_registry_sensor", "refresh_live_versions_sensor", "change_capture_commit_sensor"):
+        assert defs.resolve_sensor_def(name).description, name
 
 
 def test_every_asset_has_a_group_and_description():

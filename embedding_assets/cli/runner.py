@@ -13,7 +13,7 @@ import dagster as dg
 from embedding_assets import locations
 from embedding_assets.defs.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, PROMOTE_JOB, ROLLBACK_JOB
 from embedding_assets.defs.partitions import model_versions
-from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
+from embedding_assets.defs.refresh import IN_PROCESS_TAG, REFRESH_TAG, RefreshReport, refresh_live_versions
 from embedding_assets.defs.run_results import GateRun, gate_run
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
@@ -51,6 +51,7 @@ def run_job(
     defs: dg.Definitions | None = None,
     ops_config: dict | None = None,
     raise_on_error: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Execute `job_name` for one model-version partition (or none); raises on failure unless told not to.
 
@@ -69,7 +70,11 @@ def run_job(
         **(ops_config or {}),
     }
     return defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, run_config=run_config, raise_on_error=raise_on_error, partition_key=version_id
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+        partition_key=version_id,
+        tags=tags,
     )
 
 
@@ -114,12 +119,13 @@ def promote_version(version_id: str, **job: Any) -> dg.ExecuteInProcessResult:
 
 
 def refresh(**job: Any) -> RefreshReport:
-    """Sync the corpus once, then bring every live version up to date (dual write): the same code the
-    `refresh_live_versions` job runs, with each step a run of its own on this instance."""
+    """Sync the corpus once, then bring every live version up to date (dual write): the refresh plan the
+    sensors follow in a deployment, with each step a run of its own on this instance, one after another."""
     wired = wiring(job.get("defs"))
 
     def launch(job_name: str, version_id: str | None) -> dg.ExecuteInProcessResult:
-        return run_job(job_name, version_id, raise_on_error=False, **job)
+        tags = {REFRESH_TAG: "1", IN_PROCESS_TAG: "1", "embedding_assets/trigger": "cli"}
+        return run_job(job_name, version_id, raise_on_error=False, tags=tags, **job)
 
     return refresh_live_versions(
         launch, wired.lancedb, wired.model_registry, wired.serving, wired.corpus_source

@@ -19,7 +19,6 @@ ROLLBACK_JOB = "rollback_serving"
 CORPUS_JOB = "sync_corpus"
 REFRESH_VERSION_JOB = "refresh_version"
 REFRESH_SERVED_JOB = "refresh_served"
-REFRESH_LIVE_JOB = "refresh_live_versions"
 SERVED_FRESHNESS_JOB = "check_served_freshness"
 
 VERSION_ASSETS = dg.AssetSelection.assets(model_weights, chunks, embeddings, index)

@@ -1,6 +1,13 @@
 """The incremental refresh of every live version (dual write): sync the corpus once, then bring each live
-version up to date; the served one is re-served when its gates pass. A change-capture position advances
-only when every live version's index run succeeded, so a failed or interrupted run loses nothing."""
+version up to date in a run of its own; the served one is re-served when its gates pass. A change-capture
+position advances only when every live version's run of that batch succeeded, so a failed or interrupted
+run loses nothing: the same changes come back.
+
+In a deployment this is Dagster-native: the schedule and the sensors request a `sync_corpus` run; when it
+succeeds, `refresh_live_versions_sensor` requests one run per live version (partition = version) through
+the run queue; when the last of them succeeds, `change_capture_commit_sensor` advances the position. The
+CLI's `refresh` runs the same plan in process, one step after another.
+"""
 
 import time
 from collections.abc import Callable
@@ -14,7 +21,14 @@ from embedding_assets.defs.assets.chunks import chunks
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_LIVE_JOB, REFRESH_SERVED_JOB, REFRESH_VERSION_JOB
+from embedding_assets.defs.jobs import (
+    CORPUS_JOB,
+    REFRESH_SERVED_JOB,
+    REFRESH_VERSION_JOB,
+    corpus_job,
+    refresh_served_job,
+    refresh_version_job,
+)
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -22,10 +36,16 @@ from embedding_assets.defs.resources import (
     ServingResource,
 )
 from embedding_assets.defs.run_results import gate_run, materialization_metadata
-from embedding_assets.serving.live import live_versions
+from embedding_assets.serving.live import LiveVersion, live_versions
 
 Launch = Callable[[str, str | None], dg.ExecuteInProcessResult]
 COUNTS = (md.CHUNKS_EMBEDDED, "chunks_reused", md.ROWS_UPSERTED, md.ROWS_DELETED)
+REFRESH_TAG = "embedding_assets/refresh"  # on every run of the refresh pipeline
+BATCH_TAG = "embedding_assets/refresh_batch"  # the sync_corpus run a version run belongs to
+BATCH_VERSIONS_TAG = "embedding_assets/refresh_versions"  # every live version the batch refreshes
+ROLE_TAG = "embedding_assets/role"
+CDC_TAG = "embedding_assets/cdc_end_lsn"  # the change-capture position the batch's corpus sync read
+IN_PROCESS_TAG = "embedding_assets/in_process"  # the CLI runs its own steps: no sensor follows up
 
 
 @dataclass
@@ -51,6 +71,14 @@ class RefreshReport:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
 
 
+def refresh_plan(
+    lancedb: LanceDBResource, model_registry: ModelRegistryResource, serving: ServingResource
+) -> list[tuple[str, LiveVersion]]:
+    """(job, version) for every live version: the served one re-serves through `refresh_served`."""
+    live = live_versions(lancedb.connect(), serving.pointer(), model_registry.load(), serving.retention)
+    return [(REFRESH_SERVED_JOB if v.role == "served" else REFRESH_VERSION_JOB, v) for v in live]
+
+
 def refresh_live_versions(
     launch: Launch,
     lancedb: LanceDBResource,
@@ -58,34 +86,20 @@ def refresh_live_versions(
     serving: ServingResource,
     corpus_source: CorpusSourceResource,
 ) -> RefreshReport:
-    """One pass: `launch(job, partition)` runs each step and returns its result."""
+    """The whole pass in process: `launch(job, partition)` runs each step and returns its result."""
     started = time.perf_counter()
     synced = materialization_metadata(launch(CORPUS_JOB, None), corpus)
     report = RefreshReport(synced[md.DOCS_ADDED], synced[md.DOCS_CHANGED], synced[md.DOCS_DELETED])
     pointer = serving.pointer()
-    for live in live_versions(lancedb.connect(), pointer, model_registry.load(), serving.retention):
-        job_name = REFRESH_SERVED_JOB if live.role == "served" else REFRESH_VERSION_JOB
+    for job_name, live in refresh_plan(lancedb, model_registry, serving):
         version_started = time.perf_counter()
         result = launch(job_name, live.id)
-        chunked, embedded, indexed = (
-            materialization_metadata(result, a) for a in (chunks, embeddings, index)
+        report.versions.append(
+            _version_entry(
+                live, result, gate_run(live.id, result, time.perf_counter() - version_started, pointer)
+            )
         )
-        run = gate_run(live.id, result, time.perf_counter() - version_started, pointer)
-        written, encoded = chunked.get(md.CHUNKS_WRITTEN, 0), embedded.get(md.CHUNKS_EMBEDDED, 0)
-        entry = {
-            "id": live.id,
-            "role": live.role,
-            "indexed": bool(indexed),
-            "gates_passed": run.gates_passed,
-            "served": run.promoted,
-            md.CHUNKS_EMBEDDED: encoded,
-            "chunks_reused": max(written - encoded, 0),
-            md.ROWS_UPSERTED: indexed.get(md.ROWS_UPSERTED, 0),
-            md.ROWS_DELETED: indexed.get(md.ROWS_DELETED, 0),
-            **{key: indexed.get(key) for key in md.LAG_SECONDS.values()},
-            "errors": run.errors,
-        }
-        report.versions.append(entry)
+    for entry in report.versions:
         for key in COUNTS:
             setattr(report, key, getattr(report, key) + entry[key])
     end_lsn = synced.get(md.CDC_END_LSN)
@@ -97,33 +111,97 @@ def refresh_live_versions(
     return report
 
 
-@dg.op(description="Sync the corpus, then refresh every live version; fails if one could not be indexed.")
-def refresh_live(
-    context: dg.OpExecutionContext,
+def _version_entry(live: LiveVersion, result: dg.ExecuteInProcessResult, run) -> dict[str, Any]:
+    chunked, embedded, indexed = (materialization_metadata(result, a) for a in (chunks, embeddings, index))
+    written, encoded = chunked.get(md.CHUNKS_WRITTEN, 0), embedded.get(md.CHUNKS_EMBEDDED, 0)
+    return {
+        "id": live.id,
+        "role": live.role,
+        "indexed": bool(indexed),
+        "gates_passed": run.gates_passed,
+        "served": run.promoted,
+        md.CHUNKS_EMBEDDED: encoded,
+        "chunks_reused": max(written - encoded, 0),
+        md.ROWS_UPSERTED: indexed.get(md.ROWS_UPSERTED, 0),
+        md.ROWS_DELETED: indexed.get(md.ROWS_DELETED, 0),
+        **{key: indexed.get(key) for key in md.LAG_SECONDS.values()},
+        "errors": run.errors,
+    }
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[corpus_job],
+    request_jobs=[refresh_version_job, refresh_served_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a corpus sync succeeds, requests one refresh run per live version (served, previous "
+    "in retention, candidates), each through the run queue with its version as partition.",
+)
+def refresh_live_versions_sensor(
+    context: dg.RunStatusSensorContext,
     lancedb: LanceDBResource,
     model_registry: ModelRegistryResource,
     serving: ServingResource,
-    corpus_source: CorpusSourceResource,
-) -> dict:
-    """Runs the corpus and per-version jobs of this code location one after another, in process."""
-
-    def launch(job_name: str, version_id: str | None) -> dg.ExecuteInProcessResult:
-        job = context.repository_def.get_job(job_name)
-        return job.execute_in_process(
-            instance=context.instance,
-            partition_key=version_id,
-            raise_on_error=False,
-            tags={"embedding_assets/parent_run": context.run_id},
+):
+    sync = context.dagster_run
+    if sync.tags.get(IN_PROCESS_TAG):
+        return dg.SkipReason(
+            f"sync {sync.run_id[:8]} belongs to an in-process refresh that runs its own steps"
         )
+    plan = refresh_plan(lancedb, model_registry, serving)
+    if not plan:
+        return dg.SkipReason("no live version: nothing is served and no candidate is built")
+    versions = ",".join(live.id for _, live in plan)
+    synced = [
+        e.asset_materialization.metadata
+        for e in context.instance.all_logs(sync.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if e.asset_materialization and e.asset_materialization.asset_key == corpus.key
+    ]
+    end_lsn = synced[-1][md.CDC_END_LSN].value if synced and md.CDC_END_LSN in synced[-1] else ""
+    return [
+        dg.RunRequest(
+            run_key=f"{sync.run_id}:{live.id}",
+            job_name=job_name,
+            partition_key=live.id,
+            tags={
+                REFRESH_TAG: "1",
+                BATCH_TAG: sync.run_id,
+                BATCH_VERSIONS_TAG: versions,
+                ROLE_TAG: live.role,
+                CDC_TAG: str(end_lsn or ""),
+                "embedding_assets/version": live.id,
+                "embedding_assets/trigger": sync.tags.get("embedding_assets/trigger", "refresh"),
+            },
+        )
+        for job_name, live in plan
+    ]
 
-    report = refresh_live_versions(launch, lancedb, model_registry, serving, corpus_source)
-    summary = report.to_json()
-    context.log.info(f"refresh: {summary}")
-    if not report.ok:
-        raise dg.Failure(description="a live version was not indexed", metadata={"report": summary})
-    return summary
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[refresh_version_job, refresh_served_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="When every live version's run of a refresh batch has succeeded, advances the change-capture "
+    "position to what that batch's corpus sync read; a failed run leaves it, so the changes are retried.",
+)
+def change_capture_commit_sensor(context: dg.RunStatusSensorContext, corpus_source: CorpusSourceResource):
+    run = context.dagster_run
+    batch = run.tags.get(BATCH_TAG)
+    if not batch:
+        return dg.SkipReason(f"run {run.run_id[:8]} is not part of a refresh batch")
+    wanted = set(run.tags.get(BATCH_VERSIONS_TAG, "").split(","))
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch}))
+    done = {r.tags.get("embedding_assets/version") for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
+    if not wanted <= done:
+        return dg.SkipReason(f"batch {batch[:8]}: waiting for {sorted(wanted - done)}")
+    end_lsn = run.tags.get(CDC_TAG, "")
+    if not end_lsn:
+        return dg.SkipReason(
+            f"batch {batch[:8]}: every version refreshed; no change-capture position to commit"
+        )
+    corpus_source.advance(end_lsn)
+    context.log.info(f"batch {batch[:8]}: every live version indexed up to {end_lsn}; position advanced")
+    return dg.SkipReason(f"batch {batch[:8]}: advanced the change-capture position to {end_lsn}")
 
 
-@dg.job(name=REFRESH_LIVE_JOB, description="Incremental refresh of every live version (dual write).")
-def refresh_live_job():
-    refresh_live()
+REFRESH_SENSORS = [refresh_live_versions_sensor, change_capture_commit_sensor]

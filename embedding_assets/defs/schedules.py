@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from embedding_assets.defs.jobs import REFRESH_LIVE_JOB, SERVED_FRESHNESS_JOB
+from embedding_assets.defs.jobs import CORPUS_JOB, SERVED_FRESHNESS_JOB
+from embedding_assets.defs.refresh import REFRESH_TAG
 
 REFRESH_SCHEDULE = "refresh_live_versions_schedule"
 SERVED_FRESHNESS_SCHEDULE = "served_freshness_schedule"
@@ -14,10 +15,12 @@ def build_schedules(refresh_cron: str, running: bool) -> list[dg.ScheduleDefinit
     return [
         dg.ScheduleDefinition(
             name=REFRESH_SCHEDULE,
-            job_name=REFRESH_LIVE_JOB,
+            job_name=CORPUS_JOB,
             cron_schedule=refresh_cron,
             default_status=status,
-            description="Incremental refresh of the served, previous and candidate versions.",
+            tags={REFRESH_TAG: "1", "embedding_assets/trigger": "schedule"},
+            description="Incremental refresh: syncs the corpus; then one run per live version (served, "
+            "previous, candidates) follows through refresh_live_versions_sensor.",
         ),
         dg.ScheduleDefinition(
             name=SERVED_FRESHNESS_SCHEDULE,

@@ -10,8 +10,9 @@ from embedding_assets import metadata as md
 from embedding_assets.corpus.sources import FolderSource
 from embedding_assets.corpus.sync import read_manifest
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.jobs import REFRESH_LIVE_JOB
+from embedding_assets.defs.jobs import CORPUS_JOB
 from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.refresh import REFRESH_TAG
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -42,9 +43,7 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, model_registry: M
 
 
 def _latest_refresh(context: dg.SensorEvaluationContext, statuses: list[dg.DagsterRunStatus]):
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=REFRESH_LIVE_JOB, statuses=statuses), limit=1
-    )
+    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=CORPUS_JOB, statuses=statuses), limit=1)
     return runs[0] if runs else None
 
 
@@ -68,7 +67,7 @@ def unindexed_versions(
 
 
 @dg.sensor(
-    job_name=REFRESH_LIVE_JOB,
+    job_name=CORPUS_JOB,
     minimum_interval_seconds=30,
     description="Refreshes every live version when the corpus folder differs from the manifest (size, "
     "mtime), or when a synced corpus change has not reached every live version's index yet.",
@@ -116,12 +115,12 @@ def corpus_folder_sensor(
         run_key=f"folder-{digest}-retry-{last.run_id[:8]}"
         if last is not None and failed
         else f"folder-{digest}",
-        tags={TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
+        tags={REFRESH_TAG: "1", TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
     )
 
 
 @dg.sensor(
-    job_name=REFRESH_LIVE_JOB,
+    job_name=CORPUS_JOB,
     minimum_interval_seconds=30,
     description="Refreshes every live version when the PostgreSQL replication slot holds changes to the "
     "documents table (peeked, never consumed), or must be resynchronized after a TRUNCATE.",
@@ -143,6 +142,7 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
         context.log.info(f"{source.uri}: a TRUNCATE (or keyless delete): the refresh resynchronizes")
     return dg.RunRequest(
         tags={
+            REFRESH_TAG: "1",
             TRIGGER_TAG: "postgres-resync" if batch.resync else "postgres",
             "embedding_assets/cdc_end_lsn": batch.end_lsn or "",
         }

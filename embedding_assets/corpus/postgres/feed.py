@@ -138,9 +138,17 @@ class PostgresChangeFeed:
         return ChangeBatch(changes, end), limited
 
     def advance(self, lsn: str) -> None:
-        """Consume everything up to `lsn`; call only after the run that applied the batch succeeded."""
-        lsn_value(lsn)
+        """Consume everything up to `lsn`; call only after the run that applied the batch succeeded. A
+        position the slot has already passed is left alone (several runs may confirm the same batch)."""
+        target = lsn_value(lsn)
         with self._cursor() as cur:
+            cur.execute(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                (self.settings.slot,),
+            )
+            row = cur.fetchone()
+            if row is not None and row[0] is not None and lsn_value(row[0]) >= target:
+                return
             cur.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.settings.slot, lsn))
 
     def fetch(self, ids: Iterable[str]) -> list[SourceRow]:
