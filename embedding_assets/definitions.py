@@ -99,6 +99,9 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
         ),
         sensors=[*SENSORS, *REFRESH_SENSORS],
         resources=resources,
+        # Steps of one version run share a loaded model: in one process on 2 cores, not one process per
+        # step. Scale out across versions and shards with runs (the queue), or swap in the k8s executor.
+        executor=dg.in_process_executor,
     )
 
 

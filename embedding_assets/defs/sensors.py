@@ -12,7 +12,7 @@ from embedding_assets.corpus.sync import read_manifest
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.jobs import CORPUS_JOB
 from embedding_assets.defs.partitions import model_versions
-from embedding_assets.defs.refresh import REFRESH_TAG
+from embedding_assets.defs.refresh import BATCH_TAG, IN_PROCESS_TAG, REFRESH_TAG
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -45,6 +45,21 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, model_registry: M
 def _latest_refresh(context: dg.SensorEvaluationContext, statuses: list[dg.DagsterRunStatus]):
     runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=CORPUS_JOB, statuses=statuses), limit=1)
     return runs[0] if runs else None
+
+
+def _sync_awaiting_versions(context: dg.SensorEvaluationContext, last: dg.DagsterRun | None) -> bool:
+    """The latest refresh step is a corpus sync that succeeded moments ago and whose per-version runs
+    `refresh_live_versions_sensor` has not requested yet: the versions are behind only for now."""
+    if last is None or last.job_name != CORPUS_JOB or last.status != dg.DagsterRunStatus.SUCCESS:
+        return False
+    if last.tags.get(IN_PROCESS_TAG):
+        return False
+    record = context.instance.get_run_record_by_id(last.run_id)
+    ended = record.end_time if record else None
+    recent = ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER
+    return recent and not context.instance.get_runs(
+        filters=dg.RunsFilter(tags={BATCH_TAG: last.run_id}), limit=1
+    )
 
 
 def _indexed_corpus_version(instance: dg.DagsterInstance, version_id: str) -> int:
@@ -97,6 +112,8 @@ def corpus_folder_sensor(
     if _latest_refresh(context, IN_FLIGHT):
         return dg.SkipReason("a refresh is already running")
     last = _latest_refresh(context, FINISHED)
+    if behind and not (changed or deleted) and _sync_awaiting_versions(context, last):
+        return dg.SkipReason(f"sync {last.run_id[:8]} succeeded; its per-version runs are being requested")
     failed = last is not None and last.status == dg.DagsterRunStatus.FAILURE
     if last is not None and failed:
         record = context.instance.get_run_record_by_id(last.run_id)

@@ -1,0 +1,167 @@
+"""The production instance for real: the shipped dagster.yaml (PostgreSQL run, event and schedule storage,
+queued run coordinator) with `dagster-daemon`. A corpus change is picked up by the folder sensor, the
+refresh runs are queued, launched and succeed, and run history and check results survive a daemon
+restart. Real PostgreSQL, real daemon, real MiniLM (its vectors come from the session's built project)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from embedding_assets import locations
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION
+from embedding_assets.defs.dagster_private import latest_check_evaluations
+from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
+from embedding_assets.models.registry import DEFAULT_VERSION
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+WAIT_SECONDS = 420
+ADDED = "notes/daemon.md"
+
+
+@pytest.fixture(scope="module")
+def production(built_project, postgres, tmp_path_factory) -> Iterator[dict]:
+    """A deployment under a temp data folder and a Dagster home holding the shipped dagster.yaml, its
+    storage in a fresh database of the test PostgreSQL server; MiniLM served through the CLI."""
+    root = tmp_path_factory.mktemp("production")
+    data, home = root / "data", root / "dagster_home"
+    shutil.copytree(built_project.corpus, locations.corpus_dir(data))
+    shutil.copytree(built_project.db_uri, locations.lancedb_dir(data))
+    home.mkdir()
+    shutil.copyfile(locations.PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    database = f"dagster_{uuid.uuid4().hex[:8]}"
+    with closing(postgres.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{database}"')
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_USERNAME": postgres.user,
+        "DAGSTER_PG_PASSWORD": postgres.password or "",
+        "DAGSTER_PG_HOST": postgres.host,
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_DB": database,
+        "EMBEDDING_ASSETS_DATA": str(data),
+        "EMBEDDING_ASSETS_LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+    }
+    served = subprocess.run(
+        [BIN / "embedding-assets", "migrate", "--to", DEFAULT_VERSION, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert served.returncode == 0, served.stderr[-3000:]
+    yield {"env": env, "home": home, "data": data, "root": root}
+
+
+@contextmanager
+def daemon(env: dict, log: Path) -> Iterator[subprocess.Popen]:
+    with open(log, "a") as out:
+        process = subprocess.Popen(
+            [BIN / "dagster-daemon", "run", "-w", str(locations.PROJECT_ROOT / "workspace.yaml")],
+            env=env,
+            cwd=locations.PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def instance_of(env: dict) -> dg.DagsterInstance:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        return dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+
+
+def wait_for(instance: dg.DagsterInstance, job_name: str, after: float, log: Path) -> dg.DagsterRun:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        for record in instance.get_run_records(filters=dg.RunsFilter(job_name=job_name), limit=5):
+            if record.create_timestamp.timestamp() < after:
+                continue
+            if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
+                return record.dagster_run
+            if record.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+                run_id = record.dagster_run.run_id
+                errors = [
+                    e.message for e in instance.all_logs(run_id) if e.is_dagster_event and e.level >= 40
+                ]
+                errors += [
+                    f"{c.check_name}: {c.description}"
+                    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+                    if not (c := e.dagster_event.event_specific_data).passed
+                ]
+                pytest.fail(f"{job_name} run {run_id} ended {record.dagster_run.status}: {errors[-3:]}")
+        time.sleep(3)
+    pytest.fail(
+        f"no successful {job_name} run within {WAIT_SECONDS}s; daemon log:\n{log.read_text()[-4000:]}"
+    )
+
+
+def test_a_corpus_change_flows_through_the_daemon_and_history_survives_a_restart(production):
+    env, log = production["env"], production["root"] / "daemon.log"
+    started = subprocess.run(
+        [BIN / "dagster", "sensor", "start", "corpus_folder_sensor", "-w", "workspace.yaml"],
+        env=env,
+        cwd=locations.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    # A new document about nothing the judged queries ask, so the served version's gates judge the same
+    # quality (an edit to a judged document of this small corpus can move nDCG@10 past the margin).
+    added = locations.corpus_dir(production["data"]) / ADDED
+    added.parent.mkdir(parents=True, exist_ok=True)
+    added.write_text("# Ibis lanterns\n\nThe daemon indexed this note about ibis-lanterns at dusk.\n")
+    changed_at = time.time()
+    instance = instance_of(env)
+    with daemon(env, log):
+        sync = wait_for(instance, CORPUS_JOB, changed_at, log)
+        refresh = wait_for(instance, REFRESH_SERVED_JOB, changed_at, log)
+    assert (
+        sync.tags["embedding_assets/trigger"] == "folder" and refresh.tags["embedding_assets/refresh_batch"]
+    )
+    assert refresh.tags["dagster/partition"] == DEFAULT_VERSION
+    timeline = {
+        r.dagster_run.job_name: (r.create_timestamp.timestamp(), r.start_time, r.end_time)
+        for r in instance.get_run_records(filters=dg.RunsFilter(run_ids=[sync.run_id, refresh.run_id]))
+    }
+    print("timeline (created, started, ended; seconds after the edit):")
+    for job, times in sorted(timeline.items(), key=lambda kv: kv[1][0]):
+        print(f"  {job}: " + ", ".join(f"{t - changed_at:.1f}" for t in times if t is not None))
+    assert all(t is not None for times in timeline.values() for t in times)
+
+    with daemon(env, log):  # a restart: storage is PostgreSQL, so nothing is lost
+        time.sleep(5)
+    again = instance_of(env)
+    assert {
+        r.run_id for r in again.get_runs(filters=dg.RunsFilter(run_ids=[sync.run_id, refresh.run_id]))
+    } == {
+        sync.run_id,
+        refresh.run_id,
+    }
+    key = dg.AssetCheckKey(index.key, COUNT_RECONCILIATION)
+    evaluation = latest_check_evaluations(again, [key], DEFAULT_VERSION)[key]
+    assert evaluation is not None and evaluation.passed
+    assert evaluation.target_materialization_data.run_id == refresh.run_id  # the gate result survived
