@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -143,6 +144,9 @@ def test_a_corpus_change_flows_through_the_daemon_and_history_survives_a_restart
         sync.tags["embedding_assets/trigger"] == "folder" and refresh.tags["embedding_assets/refresh_batch"]
     )
     assert refresh.tags["dagster/partition"] == DEFAULT_VERSION
+    since = datetime.fromtimestamp(changed_at, UTC)
+    for job_name in (CORPUS_JOB, REFRESH_SERVED_JOB):  # one batch: no second sync raced the first
+        assert len(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, created_after=since))) == 1
     timeline = {
         r.dagster_run.job_name: (r.create_timestamp.timestamp(), r.start_time, r.end_time)
         for r in instance.get_run_records(filters=dg.RunsFilter(run_ids=[sync.run_id, refresh.run_id]))

@@ -48,8 +48,8 @@ def _latest_refresh(context: dg.SensorEvaluationContext, statuses: list[dg.Dagst
 
 
 def _sync_awaiting_versions(context: dg.SensorEvaluationContext, last: dg.DagsterRun | None) -> bool:
-    """The latest refresh step is a corpus sync that succeeded moments ago and whose per-version runs
-    `refresh_live_versions_sensor` has not requested yet: the versions are behind only for now."""
+    """The latest finished refresh step is a corpus sync that succeeded moments ago, and its per-version
+    runs are not requested yet or still under way: the versions are behind only for now."""
     if last is None or last.job_name != CORPUS_JOB or last.status != dg.DagsterRunStatus.SUCCESS:
         return False
     if last.tags.get(IN_PROCESS_TAG):
@@ -57,9 +57,8 @@ def _sync_awaiting_versions(context: dg.SensorEvaluationContext, last: dg.Dagste
     record = context.instance.get_run_record_by_id(last.run_id)
     ended = record.end_time if record else None
     recent = ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER
-    return recent and not context.instance.get_runs(
-        filters=dg.RunsFilter(tags={BATCH_TAG: last.run_id}), limit=1
-    )
+    batch = context.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: last.run_id}))
+    return recent and (not batch or any(run.status in IN_FLIGHT for run in batch))
 
 
 def _indexed_corpus_version(instance: dg.DagsterInstance, version_id: str) -> int:
