@@ -54,11 +54,16 @@ def _sync_awaiting_versions(context: dg.SensorEvaluationContext, last: dg.Dagste
         return False
     if last.tags.get(IN_PROCESS_TAG):
         return False
-    record = context.instance.get_run_record_by_id(last.run_id)
-    ended = record.end_time if record else None
-    recent = ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER
+    recent = _ended_within(context, last, RETRY_AFTER)
     batch = context.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: last.run_id}))
     return recent and (not batch or any(run.status in IN_FLIGHT for run in batch))
+
+
+def _ended_within(context: dg.SensorEvaluationContext, run: dg.DagsterRun, window: timedelta) -> bool:
+    """Whether `run` ended less than `window` ago."""
+    record = context.instance.get_run_record_by_id(run.run_id)
+    ended = record.end_time if record else None
+    return ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < window
 
 
 def _indexed_corpus_version(instance: dg.DagsterInstance, version_id: str) -> int:
@@ -113,12 +118,9 @@ def corpus_folder_sensor(
     last = _latest_refresh(context, FINISHED)
     if behind and not (changed or deleted) and _sync_awaiting_versions(context, last):
         return dg.SkipReason(f"sync {last.run_id[:8]} succeeded; its per-version runs are being requested")
-    failed = last is not None and last.status == dg.DagsterRunStatus.FAILURE
-    if last is not None and failed:
-        record = context.instance.get_run_record_by_id(last.run_id)
-        ended = record.end_time if record else None
-        if ended is not None and datetime.now(UTC) - datetime.fromtimestamp(ended, UTC) < RETRY_AFTER:
-            return dg.SkipReason(f"the last refresh ({last.run_id[:8]}) failed; retrying after {RETRY_AFTER}")
+    failed = last if last is not None and last.status == dg.DagsterRunStatus.FAILURE else None
+    if failed is not None and _ended_within(context, failed, RETRY_AFTER):
+        return dg.SkipReason(f"the last refresh ({failed.run_id[:8]}) failed; retrying after {RETRY_AFTER}")
     # One request per pending state; after a failed refresh, one more per failure. A state that a
     # successful refresh leaves as it was (a quarantined file keeps its last good version) asks no more.
     state = repr([(d, scan.get(d)) for d in changed + deleted] + behind).encode()
@@ -128,9 +130,7 @@ def corpus_folder_sensor(
         f"versions behind the corpus: {behind}"
     )
     return dg.RunRequest(
-        run_key=f"folder-{digest}-retry-{last.run_id[:8]}"
-        if last is not None and failed
-        else f"folder-{digest}",
+        run_key=f"folder-{digest}-retry-{failed.run_id[:8]}" if failed else f"folder-{digest}",
         tags={REFRESH_TAG: "1", TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
     )
 

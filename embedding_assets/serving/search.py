@@ -70,11 +70,13 @@ class Searcher:
         self.table = db.open_table(tables.index_table(version.id))
         if table_version is not None:
             self.table.checkout(table_version)
+        # With the version number, the commit time identifies a table state even across a recreated table.
+        self.committed_at = store.version_committed_at(self.table, self.table.version)
         state = (
             str(getattr(db, "uri", "")),
             self.table.name,
             self.table.version,
-            store.version_committed_at(self.table, self.table.version),
+            self.committed_at,
             self.embedder.fingerprint,
         )
         if state not in _PROVEN_STATES:
@@ -133,7 +135,7 @@ def searcher_for_state(state: ServingState, db: lancedb.DBConnection, registry: 
         searcher = Searcher(db, version, state.table_version)
     except (ValueError, OSError) as exc:  # Lance cannot check out that version any more
         raise ServedStateMissingError(f"{state.table} v{state.table_version} is gone: {exc}") from exc
-    committed = store.version_committed_at(searcher.table, state.table_version)
+    committed = searcher.committed_at
     if state.table_committed_at is not None and committed != state.table_committed_at:
         raise ServedStateMissingError(
             f"{state.table} v{state.table_version} was committed at {committed}, but the state served "
