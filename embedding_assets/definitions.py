@@ -2,8 +2,8 @@
 
 Deployment choices are read here, once, from the environment (`dg.EnvVar`): where the data lives, which
 registry pins the models, where documents come from, the PostgreSQL server (password kept as an EnvVar,
-never resolved into config), and the serving policies. The CLI, the runner, evaluation and the gates all
-take their resources from `defs`.
+never resolved into config), how LanceDB reaches an s3:// URI (secret key kept the same way), and the
+serving policies. The CLI, the runner, evaluation and the gates all take their resources from `defs`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from embedding_assets.defs.resources import (
     LanceDBResource,
     ModelRegistryResource,
     PostgresResource,
+    S3StorageResource,
     ServingResource,
 )
 from embedding_assets.defs.schedules import build_schedules
@@ -43,6 +44,22 @@ def _choice(name: str, default: str) -> str:
 def _secret(name: str) -> str:
     """A secret stays an EnvVar (resolved only inside a run, never written to run config); unset is ''."""
     return dg.EnvVar(name) if dg.EnvVar(name).get_value() else ""
+
+
+def _flag(name: str) -> bool:
+    """A yes/no deployment choice: true, 1, yes or on (any case) mean yes; unset means no."""
+    return _choice(name, "").strip().lower() in {"true", "1", "yes", "on"}
+
+
+def _s3_storage() -> S3StorageResource:
+    """How LanceDB reaches an s3:// URI; unset variables leave the object store's own defaults."""
+    return S3StorageResource(
+        endpoint=_choice("EMBEDDING_ASSETS_S3_ENDPOINT", ""),
+        region=_choice("EMBEDDING_ASSETS_S3_REGION", ""),
+        access_key_id=_choice("EMBEDDING_ASSETS_S3_ACCESS_KEY_ID", ""),
+        secret_access_key=_secret("EMBEDDING_ASSETS_S3_SECRET_ACCESS_KEY"),
+        allow_http=_flag("EMBEDDING_ASSETS_S3_ALLOW_HTTP"),
+    )
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -63,7 +80,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     )
     return {
         "lancedb": LanceDBResource(
-            uri=_choice("EMBEDDING_ASSETS_LANCEDB_URI", str(locations.lancedb_dir(data_dir)))
+            uri=_choice("EMBEDDING_ASSETS_LANCEDB_URI", str(locations.lancedb_dir(data_dir))),
+            s3=_s3_storage(),
         ),
         "model_registry": ModelRegistryResource(
             path=_choice("EMBEDDING_ASSETS_REGISTRY", str(locations.SHIPPED_REGISTRY)),

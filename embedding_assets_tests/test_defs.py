@@ -1,7 +1,7 @@
 import dagster as dg
 import pytest
 
-from embedding_assets.definitions import defs
+from embedding_assets.definitions import build_resources, defs
 from embedding_assets.defs.assets.chunks import chunks
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.embeddings import embeddings
@@ -11,8 +11,9 @@ from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
 from embedding_assets.defs.checks.gates import GATES
 from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import LanceDBResource, S3StorageResource
 from embedding_assets.defs.sensors import model_registry_sensor
-from embedding_assets.wiring import wiring
+from embedding_assets.wiring import initialized, wiring
 
 VERSION = {model_weights.key, chunks.key, embeddings.key, index.key}
 # job -> (assets it materializes, whether it runs the index gates, partitioned by model version)
@@ -76,6 +77,46 @@ def test_every_entry_point_shares_one_wiring():
     wired = wiring(defs)
     assert wired.lancedb.uri == wiring().lancedb.uri
     assert wired.model_registry.load().ids == wiring().model_registry.load().ids
+
+
+S3 = S3StorageResource(
+    endpoint="http://127.0.0.1:9000", region="eu-west-1", access_key_id="id", secret_access_key="key"
+)
+
+
+@pytest.mark.parametrize(
+    ("uri", "s3", "options"),
+    [
+        ("data/lancedb", S3, {}),
+        ("s3://bucket/prefix", S3StorageResource(), {}),
+        ("s3://bucket/prefix", S3StorageResource(region="us-east-1"), {"aws_region": "us-east-1"}),
+        (
+            "s3://bucket/prefix",
+            S3.model_copy(update={"allow_http": True}),
+            {
+                "aws_endpoint": "http://127.0.0.1:9000",
+                "aws_region": "eu-west-1",
+                "aws_access_key_id": "id",
+                "aws_secret_access_key": "key",
+                "allow_http": "true",
+            },
+        ),
+    ],
+)
+def test_lancedb_storage_options_apply_to_s3_uris_only(uri, s3, options):
+    assert LanceDBResource(uri=uri, s3=s3).storage_options() == options
+
+
+def test_s3_settings_come_from_the_environment_and_the_secret_stays_an_env_var(monkeypatch):
+    monkeypatch.setenv("EMBEDDING_ASSETS_LANCEDB_URI", "s3://bucket/prefix")
+    monkeypatch.setenv("EMBEDDING_ASSETS_S3_ENDPOINT", "http://127.0.0.1:9000")
+    monkeypatch.setenv("EMBEDDING_ASSETS_S3_SECRET_ACCESS_KEY", "not-in-config")
+    monkeypatch.setenv("EMBEDDING_ASSETS_S3_ALLOW_HTTP", "True")
+    lancedb = build_resources()["lancedb"]
+    assert isinstance(lancedb.s3.secret_access_key, dg.EnvVar) and lancedb.s3.allow_http
+    assert "not-in-config" not in repr(lancedb)
+    options = initialized(lancedb).storage_options()
+    assert options["aws_secret_access_key"] == "not-in-config" and options["allow_http"] == "true"
 
 
 def test_registry_sensor_adds_a_partition_per_registered_version():

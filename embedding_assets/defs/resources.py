@@ -1,9 +1,10 @@
-"""Resources: where LanceDB lives, the registry that pins models, the corpus source (and its PostgreSQL
-server), the serving folder, and the judged queries the quality gates score against.
+"""Resources: where LanceDB lives (and how it reaches an object store), the registry that pins models, the
+corpus source (and its PostgreSQL server), the serving folder, and the judged queries the quality gates
+score against.
 
 Every field is set once, in `definitions.py`, from the environment (`dg.EnvVar`); the CLI, the runner,
 evaluation and the gates all take these objects from the Definitions. Outside a run, initialize them
-with `process_config_and_initialize()` (see `cli/wiring.py`).
+with `process_config_and_initialize()` (see `embedding_assets/wiring.py`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,45 @@ from embedding_assets.quality.evaluation import JudgedQueries, load_judged
 from embedding_assets.serving.pointer import ServingPointer
 
 
+class S3StorageResource(dg.ConfigurableResource):
+    """How LanceDB reaches an S3 or S3-compatible object store; every field left empty falls back to the
+    object store's own defaults (AWS_* variables, instance credentials, AWS's endpoints)."""
+
+    endpoint: str = Field("", description="endpoint URL of an S3-compatible server; empty: AWS S3")
+    region: str = Field("", description="bucket region (most S3-compatible servers require one)")
+    access_key_id: str = Field("", description="access key id")
+    secret_access_key: str = Field("", description="secret access key: set through an EnvVar, never config")
+    allow_http: bool = Field(False, description="allow a plain-HTTP endpoint (a local server)")
+
+    def storage_options(self) -> dict[str, str]:
+        """The LanceDB (Lance object_store) storage options these settings name; only those that are set."""
+        options = {
+            "aws_endpoint": self.endpoint,
+            "aws_region": self.region,
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "allow_http": "true" if self.allow_http else "",
+        }
+        return {key: value for key, value in options.items() if value}
+
+
 class LanceDBResource(dg.ConfigurableResource):
-    """A LanceDB database: a local folder or an object-store URI.
+    """A LanceDB database: a local folder or an object-store URI (s3:// with the options of `s3`).
 
     Usage: `db = lancedb_resource.connect(); db.open_table("documents")`.
     """
 
     uri: str = Field(description="LanceDB URI (folder, s3://, gs://)")
+    s3: S3StorageResource = Field(
+        default_factory=S3StorageResource, description="object-store settings of an s3:// URI"
+    )
+
+    def storage_options(self) -> dict[str, str]:
+        """Storage options for `uri`: the S3 settings for an s3:// URI, none for a local folder."""
+        return self.s3.storage_options() if store.is_s3(self.uri) else {}
 
     def connect(self) -> lancedb.DBConnection:
-        return store.connect(self.uri)
+        return store.connect(self.uri, self.storage_options())
 
 
 class ModelRegistryResource(dg.ConfigurableResource):

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import lancedb
 import pyarrow as pa
@@ -93,8 +94,14 @@ class WriteStats:
     table_version: int | None = None
 
 
-def connect(uri: str | Path) -> lancedb.DBConnection:
-    return lancedb.connect(str(uri))
+def connect(uri: str | Path, storage_options: dict[str, str] | None = None) -> lancedb.DBConnection:
+    """The database at `uri` (a folder or an object-store URI), reached with `storage_options`."""
+    return lancedb.connect(str(uri), storage_options=storage_options or None)
+
+
+def is_s3(uri: str | Path) -> bool:
+    """Whether `uri` names an S3 (or S3-compatible) location: s3://, s3a://, s3+ddb://."""
+    return urlparse(str(uri)).scheme.startswith("s3")
 
 
 def table_names(db: lancedb.DBConnection) -> list[str]:
