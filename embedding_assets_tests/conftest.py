@@ -19,7 +19,7 @@ from embedding_assets.corpus.postgres.settings import PostgresSettings  # noqa: 
 from embedding_assets.definitions import build_resources  # noqa: E402
 from embedding_assets.models.embedders import Embedder, embedder_for  # noqa: E402
 from embedding_assets.models.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion  # noqa: E402
-from embedding_assets_tests import pg  # noqa: E402
+from embedding_assets_tests import pg, s3  # noqa: E402
 
 SMALL_CORPUS_PREFIXES = ("library/argparse/", "library/getopt/", "library/json/", "library/csv/")
 SMALL_CORPUS_EXTRA = ("topics/for.md", "topics/try.md", "source/shlex.py", "source/getopt.py")
@@ -92,3 +92,15 @@ def postgres() -> Iterator[PostgresSettings]:
             yield PostgresSettings.from_env(env)
     else:
         pytest.skip(f"no PostgreSQL: set EMBEDDING_ASSETS_PG_HOST, or install postgresql-15 ({pg.INITDB})")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """The S3-compatible server named by EMBEDDING_ASSETS_S3_ENDPOINT (CI starts one with
+    scripts/throwaway-s3), else a throwaway moto server of this session's; a fresh bucket on it.
+    moto stands in for S3."""
+    if s3.configured():
+        yield s3.with_bucket(dict(os.environ))
+    else:
+        with s3.throwaway_server() as env:
+            yield s3.with_bucket(env)

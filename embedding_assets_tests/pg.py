@@ -1,4 +1,5 @@
-"""A PostgreSQL server for the change-capture tests: the configured one, or a throwaway one."""
+"""A PostgreSQL server for the change-capture tests: the configured one, or a throwaway one (and the
+start/stop harness the throwaway-server scripts share)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,22 @@ def parse_exports(text: str) -> dict[str, str]:
     return env
 
 
-def run_script(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
+def run_script(*args: str | Path, script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([script, *map(str, args)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"throwaway-postgres {' '.join(map(str, args))} failed:\n{result.stderr}")
+        raise RuntimeError(f"{script.name} {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
+
+
+@contextmanager
+def script_server(script: Path, root: Path) -> Iterator[dict[str, str]]:
+    """Start the throwaway server of `script` (start DIR PORT / stop DIR) in `root` on a free loopback
+    port; yield the variables it exports; stop it and remove `root`."""
+    try:
+        yield parse_exports(run_script("start", root, str(free_port()), script=script).stdout)
+    finally:
+        run_script("stop", root, script=script)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager
@@ -50,8 +62,5 @@ def throwaway_server() -> Iterator[dict[str, str]]:
     """Start a server in a fresh folder under /tmp (reachable by the postgres user when run as root; a
     short path keeps the unix socket name legal); yield its connection variables; stop and remove it."""
     root = Path(tempfile.mkdtemp(prefix="ea-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
-    try:
-        yield parse_exports(run_script("start", root, str(free_port())).stdout)
-    finally:
-        run_script("stop", root)
-        shutil.rmtree(root, ignore_errors=True)
+    with script_server(SCRIPT, root) as env:
+        yield env
