@@ -12,15 +12,12 @@ from embedding_assets import locations
 from embedding_assets.cli import runner
 from embedding_assets.corpus.postgres.feed import PostgresChangeFeed
 from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
-from embedding_assets.defs.refresh import (
-    BATCH_TAG,
-    CDC_TAG,
-    REFRESH_TAG,
-    change_capture_commit_sensor,
-    refresh_live_versions_sensor,
-)
+from embedding_assets.defs.refresh import change_capture_commit_sensor, refresh_live_versions_sensor
 from embedding_assets.defs.resources import CorpusSourceResource, PostgresResource
 from embedding_assets.defs.sensors import postgres_cdc_sensor
+from embedding_assets.defs.tags import BATCH as BATCH_TAG
+from embedding_assets.defs.tags import CDC_END_LSN as CDC_TAG
+from embedding_assets.defs.tags import REFRESH as REFRESH_TAG
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.serving.search import searcher_for_state
 

@@ -94,7 +94,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     overrides = dict(_parse_override(o) for o in args.override)
     if overrides and not args.reason.strip():
         raise ValueError("threshold overrides need --reason; it is recorded in the serving history")
-    run = migrate(args.to, overrides, args.reason)
+    run = migrate(args.to, overrides, args.reason, launch=getattr(args, "launch", False))
     headline = (
         f"{CHECK} {args.to} promoted to serving"
         if run.promoted
@@ -106,7 +106,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_checks(args: argparse.Namespace) -> int:
     from embedding_assets.cli.runner import run_gates
 
-    run = run_gates(args.version)
+    run = run_gates(args.version, launch=args.launch)
     ok = run.gates_passed
     return _report_gate_run(
         run, args, ok=ok, headline=f"gates on {args.version} as it is now: {'pass' if ok else 'BLOCK'}"
@@ -116,7 +116,7 @@ def cmd_checks(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from embedding_assets.cli.runner import rollback
 
-    moved = rollback()
+    moved = rollback(launch=args.launch)
     if args.json:
         _print_json(moved)
     else:
@@ -129,7 +129,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     from embedding_assets.cli.runner import refresh
 
-    report = refresh()
+    report = refresh(launch=args.launch)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -297,6 +297,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_search(argparse.Namespace(query=SAMPLE_QUERY, k=5, json=False))
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--launch",
+        action="store_true",
+        help="submit the run to the instance's queue (DAGSTER_HOME's dagster.yaml: its coordinator, limits, "
+        "launcher and retries) and follow it to the end, instead of running it in this process",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedding-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -332,20 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one gate threshold for this migration (e.g. golden_ndcg_margin=0.2); repeatable",
     )
     p.add_argument("--reason", default="", help="why the thresholds are overridden (kept in the history)")
-    p.add_argument("--json", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("checks", help="re-run the gates on a version's index as it is now, no promotion")
     p.add_argument("--version", required=True)
-    p.add_argument("--json", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("refresh", help="one incremental pass: sync the corpus, update every live version")
-    p.add_argument("--json", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("rollback", help="serve again the state the current one replaced (instant)")
-    p.add_argument("--json", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("search", help="query the served index")

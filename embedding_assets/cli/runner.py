@@ -1,23 +1,39 @@
-"""Run the project's Dagster jobs from a shell, in process, on the instance in DAGSTER_HOME (a local
-SQLite one by default), with the resources of the Definitions: one wiring path for every entry point."""
+"""Run the project's Dagster jobs from a shell on the instance in DAGSTER_HOME (a local SQLite one by
+default), with the resources of the Definitions: one wiring path for every entry point.
+
+Two ways to run a job: in this process (`execute_in_process`, the embedded default and the tests), or
+`launch=True`: submitted to the instance's run queue with `dagster job launch`, so the deployment's
+coordinator, concurrency limits, run launcher and retries apply, and followed here until it ends."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from embedding_assets import locations
+from embedding_assets.defs.assets.serving import ROLLBACK_KEYS, serving_index
 from embedding_assets.defs.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, PROMOTE_JOB, ROLLBACK_JOB
 from embedding_assets.defs.partitions import model_versions
-from embedding_assets.defs.refresh import IN_PROCESS_TAG, REFRESH_TAG, RefreshReport, refresh_live_versions
-from embedding_assets.defs.run_results import GateRun, gate_run
+from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
+from embedding_assets.defs.run_results import GateRun, RunOutcome, gate_run, materialization_metadata
+from embedding_assets.defs.tags import CLI_DRIVEN, LAUNCHED_BY, PARTITION, REFRESH, run_tags
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
 
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+POLL_SECONDS = 2.0
+DAEMON_HEARTBEAT_SECONDS = 120  # a queued run needs a daemon that beat this recently
+RETRY_WAIT_SECONDS = 30  # how long a failed run's retry may take to appear
+PARENT_RUN_ID = "dagster/parent_run_id"  # Dagster's tags on a retried run and on the run it retries
+WILL_RETRY = "dagster/will_retry"
 LOCAL_INSTANCE_CONFIG = (
     "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
 )
@@ -63,26 +79,143 @@ def run_job(
         registry = wiring(defs).model_registry.load()
         registry.get(version_id)  # clear error for an unknown or moving version before Dagster starts
         sync_partitions(instance, registry)
-    run_config = {
-        "loggers": {
-            "console": {"config": {"log_level": os.environ.get("EMBEDDING_ASSETS_LOG_LEVEL", "INFO")}}
-        },
-        **(ops_config or {}),
-    }
     return defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
-        run_config=run_config,
+        run_config=_run_config(ops_config),
         raise_on_error=raise_on_error,
         partition_key=version_id,
         tags=tags,
     )
 
 
-def _gated_run(job_name: str, version_id: str, ops_config: dict | None = None, **job: Any) -> GateRun:
+def _run_config(ops_config: dict | None) -> dict:
+    level = os.environ.get("EMBEDDING_ASSETS_LOG_LEVEL", "INFO")
+    return {"loggers": {"console": {"config": {"log_level": level}}}, **(ops_config or {})}
+
+
+def _require_daemon(instance: dg.DagsterInstance) -> None:
+    """A queued run launches only when a dagster-daemon serves this instance: say so instead of waiting
+    forever (a daemon that is just starting gets a minute to send its first heartbeat)."""
+    if not isinstance(instance.run_coordinator, dg.QueuedRunCoordinator):
+        return
+    deadline = time.monotonic() + DAEMON_HEARTBEAT_SECONDS / 2
+    while True:
+        beats = instance.get_daemon_heartbeats().values()
+        if any(
+            b.daemon_type == "QUEUED_RUN_COORDINATOR" and time.time() - b.timestamp < DAEMON_HEARTBEAT_SECONDS
+            for b in beats
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the instance in {instance.root_directory} queues runs, but no dagster-daemon serves it "
+                f"(no heartbeat in {DAEMON_HEARTBEAT_SECONDS}s): start `dagster-daemon run -w workspace.yaml`"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def launch_job(
+    job_name: str,
+    version_id: str | None,
+    *,
+    ops_config: dict | None = None,
+    tags: dict[str, str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> RunOutcome:
+    """Submit `job_name` for one partition (or none) to the instance's queue and follow it to its end.
+
+    The run is submitted by `dagster job launch` on the project's workspace, so the deployment's run
+    coordinator, tag concurrency limits, pools, run launcher and retries all apply. Status changes go to
+    stderr; a retried run is followed to its last retry."""
+    instance = instance or dagster_instance()
+    _require_daemon(instance)
+    if version_id is not None:
+        registry = wiring().model_registry.load()
+        registry.get(version_id)
+        sync_partitions(instance, registry)
+    run_id = str(uuid.uuid4())
+    all_tags = {**(tags or {}), LAUNCHED_BY: "cli"}
+    if version_id is not None:
+        all_tags[PARTITION] = version_id
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "job",
+        "launch",
+        "-w",
+        str(locations.PROJECT_ROOT / "workspace.yaml"),
+        "-j",
+        job_name,
+        "--run-id",
+        run_id,
+        "--tags",
+        json.dumps(all_tags),
+        "--config-json",
+        json.dumps(_run_config(ops_config)),
+    ]
+    submitted = subprocess.run(command, cwd=locations.PROJECT_ROOT, capture_output=True, text=True)
+    if submitted.returncode != 0:
+        raise RuntimeError(f"dagster job launch {job_name} failed: {submitted.stderr.strip()[-2000:]}")
+    return follow_run(instance, run_id)
+
+
+def follow_run(instance: dg.DagsterInstance, run_id: str) -> RunOutcome:
+    """Wait for a run to end, and for the retries Dagster starts after it; status changes go to stderr."""
+    seen = None
+    while True:
+        run = instance.get_run_by_id(run_id)
+        if run is None:
+            raise RuntimeError(f"run {run_id} is not on the instance in {instance.root_directory}")
+        if run.status != seen:
+            seen = run.status
+            print(f"run {run_id[:8]} ({run.job_name}): {seen.value}", file=sys.stderr)
+        if run.status in FINISHED:
+            retry = _retry_of(instance, run)
+            if retry is None:
+                return RunOutcome.of_run(instance, run_id)
+            print(f"run {run_id[:8]} is retried as {retry[:8]}", file=sys.stderr)
+            run_id, seen = retry, None
+        time.sleep(POLL_SECONDS)
+
+
+def _retry_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """The run that Dagster's run retries started after `run` failed, if it retries it."""
+    if run.status != dg.DagsterRunStatus.FAILURE or not instance.run_retries_enabled:
+        return None
+    deadline = time.monotonic() + RETRY_WAIT_SECONDS
+    while True:
+        retries = instance.get_runs(filters=dg.RunsFilter(tags={PARENT_RUN_ID: run.run_id}), limit=1)
+        if retries:
+            return retries[0].run_id
+        latest = instance.get_run_by_id(run.run_id)
+        if (latest and latest.tags.get(WILL_RETRY) == "false") or time.monotonic() > deadline:
+            return None
+        time.sleep(POLL_SECONDS)
+
+
+def execute(
+    job_name: str,
+    version_id: str | None,
+    *,
+    launch: bool = False,
+    ops_config: dict | None = None,
+    tags: dict[str, str] | None = None,
+    **job: Any,
+) -> RunOutcome:
+    """Run `job_name` in this process, or with `launch` on the instance's queue; never raises on failure.
+    The run is tagged with its trigger (`cli` unless `tags` say otherwise) and its version."""
+    tags = {**run_tags("cli", version_id), **(tags or {})}
+    if launch:
+        instance = job.get("instance")
+        return launch_job(job_name, version_id, ops_config=ops_config, tags=tags, instance=instance)
+    result = run_job(job_name, version_id, ops_config=ops_config, raise_on_error=False, tags=tags, **job)
+    return RunOutcome.of_result(result)
+
+
+def _gated_run(job_name: str, version_id: str, **job: Any) -> GateRun:
     started = time.perf_counter()
-    result = run_job(job_name, version_id, ops_config=ops_config, raise_on_error=False, **job)
+    outcome = execute(job_name, version_id, **job)
     pointer = wiring(job.get("defs")).serving.pointer()
-    return gate_run(version_id, result, time.perf_counter() - started, pointer)
+    return gate_run(version_id, outcome, time.perf_counter() - started, pointer)
 
 
 def migrate(
@@ -95,7 +228,8 @@ def migrate(
     from embedding_assets.defs.checks.gates import override_run_config
 
     ops_config = override_run_config(overrides, reason) if overrides else None
-    return _gated_run(MIGRATE_JOB, version_id, ops_config, **job)
+    tags = run_tags("cli", version_id, reason=reason, overrides=overrides)
+    return _gated_run(MIGRATE_JOB, version_id, ops_config=ops_config, tags=tags, **job)
 
 
 def run_gates(version_id: str, **job: Any) -> GateRun:
@@ -110,7 +244,11 @@ def build(version_id: str, **job: Any) -> GateRun:
 
 def rollback(**job: Any) -> dict[str, Any]:
     """Serve the state the current one replaced, through the rollback job so Dagster records it."""
-    return run_job(ROLLBACK_JOB, None, **job).output_for_node("move_pointer_back")
+    outcome = execute(ROLLBACK_JOB, None, **job)
+    if not outcome.success:
+        raise RuntimeError(f"rollback run {outcome.run_id[:8]} failed: " + "; ".join(outcome.errors()))
+    moved = materialization_metadata(outcome, serving_index.key)
+    return {key: moved[key] for key in ROLLBACK_KEYS}
 
 
 def promote_version(version_id: str, **job: Any) -> dg.ExecuteInProcessResult:
@@ -123,9 +261,8 @@ def refresh(**job: Any) -> RefreshReport:
     sensors follow in a deployment, with each step a run of its own on this instance, one after another."""
     wired = wiring(job.get("defs"))
 
-    def launch(job_name: str, version_id: str | None) -> dg.ExecuteInProcessResult:
-        tags = {REFRESH_TAG: "1", IN_PROCESS_TAG: "1", "embedding_assets/trigger": "cli"}
-        return run_job(job_name, version_id, raise_on_error=False, tags=tags, **job)
+    def launch(job_name: str, version_id: str | None) -> RunOutcome:
+        return execute(job_name, version_id, tags={REFRESH: "1", CLI_DRIVEN: "1"}, **job)
 
     return refresh_live_versions(
         launch, wired.lancedb, wired.model_registry, wired.serving, wired.corpus_source

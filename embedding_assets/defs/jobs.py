@@ -10,6 +10,7 @@ from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import move_pointer_back, serving_index
 from embedding_assets.defs.checks.freshness import served_freshness
 from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.tags import LAUNCHPAD
 
 BUILD_INDEX_JOB = "build_index"
 PROMOTE_JOB = "promote_index"
@@ -29,6 +30,7 @@ build_index_job = dg.define_asset_job(
     BUILD_INDEX_JOB,
     selection=BUILD_ASSETS,
     partitions_def=model_versions,
+    tags=LAUNCHPAD,
     description="Sync the corpus, then chunk, embed and index one model version and run its gates "
     "(serving is untouched).",
 )
@@ -37,6 +39,7 @@ promote_job = dg.define_asset_job(
     PROMOTE_JOB,
     selection=SERVING,
     partitions_def=model_versions,
+    tags=LAUNCHPAD,
     description="Point serving at one model version, if every gate passed on its latest index build.",
 )
 
@@ -44,6 +47,7 @@ migrate_job = dg.define_asset_job(
     MIGRATE_JOB,
     selection=BUILD_ASSETS | SERVING,
     partitions_def=model_versions,
+    tags=LAUNCHPAD,
     description="Build one model version beside serving, run the gates, and promote it only if they pass. "
     "Threshold overrides for this migration go in the checks' config, with a reason.",
 )
@@ -54,11 +58,16 @@ check_index_job = dg.define_asset_job(
     # A job of checks alone drops `partitions_def` (its partitions are inferred from assets it executes);
     # a partitioned config carries the model_versions partitions so the UI offers the partition picker.
     config=dg.PartitionedConfig(partitions_def=model_versions, run_config_for_partition_key_fn=lambda _: {}),
+    tags=LAUNCHPAD,
     description="Re-run the gates on one model version's index as it is now, without building or promoting.",
 )
 
 
-@dg.job(name=ROLLBACK_JOB, description="Point serving back at the state the current one replaced.")
+@dg.job(
+    name=ROLLBACK_JOB,
+    tags=LAUNCHPAD,
+    description="Point serving back at the state the current one replaced.",
+)
 def rollback_job():
     move_pointer_back()
 
@@ -66,6 +75,7 @@ def rollback_job():
 corpus_job = dg.define_asset_job(
     CORPUS_JOB,
     selection=dg.AssetSelection.assets(corpus),
+    tags=LAUNCHPAD,
     description="Mirror the source into the documents table and record what was added, changed, deleted.",
 )
 
@@ -73,6 +83,7 @@ refresh_version_job = dg.define_asset_job(
     REFRESH_VERSION_JOB,
     selection=VERSION_ASSETS,
     partitions_def=model_versions,
+    tags=LAUNCHPAD,
     description="Bring one version's chunks, vectors and rows up to date with the corpus, and gate them.",
 )
 
@@ -80,12 +91,14 @@ refresh_served_job = dg.define_asset_job(
     REFRESH_SERVED_JOB,
     selection=VERSION_ASSETS | SERVING,
     partitions_def=model_versions,
+    tags=LAUNCHPAD,
     description="Refresh the served version and serve its new table version if the gates pass.",
 )
 
 served_freshness_job = dg.define_asset_job(
     SERVED_FRESHNESS_JOB,
     selection=dg.AssetSelection.checks(served_freshness),
+    tags=LAUNCHPAD,
     description="How far the served table lags the corpus.",
 )
 

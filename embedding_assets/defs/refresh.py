@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 
 from embedding_assets import metadata as md
+from embedding_assets.defs import tags
 from embedding_assets.defs.assets.chunks import chunks
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.embeddings import embeddings
@@ -35,17 +36,11 @@ from embedding_assets.defs.resources import (
     ModelRegistryResource,
     ServingResource,
 )
-from embedding_assets.defs.run_results import gate_run, materialization_metadata
+from embedding_assets.defs.run_results import RunOutcome, gate_run, materialization_metadata
 from embedding_assets.serving.live import LiveVersion, live_versions
 
-Launch = Callable[[str, str | None], dg.ExecuteInProcessResult]
+Launch = Callable[[str, str | None], RunOutcome]
 COUNTS = (md.CHUNKS_EMBEDDED, "chunks_reused", md.ROWS_UPSERTED, md.ROWS_DELETED)
-REFRESH_TAG = "embedding_assets/refresh"  # on every run of the refresh pipeline
-BATCH_TAG = "embedding_assets/refresh_batch"  # the sync_corpus run a version run belongs to
-BATCH_VERSIONS_TAG = "embedding_assets/refresh_versions"  # every live version the batch refreshes
-ROLE_TAG = "embedding_assets/role"
-CDC_TAG = "embedding_assets/cdc_end_lsn"  # the change-capture position the batch's corpus sync read
-IN_PROCESS_TAG = "embedding_assets/in_process"  # the CLI runs its own steps: no sensor follows up
 
 
 @dataclass
@@ -88,7 +83,7 @@ def refresh_live_versions(
 ) -> RefreshReport:
     """The whole pass in process: `launch(job, partition)` runs each step and returns its result."""
     started = time.perf_counter()
-    synced = materialization_metadata(launch(CORPUS_JOB, None), corpus)
+    synced = materialization_metadata(launch(CORPUS_JOB, None), corpus.key)
     report = RefreshReport(synced[md.DOCS_ADDED], synced[md.DOCS_CHANGED], synced[md.DOCS_DELETED])
     pointer = serving.pointer()
     for job_name, live in refresh_plan(lancedb, model_registry, serving):
@@ -111,8 +106,10 @@ def refresh_live_versions(
     return report
 
 
-def _version_entry(live: LiveVersion, result: dg.ExecuteInProcessResult, run) -> dict[str, Any]:
-    chunked, embedded, indexed = (materialization_metadata(result, a) for a in (chunks, embeddings, index))
+def _version_entry(live: LiveVersion, result: RunOutcome, run) -> dict[str, Any]:
+    chunked, embedded, indexed = (
+        materialization_metadata(result, a.key) for a in (chunks, embeddings, index)
+    )
     written, encoded = chunked.get(md.CHUNKS_WRITTEN, 0), embedded.get(md.CHUNKS_EMBEDDED, 0)
     return {
         "id": live.id,
@@ -144,7 +141,7 @@ def refresh_live_versions_sensor(
     serving: ServingResource,
 ):
     sync = context.dagster_run
-    if sync.tags.get(IN_PROCESS_TAG):
+    if sync.tags.get(tags.CLI_DRIVEN):
         return dg.SkipReason(
             f"sync {sync.run_id[:8]} belongs to an in-process refresh that runs its own steps"
         )
@@ -164,13 +161,12 @@ def refresh_live_versions_sensor(
             job_name=job_name,
             partition_key=live.id,
             tags={
-                REFRESH_TAG: "1",
-                BATCH_TAG: sync.run_id,
-                BATCH_VERSIONS_TAG: versions,
-                ROLE_TAG: live.role,
-                CDC_TAG: str(end_lsn or ""),
-                "embedding_assets/version": live.id,
-                "embedding_assets/trigger": sync.tags.get("embedding_assets/trigger", "refresh"),
+                **tags.run_tags(sync.tags.get(tags.TRIGGER, "refresh"), live.id),
+                tags.REFRESH: "1",
+                tags.BATCH: sync.run_id,
+                tags.BATCH_VERSIONS: versions,
+                tags.ROLE: live.role,
+                tags.CDC_END_LSN: str(end_lsn or ""),
             },
         )
         for job_name, live in plan
@@ -186,15 +182,15 @@ def refresh_live_versions_sensor(
 )
 def change_capture_commit_sensor(context: dg.RunStatusSensorContext, corpus_source: CorpusSourceResource):
     run = context.dagster_run
-    batch = run.tags.get(BATCH_TAG)
+    batch = run.tags.get(tags.BATCH)
     if not batch:
         return dg.SkipReason(f"run {run.run_id[:8]} is not part of a refresh batch")
-    wanted = set(run.tags.get(BATCH_VERSIONS_TAG, "").split(","))
-    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: batch}))
-    done = {r.tags.get("embedding_assets/version") for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
+    wanted = set(run.tags.get(tags.BATCH_VERSIONS, "").split(","))
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={tags.BATCH: batch}))
+    done = {r.tags.get(tags.VERSION) for r in runs if r.status == dg.DagsterRunStatus.SUCCESS}
     if not wanted <= done:
         return dg.SkipReason(f"batch {batch[:8]}: waiting for {sorted(wanted - done)}")
-    end_lsn = run.tags.get(CDC_TAG, "")
+    end_lsn = run.tags.get(tags.CDC_END_LSN, "")
     if not end_lsn:
         return dg.SkipReason(
             f"batch {batch[:8]}: every version refreshed; no change-capture position to commit"

@@ -1,4 +1,7 @@
-"""What a finished run concluded, read from its events: the gates, whether serving moved, errors."""
+"""What a finished run concluded, read from its events: the gates, whether serving moved, errors.
+
+The same summary holds for a run executed in this process and for one launched on the instance's queue
+and followed to its end: both are read from the run's Dagster events."""
 
 from __future__ import annotations
 
@@ -14,6 +17,49 @@ from embedding_assets.defs.checks.verdict import check_summary
 from embedding_assets.serving.pointer import ServingPointer
 
 
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run: its id, whether it succeeded, and its Dagster events in order."""
+
+    run_id: str
+    success: bool
+    events: list[dg.DagsterEvent]
+
+    @classmethod
+    def of_result(cls, result: dg.ExecuteInProcessResult) -> RunOutcome:
+        return cls(result.run_id, result.success, list(result.all_events))
+
+    @classmethod
+    def of_run(cls, instance: dg.DagsterInstance, run_id: str) -> RunOutcome:
+        run = instance.get_run_by_id(run_id)
+        events = [e.dagster_event for e in instance.all_logs(run_id) if e.is_dagster_event]
+        return cls(run_id, run is not None and run.status == dg.DagsterRunStatus.SUCCESS, events)
+
+    def materializations(self) -> list[dg.DagsterEvent]:
+        return [e for e in self.events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+
+    def check_evaluations(self) -> list[dg.AssetCheckEvaluation]:
+        return [
+            e.event_specific_data
+            for e in self.events
+            if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ]
+
+    def errors(self) -> list[str]:
+        """Why the run failed, except a blocking check that failed (that is a verdict, not an error): its
+        step failures, or the run's own failure when no step failed (a run worker that died, a cancel)."""
+        steps = [e for e in self.events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        if not steps and not self.success:
+            return [
+                e.message or "" for e in self.events if e.event_type == dg.DagsterEventType.RUN_FAILURE
+            ] or ["the run did not succeed"]
+        return [
+            f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
+            for e in steps
+            if "DagsterAssetCheckFailedError" not in (e.event_specific_data.error.cls_name or "")
+        ]
+
+
 @dataclass
 class GateRun:
     """What a run that evaluates gates concluded: the checks, whether serving moved, and timings."""
@@ -24,6 +70,7 @@ class GateRun:
     checks: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    run_id: str = ""
 
     @property
     def gates_passed(self) -> bool:
@@ -42,27 +89,30 @@ class GateRun:
             "errors": self.errors,
             md.SECONDS: round(self.seconds, 2),
             "gate_seconds": self.gate_seconds,
+            "run_id": self.run_id,
         }
 
 
-def gate_run(
-    version_id: str, result: dg.ExecuteInProcessResult, seconds: float, pointer: ServingPointer
-) -> GateRun:
-    """Summarize a finished in-process run of `version_id` (a failed blocking check is not an error)."""
-    promoted = any(e.asset_key == serving_index.key for e in result.get_asset_materialization_events())
-    checks = [check_summary(e) for e in result.get_asset_check_evaluations() if e.asset_key == index.key]
-    errors = [
-        f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
-        for e in result.get_step_failure_events()
-        if "DagsterAssetCheckFailedError" not in (e.event_specific_data.error.cls_name or "")
-    ]
+def gate_run(version_id: str, outcome: RunOutcome, seconds: float, pointer: ServingPointer) -> GateRun:
+    """Summarize a finished run of `version_id` (a failed blocking check is not an error)."""
+    promoted = any(e.asset_key == serving_index.key for e in outcome.materializations())
+    checks = [check_summary(c) for c in outcome.check_evaluations() if c.asset_key == index.key]
     served = pointer.current()
-    return GateRun(version_id, promoted, served.version if served else None, checks, errors, seconds)
+    return GateRun(
+        version_id,
+        promoted,
+        served.version if served else None,
+        checks,
+        outcome.errors(),
+        seconds,
+        outcome.run_id,
+    )
 
 
-def materialization_metadata(result: dg.ExecuteInProcessResult, asset: dg.AssetsDefinition) -> dict[str, Any]:
-    """The metadata values of `asset`'s materialization in the run ({} when it did not materialize)."""
-    for event in result.get_asset_materialization_events():
-        if event.asset_key == asset.key:
-            return {k: v.value for k, v in event.materialization.metadata.items()}
-    return {}
+def materialization_metadata(outcome: RunOutcome, asset_key: dg.AssetKey) -> dict[str, Any]:
+    """The metadata values of the asset's last materialization in the run ({} when it did not)."""
+    found: dict[str, Any] = {}
+    for event in outcome.materializations():
+        if event.asset_key == asset_key:
+            found = {k: v.value for k, v in event.materialization.metadata.items()}
+    return found

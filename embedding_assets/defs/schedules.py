@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from embedding_assets.defs import tags
 from embedding_assets.defs.jobs import CORPUS_JOB, SERVED_FRESHNESS_JOB
-from embedding_assets.defs.refresh import REFRESH_TAG
 
 REFRESH_SCHEDULE = "refresh_live_versions_schedule"
 SERVED_FRESHNESS_SCHEDULE = "served_freshness_schedule"
@@ -18,7 +18,7 @@ def build_schedules(refresh_cron: str, running: bool) -> list[dg.ScheduleDefinit
             job_name=CORPUS_JOB,
             cron_schedule=refresh_cron,
             default_status=status,
-            tags={REFRESH_TAG: "1", "embedding_assets/trigger": "schedule"},
+            tags={tags.REFRESH: "1", **tags.run_tags("schedule")},
             description="Incremental refresh: syncs the corpus; then one run per live version (served, "
             "previous, candidates) follows through refresh_live_versions_sensor.",
         ),

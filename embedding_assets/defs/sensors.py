@@ -9,10 +9,10 @@ import dagster as dg
 from embedding_assets import metadata as md
 from embedding_assets.corpus.sources import FolderSource
 from embedding_assets.corpus.sync import read_manifest
+from embedding_assets.defs import tags
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.jobs import CORPUS_JOB
 from embedding_assets.defs.partitions import model_versions
-from embedding_assets.defs.refresh import BATCH_TAG, IN_PROCESS_TAG, REFRESH_TAG
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -25,7 +25,6 @@ from embedding_assets.serving.live import live_versions
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED]
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 RETRY_AFTER = timedelta(minutes=5)  # a failed refresh is retried, but not on every tick
-TRIGGER_TAG = "embedding_assets/trigger"
 
 
 @dg.sensor(
@@ -42,6 +41,12 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, model_registry: M
     return dg.SensorResult(dynamic_partitions_requests=[model_versions.build_add_request(new)])
 
 
+def _refresh_in_flight(context: dg.SensorEvaluationContext) -> bool:
+    """Whether any run of the refresh pipeline (a corpus sync or a version's refresh) is queued or running."""
+    in_flight = dg.RunsFilter(tags={tags.REFRESH: "1"}, statuses=IN_FLIGHT)
+    return bool(context.instance.get_runs(filters=in_flight, limit=1))
+
+
 def _latest_refresh(context: dg.SensorEvaluationContext, statuses: list[dg.DagsterRunStatus]):
     runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=CORPUS_JOB, statuses=statuses), limit=1)
     return runs[0] if runs else None
@@ -52,10 +57,10 @@ def _sync_awaiting_versions(context: dg.SensorEvaluationContext, last: dg.Dagste
     runs are not requested yet or still under way: the versions are behind only for now."""
     if last is None or last.job_name != CORPUS_JOB or last.status != dg.DagsterRunStatus.SUCCESS:
         return False
-    if last.tags.get(IN_PROCESS_TAG):
+    if last.tags.get(tags.CLI_DRIVEN):
         return False
     recent = _ended_within(context, last, RETRY_AFTER)
-    batch = context.instance.get_runs(filters=dg.RunsFilter(tags={BATCH_TAG: last.run_id}))
+    batch = context.instance.get_runs(filters=dg.RunsFilter(tags={tags.BATCH: last.run_id}))
     return recent and (not batch or any(run.status in IN_FLIGHT for run in batch))
 
 
@@ -113,8 +118,8 @@ def corpus_folder_sensor(
     behind = unindexed_versions(context.instance, corpus_version, live) if manifest else []
     if not changed and not deleted and not behind:
         return dg.SkipReason(f"{len(scan)} files match the manifest and every live version indexed them")
-    if _latest_refresh(context, IN_FLIGHT):
-        return dg.SkipReason("a refresh is already running")
+    if _refresh_in_flight(context):
+        return dg.SkipReason("a refresh is already queued or running")
     last = _latest_refresh(context, FINISHED)
     if behind and not (changed or deleted) and _sync_awaiting_versions(context, last):
         return dg.SkipReason(f"sync {last.run_id[:8]} succeeded; its per-version runs are being requested")
@@ -131,7 +136,7 @@ def corpus_folder_sensor(
     )
     return dg.RunRequest(
         run_key=f"folder-{digest}-retry-{failed.run_id[:8]}" if failed else f"folder-{digest}",
-        tags={REFRESH_TAG: "1", TRIGGER_TAG: "folder" if changed or deleted else "folder-retry"},
+        tags={tags.REFRESH: "1", **tags.run_tags("folder" if changed or deleted else "folder-retry")},
     )
 
 
@@ -152,15 +157,15 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
         if batch.end_lsn:  # WAL of other tables only: let the slot release it, nothing needs applying
             source.advance(batch.end_lsn)
         return dg.SkipReason(f"no pending changes on {source.uri}")
-    if _latest_refresh(context, IN_FLIGHT):
-        return dg.SkipReason("a refresh is already running")
+    if _refresh_in_flight(context):
+        return dg.SkipReason("a refresh is already queued or running")
     if batch.resync:
         context.log.info(f"{source.uri}: a TRUNCATE (or keyless delete): the refresh resynchronizes")
     return dg.RunRequest(
         tags={
-            REFRESH_TAG: "1",
-            TRIGGER_TAG: "postgres-resync" if batch.resync else "postgres",
-            "embedding_assets/cdc_end_lsn": batch.end_lsn or "",
+            tags.REFRESH: "1",
+            **tags.run_tags("postgres-resync" if batch.resync else "postgres"),
+            tags.CDC_END_LSN: batch.end_lsn or "",
         }
     )
 
