@@ -3,6 +3,7 @@ queued run coordinator) with `dagster-daemon`. A corpus change is picked up by t
 refresh runs are queued, launched and succeed, and run history and check results survive a daemon
 restart. Real PostgreSQL, real daemon, real MiniLM (its vectors come from the session's built project)."""
 
+import json
 import os
 import shutil
 import signal
@@ -19,10 +20,12 @@ import dagster as dg
 import pytest
 
 from embedding_assets import locations
+from embedding_assets.defs import tags
+from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GATES
 from embedding_assets.defs.dagster_private import latest_check_evaluations
-from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
+from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, REFRESH_SERVED_JOB
 from embedding_assets.models.registry import DEFAULT_VERSION
 
 pytestmark = pytest.mark.slow
@@ -169,3 +172,77 @@ def test_a_corpus_change_flows_through_the_daemon_and_history_survives_a_restart
     evaluation = latest_check_evaluations(again, [key], DEFAULT_VERSION)[key]
     assert evaluation is not None and evaluation.passed
     assert evaluation.target_materialization_data.run_id == refresh.run_id  # the gate result survived
+
+
+def _cli(env: dict, *argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [BIN / "embedding-assets", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _windows(instance: dg.DagsterInstance, run_ids: list[str], step: str | None = None) -> list[tuple]:
+    """(start, end) of each run, or of one step in each run, in start order."""
+    spans = []
+    for run_id in run_ids:
+        if step is None:
+            record = instance.get_run_record_by_id(run_id)
+            spans.append((record.start_time, record.end_time))
+            continue
+        events = instance.all_logs(run_id)
+        times = {
+            e.dagster_event.event_type: e.timestamp
+            for e in events
+            if e.step_key == step and e.is_dagster_event
+        }
+        spans.append((times[dg.DagsterEventType.STEP_START], times[dg.DagsterEventType.STEP_SUCCESS]))
+    return sorted(spans)
+
+
+def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production):
+    """`--launch` submits to the instance's queue and exits with the run's outcome and the usual JSON. Two
+    refreshes launched together: the version table takes one writer at a time (the partition's tag limit),
+    the documents table one corpus sync at a time (its pool); afterwards every count reconciles."""
+    env, log = production["env"], production["root"] / "daemon.log"
+    instance = instance_of(env)
+    with daemon(env, log):
+        checked = _cli(env, "checks", "--version", DEFAULT_VERSION, "--launch", "--json")
+        out, err = checked.communicate(timeout=WAIT_SECONDS)
+        assert checked.returncode == 0, err[-3000:]
+        gates = json.loads(out)
+        assert {c["name"] for c in gates["checks"]} == set(GATES) and all(
+            c["passed"] for c in gates["checks"]
+        )
+        run = instance.get_run_by_id(gates["run_id"])
+        assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == CHECK_JOB
+        assert run.tags[tags.TRIGGER] == "cli" and run.tags[tags.VERSION] == DEFAULT_VERSION
+        assert run.tags[tags.PARTITION] == DEFAULT_VERSION and "success" in err.lower()
+        assert instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)  # through the queue
+
+        refreshes = [_cli(env, "refresh", "--launch", "--json") for _ in range(2)]
+        reports = []
+        for process in refreshes:
+            out, err = process.communicate(timeout=WAIT_SECONDS)
+            assert process.returncode == 0, err[-3000:]
+            reports.append(json.loads(out))
+    assert all(r["versions"][0]["gates_passed"] for r in reports), json.dumps(reports)[:4000]
+    since = instance.get_run_record_by_id(gates["run_id"]).create_timestamp
+    served = [
+        r.run_id
+        for r in instance.get_runs(filters=dg.RunsFilter(job_name=REFRESH_SERVED_JOB, created_after=since))
+    ]
+    syncs = [
+        r.run_id for r in instance.get_runs(filters=dg.RunsFilter(job_name=CORPUS_JOB, created_after=since))
+    ]
+    assert len(served) == 2 and len(syncs) == 2
+    (first_start, first_end), (second_start, _) = _windows(instance, served)
+    assert second_start >= first_end  # the second writer of the version table waited in the queue
+    (_, sync_end), (next_sync_start, _) = _windows(instance, syncs, step=corpus.key.to_python_identifier())
+    assert next_sync_start >= sync_end  # one corpus sync at a time (the documents_table pool)
+    print(f"refresh_served runs: {first_start:.1f}-{first_end:.1f}, second started {second_start:.1f}")
+    key = dg.AssetCheckKey(index.key, COUNT_RECONCILIATION)
+    evaluation = latest_check_evaluations(instance, [key], DEFAULT_VERSION)[key]
+    assert evaluation.passed and evaluation.target_materialization_data.run_id in served

@@ -4,11 +4,12 @@ import dagster as dg
 
 from embedding_assets import metadata as md
 from embedding_assets.corpus.sync import sync_corpus
+from embedding_assets.defs import pools
 from embedding_assets.defs.resources import CorpusSourceResource, LanceDBResource
 from embedding_assets.metadata import EXAMPLES
 
 
-@dg.asset(group_name="ingest", kinds={"lancedb"})
+@dg.asset(group_name="ingest", kinds={"lancedb"}, pool=pools.DOCUMENTS_TABLE)
 def corpus(
     context: dg.AssetExecutionContext, lancedb: LanceDBResource, corpus_source: CorpusSourceResource
 ) -> dg.MaterializeResult:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from embedding_assets import metadata as md
+from embedding_assets.defs import pools
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks.gates import GATES
 from embedding_assets.defs.checks.verdict import latest_verdict
@@ -10,8 +11,16 @@ from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
 from embedding_assets.serving.promotion import promote, serving_state
 
+ROLLBACK_KEYS = ("served_version", "previous_version")  # what a rollback reports
 
-@dg.asset(group_name="serving", partitions_def=model_versions, deps=[index], kinds={"lancedb"})
+
+@dg.asset(
+    group_name="serving",
+    partitions_def=model_versions,
+    deps=[index],
+    kinds={"lancedb"},
+    pool=pools.SERVING_POINTER,
+)
 def serving_index(
     context: dg.AssetExecutionContext,
     lancedb: LanceDBResource,
@@ -51,7 +60,10 @@ def serving_index(
     )
 
 
-@dg.op(description="Serve again the state the current one replaced; instant, nothing is rebuilt.")
+@dg.op(
+    description="Serve again the state the current one replaced; instant, nothing is rebuilt.",
+    pool=pools.SERVING_POINTER,
+)
 def move_pointer_back(
     context: dg.OpExecutionContext,
     lancedb: LanceDBResource,
@@ -84,6 +96,7 @@ def move_pointer_back(
                 md.LANCE_TABLE_VERSION: now.table_version,
                 "lance_tag": now.lance_tag,
                 "refreshed_since_served": refreshed is not None,
+                "previous_version": rolled_back_from.version,
                 "rolled_back_from": f"{rolled_back_from.version} (table v{rolled_back_from.table_version})",
             },
         )
