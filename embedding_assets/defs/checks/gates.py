@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 import lancedb
+from pydantic import Field
 
 from embedding_assets import metadata as md
 from embedding_assets.defs.assets.index import index
@@ -57,10 +58,20 @@ GATE_REFUSALS = (
 )
 
 
+def _override(threshold: str):
+    """A launchpad field overriding one registry threshold for this run only."""
+    meaning = GateThresholds.model_fields[threshold].description
+    return Field(None, description=f"this run only: {meaning} (unset: the registry's value)")
+
+
 class GateOverride(dg.Config):
     """Why the thresholds of this run differ from the registry's (required with any override)."""
 
-    override_reason: str = ""
+    override_reason: str = Field(
+        "",
+        description="why this run's thresholds differ from the registry's; required with any override, "
+        "recorded in the check's metadata, the run's tags and the serving history",
+    )
 
 
 class NoOverride(GateOverride):
@@ -68,19 +79,19 @@ class NoOverride(GateOverride):
 
 
 class SentinelDriftOverride(GateOverride):
-    sentinel_warn: float | None = None
-    sentinel_block: float | None = None
+    sentinel_warn: float | None = _override("sentinel_warn")
+    sentinel_block: float | None = _override("sentinel_block")
 
 
 class NeighbourStabilityOverride(GateOverride):
-    stability_warn: float | None = None
-    stability_block: float | None = None
+    stability_warn: float | None = _override("stability_warn")
+    stability_block: float | None = _override("stability_block")
 
 
 class GoldenQualityOverride(GateOverride):
-    golden_ndcg_floor: float | None = None
-    golden_recall_floor: float | None = None
-    golden_ndcg_margin: float | None = None
+    golden_ndcg_floor: float | None = _override("golden_ndcg_floor")
+    golden_recall_floor: float | None = _override("golden_recall_floor")
+    golden_ndcg_margin: float | None = _override("golden_ndcg_margin")
 
 
 OVERRIDE_TYPES: dict[str, type[GateOverride]] = {
