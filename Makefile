@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test dev lint lock clean
+.PHONY: setup run test dev lint lock clean ui-smoke
 
 # uv itself, pinned, in a small venv of its own (uv sync manages .venv and would remove it from there).
 $(UV):
@@ -36,6 +36,12 @@ test: setup
 
 dev: setup
 	$(BIN)/dagster dev
+
+# Screenshots of the Dagster UI (asset graph, index partitions and checks, serving asset, runs) in
+# data/scratch/ui-smoke, taken by headless Chromium (Debian's chromium) from `dagster dev` on loopback.
+ui-smoke: setup
+	test -f data/serving/pointer.json || $(BIN)/embedding-assets run
+	$(BIN)/python scripts/ui-smoke
 
 lint: setup
 	$(BIN)/ruff check embedding_assets embedding_assets_tests

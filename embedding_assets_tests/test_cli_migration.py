@@ -5,10 +5,16 @@ import json
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from embedding_assets.cli.main import main
+from embedding_assets.cli.runner import dagster_instance
+from embedding_assets.defs import tags
+from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.checks.gates import GATES, GOLDEN_QUALITY
+from embedding_assets.defs.jobs import PROMOTE_JOB
+from embedding_assets.defs.sensors import blocked_promotion_sensor, promote_after_gates_sensor
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.wiring import wiring
 
@@ -44,10 +50,60 @@ def _states(capsys) -> dict[str, str]:
     return {v["id"]: v["state"] for v in status["versions"]}
 
 
+def _blocked_observation(run_id: str) -> dg.AssetObservation:
+    """What the migration recorded on serving_index about the blocked run; the blocked-promotion sensor
+    (for runs launched from a code location) records the same from the failed run."""
+    instance = dagster_instance()
+    recorded = instance.fetch_observations(serving_index.key, limit=1).records[0].asset_observation
+    failure = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
+    with dg.build_run_status_sensor_context(
+        sensor_name=blocked_promotion_sensor.name,
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run_id),
+        resources={"serving": wiring().serving},
+    ) as context:
+        blocked_promotion_sensor(context)
+    sensed = instance.fetch_observations(serving_index.key, limit=1).records[0].asset_observation
+    assert sensed.description == recorded.description and sensed.metadata == recorded.metadata
+    return recorded
+
+
+def _promotion_requested_after(run_id: str) -> str | None:
+    """The version promote_after_gates_sensor asks to promote after a successful migration run that no
+    CLI drives (launched from the UI, say); the CLI's own runs promote themselves, and it skips them."""
+    instance = dagster_instance()
+    migration = instance.get_run_by_id(run_id)
+    success = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)[0].dagster_event
+    asked = {}
+    for run in (
+        migration,
+        migration.with_tags({k: v for k, v in migration.tags.items() if k != tags.CLI_DRIVEN}),
+    ):
+        with dg.build_run_status_sensor_context(
+            sensor_name=promote_after_gates_sensor.name,
+            dagster_event=success,
+            dagster_instance=instance,
+            dagster_run=run,
+        ) as context:
+            asked[bool(run.tags.get(tags.CLI_DRIVEN))] = promote_after_gates_sensor(context)
+    assert isinstance(asked[True], dg.SkipReason)
+    request = asked[False]
+    assert request.job_name in (None, PROMOTE_JOB) and request.tags[tags.MIGRATION] == run_id
+    return request.partition_key
+
+
+def _serving_overview() -> dict:
+    """The latest serving_index materialization's metadata values: what serves, what it replaced, the move."""
+    records = dagster_instance().fetch_materializations(serving_index.key, limit=1).records
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
 def test_migrate_rollback_round_trip(cli, capsys):
     static = cli
     code, first, _ = run(capsys, "migrate", "--to", MINILM, "--json")
     assert code == 0 and first["promoted"] and first["served_version"] == MINILM
+    assert first["promote_run_id"] and _promotion_requested_after(first["run_id"]) == MINILM
     assert [c["name"] for c in first["checks"]] and {c["name"] for c in first["checks"]} == set(GATES)
     assert all({"name", "passed", "severity", "metadata"} == set(c) for c in first["checks"])
     _, served_before, _ = run(capsys, "search", QUERY, "--json")
@@ -58,6 +114,12 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
     assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
     assert _states(capsys) == {MINILM: "served", static: "candidate"}
+    observation = _blocked_observation(blocked["run_id"])
+    assert observation.metadata["blocked_version"].value == static
+    assert observation.metadata["served_version"].value == MINILM
+    assert (
+        observation.description.startswith(f"blocked: {static}") and GOLDEN_QUALITY in observation.description
+    )
     code, _, err = run(capsys, "promote", "--version", static)  # a later run reads the same verdict
     assert code == 1 and "blocked from serving: golden_quality" in err
 
@@ -69,9 +131,16 @@ def test_migrate_rollback_round_trip(cli, capsys):
     )
     assert code == 0 and promoted["promoted"] and promoted["served_version"] == static
     assert _states(capsys) == {MINILM: "previous", static: "served"}
+    overview = _serving_overview()
+    assert overview["served_version"] == static and overview["previous_version"] == MINILM
+    assert overview["move"].startswith(f"promote: {MINILM} ") and "5/5 gates passed" in overview["move"]
+    run_tags = dagster_instance().get_run_by_id(promoted["run_id"]).tags
+    assert run_tags[tags.OVERRIDES] == "golden_ndcg_margin=1" and run_tags[tags.REASON] == "cost"
+    assert run_tags[tags.TRIGGER] == "cli" and run_tags[tags.VERSION] == static
 
     code, rolled, _ = run(capsys, "rollback", "--json")
     assert code == 0 and rolled == {"served_version": MINILM, "previous_version": static}
+    assert _serving_overview()["move"].startswith(f"rollback: {static} ")
     _, served_after, _ = run(capsys, "search", QUERY, "--json")
     assert served_after == served_before
 

@@ -24,7 +24,7 @@ from embedding_assets.defs.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, 
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
 from embedding_assets.defs.run_results import GateRun, RunOutcome, gate_run, materialization_metadata
-from embedding_assets.defs.tags import CLI_DRIVEN, LAUNCHED_BY, PARTITION, REFRESH, run_tags
+from embedding_assets.defs.tags import CLI_DRIVEN, LAUNCHED_BY, MIGRATION, PARTITION, REFRESH, run_tags
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
 
@@ -221,15 +221,39 @@ def _gated_run(job_name: str, version_id: str, **job: Any) -> GateRun:
 def migrate(
     version_id: str, overrides: dict[str, float] | None = None, reason: str = "", **job: Any
 ) -> GateRun:
-    """Build `version_id` beside serving, gate it, and promote it only if every gate passes.
+    """Build `version_id` beside serving, gate it, and promote it (a run of its own) only if every gate
+    passes: a blocked migration never plans a serving move.
 
     `job` takes run_job's `defs` and `instance`, for running against other resources.
     """
     from embedding_assets.defs.checks.gates import override_run_config
 
+    started = time.perf_counter()
     ops_config = override_run_config(overrides, reason) if overrides else None
-    tags = run_tags("cli", version_id, reason=reason, overrides=overrides)
-    return _gated_run(MIGRATE_JOB, version_id, ops_config=ops_config, tags=tags, **job)
+    run_tags_ = {**run_tags("cli", version_id, reason=reason, overrides=overrides), CLI_DRIVEN: "1"}
+    built = _gated_run(MIGRATE_JOB, version_id, ops_config=ops_config, tags=run_tags_, **job)
+    if not built.gates_passed:
+        if not job.get("launch"):  # a launched run is recorded by blocked_promotion_sensor; this one is not
+            _record_blocked(built.run_id, **job)
+        return built
+    promoted = _gated_run(PROMOTE_JOB, version_id, tags={**run_tags_, MIGRATION: built.run_id}, **job)
+    built.promoted, built.served_version = promoted.promoted, promoted.served_version
+    built.errors += promoted.errors
+    built.promote_run_id = promoted.run_id
+    built.seconds = time.perf_counter() - started
+    return built
+
+
+def _record_blocked(run_id: str, **job: Any) -> None:
+    """Record on serving_index why an in-process migration did not promote (Dagster's run status sensors
+    watch only runs launched from a code location, so the CLI records its own)."""
+    from embedding_assets.defs.sensors import blocked_promotion
+
+    instance = job.get("instance") or dagster_instance()
+    run = instance.get_run_by_id(run_id)
+    observation = blocked_promotion(instance, run, wiring(job.get("defs")).serving) if run else None
+    if observation is not None:
+        instance.report_runless_asset_event(observation)
 
 
 def run_gates(version_id: str, **job: Any) -> GateRun:

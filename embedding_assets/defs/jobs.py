@@ -35,29 +35,35 @@ build_index_job = dg.define_asset_job(
     "(serving is untouched).",
 )
 
+# A job of unpartitioned assets drops `partitions_def`; a partitioned config keeps the model_versions
+# partition picker, and the run's partition names the version serving_index promotes.
+PER_VERSION = dg.PartitionedConfig(
+    partitions_def=model_versions, run_config_for_partition_key_fn=lambda _: {}
+)
+
 promote_job = dg.define_asset_job(
     PROMOTE_JOB,
     selection=SERVING,
-    partitions_def=model_versions,
+    config=PER_VERSION,
     tags=LAUNCHPAD,
     description="Point serving at one model version, if every gate passed on its latest index build.",
 )
 
 migrate_job = dg.define_asset_job(
     MIGRATE_JOB,
-    selection=BUILD_ASSETS | SERVING,
+    selection=BUILD_ASSETS,
     partitions_def=model_versions,
     tags=LAUNCHPAD,
-    description="Build one model version beside serving, run the gates, and promote it only if they pass. "
-    "Threshold overrides for this migration go in the checks' config, with a reason.",
+    description="Build one model version beside serving and run the gates; when every gate passes, "
+    "promote_after_gates_sensor promotes it in a promote_index run of its own, and when one blocks, serving "
+    "is untouched and blocked_promotion_sensor records why on serving_index. Threshold overrides for this "
+    "migration go in the checks' config, with a reason.",
 )
 
 check_index_job = dg.define_asset_job(
     CHECK_JOB,
     selection=dg.AssetSelection.checks_for_assets(index),
-    # A job of checks alone drops `partitions_def` (its partitions are inferred from assets it executes);
-    # a partitioned config carries the model_versions partitions so the UI offers the partition picker.
-    config=dg.PartitionedConfig(partitions_def=model_versions, run_config_for_partition_key_fn=lambda _: {}),
+    config=PER_VERSION,  # a job of checks alone drops `partitions_def` too
     tags=LAUNCHPAD,
     description="Re-run the gates on one model version's index as it is now, without building or promoting.",
 )

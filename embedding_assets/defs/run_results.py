@@ -71,6 +71,7 @@ class GateRun:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_id: str = ""
+    promote_run_id: str = ""  # a migration promotes in a run of its own
 
     @property
     def gates_passed(self) -> bool:
@@ -90,6 +91,7 @@ class GateRun:
             md.SECONDS: round(self.seconds, 2),
             "gate_seconds": self.gate_seconds,
             "run_id": self.run_id,
+            "promote_run_id": self.promote_run_id,
         }
 
 

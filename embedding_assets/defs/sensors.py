@@ -1,5 +1,6 @@
 """Sensors: partitions follow the registry; corpus changes (folder scan, PostgreSQL decoding) start a
-refresh of every live version, and a refresh that failed is asked for again."""
+refresh of every live version, and a refresh that failed is asked for again; a promotion that the gates
+blocked is recorded on serving_index, with the reasons."""
 
 import hashlib
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,8 @@ from embedding_assets.corpus.sources import FolderSource
 from embedding_assets.corpus.sync import read_manifest
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.jobs import CORPUS_JOB
+from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.jobs import CORPUS_JOB, migrate_job, promote_job, refresh_served_job
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
@@ -19,7 +21,9 @@ from embedding_assets.defs.resources import (
     ModelRegistryResource,
     ServingResource,
 )
+from embedding_assets.defs.run_results import RunOutcome
 from embedding_assets.index import tables
+from embedding_assets.quality.gates.outcome import markdown_table
 from embedding_assets.serving.live import live_versions
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED]
@@ -170,4 +174,71 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
     )
 
 
-SENSORS = [model_registry_sensor, corpus_folder_sensor, postgres_cdc_sensor]
+def blocked_promotion(instance: dg.DagsterInstance, run: dg.DagsterRun, serving: ServingResource):
+    """The observation recording that `run` did not move serving, and why (None: it was not about that)."""
+    version = run.tags.get(tags.PARTITION)
+    if not version:
+        return None
+    outcome = RunOutcome.of_run(instance, run.run_id)
+    failed = [c for c in outcome.check_evaluations() if not c.passed and c.severity.value == "ERROR"]
+    reasons = [f"{c.check_name}: {c.description}" for c in failed] + outcome.errors()
+    served = serving.pointer().current()
+    return dg.AssetObservation(
+        asset_key=serving_index.key,
+        description=f"blocked: {version} was not promoted; serving stays on "
+        f"{served.version if served else 'nothing'}: " + "; ".join(reasons)[:500],
+        metadata={
+            "blocked_version": version,
+            "served_version": served.version if served else "none",
+            "run_id": run.run_id,
+            "job": run.job_name,
+            "blocking_gates": len(failed),
+            "reasons": dg.MetadataValue.md(markdown_table(["reason"], [[r] for r in reasons])),
+        },
+        tags={tags.VERSION: version},
+    )
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[migrate_job, promote_job, refresh_served_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records on serving_index why a migration, promotion or served refresh did not move "
+    "serving (the blocking gates and their summaries, or the error), so the asset's timeline shows it.",
+)
+def blocked_promotion_sensor(context: dg.RunFailureSensorContext, serving: ServingResource):
+    observation = blocked_promotion(context.instance, context.dagster_run, serving)
+    if observation is None:
+        return dg.SkipReason(f"run {context.dagster_run.run_id[:8]} names no model version")
+    context.instance.report_runless_asset_event(observation)
+    return dg.SkipReason(observation.description)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[migrate_job],
+    request_job=promote_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a migration's build passed every gate, requests the promote_index run that serves "
+    "that version at the table version its gates judged (one serving move at a time, through the queue).",
+)
+def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
+    run = context.dagster_run
+    version = run.tags.get(tags.PARTITION)
+    if run.tags.get(tags.CLI_DRIVEN) or not version:
+        return dg.SkipReason(
+            f"run {run.run_id[:8]} promotes through the CLI that started it, or has no version"
+        )
+    return dg.RunRequest(
+        run_key=f"promote-{run.run_id}",
+        partition_key=version,
+        tags={**tags.run_tags("migration", version), tags.MIGRATION: run.run_id},
+    )
+
+
+SENSORS = [
+    model_registry_sensor,
+    corpus_folder_sensor,
+    postgres_cdc_sensor,
+    blocked_promotion_sensor,
+    promote_after_gates_sensor,
+]

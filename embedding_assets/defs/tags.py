@@ -9,13 +9,14 @@ VERSION = "embedding_assets/version"
 REASON = "embedding_assets/reason"  # why thresholds were overridden
 OVERRIDES = "embedding_assets/overrides"  # which thresholds, as name=value pairs
 LAUNCHED_BY = "embedding_assets/launched_by"
+MIGRATION = "embedding_assets/migration"  # on a promotion: the migration run whose gates allowed it
 
 REFRESH = "embedding_assets/refresh"  # on every run of the refresh pipeline
 BATCH = "embedding_assets/refresh_batch"  # the sync_corpus run a version run belongs to
 BATCH_VERSIONS = "embedding_assets/refresh_versions"  # every live version the batch refreshes
 ROLE = "embedding_assets/role"  # served, previous or candidate
 CDC_END_LSN = "embedding_assets/cdc_end_lsn"  # the change-capture position the batch's corpus sync read
-CLI_DRIVEN = "embedding_assets/cli_driven"  # the CLI runs the batch's steps itself: no sensor follows up
+CLI_DRIVEN = "embedding_assets/cli_driven"  # the CLI runs the next steps itself: no sensor follows up
 
 LAUNCHPAD = {TRIGGER: "launchpad"}  # job default; a sensor, schedule or the CLI sets its own
 

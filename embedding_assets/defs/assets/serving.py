@@ -1,62 +1,99 @@
-"""The serving_index asset: the pointer naming which version and Lance table version answer queries."""
+"""The serving_index asset: the pointer naming which version and Lance table version answer queries.
+
+One unpartitioned asset, so its latest materialization says at a glance what serves, what it replaced
+and what waits, with the move that got there. A run for a model version (the partition picker of
+`promote_index` or `migrate_index`) or the `version` config chooses what to promote."""
+
+from datetime import timedelta
 
 import dagster as dg
+import lancedb
+from pydantic import Field
 
 from embedding_assets import metadata as md
 from embedding_assets.defs import pools
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks.gates import GATES
 from embedding_assets.defs.checks.verdict import latest_verdict
-from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
+from embedding_assets.models.registry import ModelRegistry
+from embedding_assets.serving.live import live_versions
+from embedding_assets.serving.overview import gates_table, history_table, move_summary, roles
+from embedding_assets.serving.pointer import ServingPointer, ServingState
 from embedding_assets.serving.promotion import promote, serving_state
 
 ROLLBACK_KEYS = ("served_version", "previous_version")  # what a rollback reports
 
 
-@dg.asset(
-    group_name="serving",
-    partitions_def=model_versions,
-    deps=[index],
-    kinds={"lancedb"},
-    pool=pools.SERVING_POINTER,
-)
+class ServingChoice(dg.Config):
+    """Which model version to serve when the run is not for one version's partition."""
+
+    version: str = Field("", description="model version to serve; empty: the version of the run's partition")
+
+
+def serving_overview(
+    db: lancedb.DBConnection,
+    pointer: ServingPointer,
+    registry: ModelRegistry,
+    retention: timedelta,
+    state: ServingState,
+    move: str,
+) -> dict:
+    """serving_index metadata: the roles of every live version, the move, its gates and the history."""
+    live = live_versions(db, pointer, registry, retention)
+    return {
+        **roles(live),
+        "move": move,
+        md.LANCE_TABLE_VERSION: state.table_version,
+        "lance_tag": state.lance_tag,
+        "rows": state.rows,
+        md.MODEL_FINGERPRINT: state.model_fingerprint,
+        "gates_passed": sum(bool(g.get("passed")) for g in state.gates.values()),
+        "gates": dg.MetadataValue.md(gates_table(state.gates)) if state.gates else "no gate record",
+        "history": dg.MetadataValue.md(history_table(pointer)),
+        "history_entries": state.seq + 1,
+        md.OVERRIDES: state.overrides,
+    }
+
+
+@dg.asset(group_name="serving", deps=[index], kinds={"lancedb"}, pool=pools.SERVING_POINTER)
 def serving_index(
     context: dg.AssetExecutionContext,
+    config: ServingChoice,
     lancedb: LanceDBResource,
     model_registry: ModelRegistryResource,
     serving: ServingResource,
 ) -> dg.MaterializeResult:
     """The served model version, pinned to the Lance table version its gates judged; history kept."""
-    verdict = latest_verdict(context.instance, context.partition_key, GATES)
+    version_id = config.version or (context.partition_key if context.has_partition_key else "")
+    if not version_id:
+        raise dg.Failure(
+            description="choose the model version to serve: launch promote_index for a model_versions "
+            "partition, or set this asset's `version` config"
+        )
+    verdict = latest_verdict(context.instance, version_id, GATES)
     if not verdict.passed:
         raise dg.Failure(
-            description=f"{context.partition_key} is blocked from serving: " + "; ".join(verdict.blockers),
+            description=f"{version_id} is blocked from serving: " + "; ".join(verdict.blockers),
             metadata={"blockers": verdict.blockers},
         )
     pointer = serving.pointer()
     previous = pointer.current()
+    registry = model_registry.load()
+    db = lancedb.connect()
     state = promote(
-        lancedb.connect(),
-        model_registry.version(context.partition_key),
+        db,
+        registry.get(version_id),
         pointer,
         table_version=verdict.table_version,
         run_id=context.run_id,
         gates=verdict.history_record(),
         overrides=verdict.overrides(),
     )
+    move = move_summary(state.action, previous, state)
+    context.log.info(move)
     return dg.MaterializeResult(
-        metadata={
-            "served_version": state.version,
-            md.MODEL_FINGERPRINT: state.model_fingerprint,
-            "lance_tag": state.lance_tag,
-            md.LANCE_TABLE_VERSION: state.table_version,
-            "rows": state.rows,
-            "previous_version": previous.version if previous else "none",
-            "history_entries": state.seq + 1,
-            "gates_passed": len(verdict.checks),
-            md.OVERRIDES: verdict.overrides(),
-        }
+        metadata=serving_overview(db, pointer, registry, serving.retention, state, move)
     )
 
 
@@ -76,27 +113,26 @@ def move_pointer_back(
     newer table is served: a rollback never brings back stale data."""
     pointer = serving.pointer()
     target = pointer.previous()
+    registry = model_registry.load()
+    db = lancedb.connect()
     refreshed = None
     if target is not None:
         verdict = latest_verdict(context.instance, target.version, GATES)
         if verdict.passed and (verdict.table_version or 0) > target.table_version:
             refreshed = serving_state(
-                lancedb.connect(),
-                model_registry.version(target.version),
-                verdict.table_version,
-                gates=verdict.history_record(),
+                db, registry.get(target.version), verdict.table_version, gates=verdict.history_record()
             )
     now, rolled_back_from = pointer.rollback(run_id=context.run_id, refreshed=refreshed)
+    move = move_summary("rollback", rolled_back_from, now)
+    context.log.info(move)
     context.log_event(
         dg.AssetMaterialization(
             asset_key=serving_index.key,
-            partition=now.version,
+            description=move,
             metadata={
-                "served_version": now.version,
-                md.LANCE_TABLE_VERSION: now.table_version,
-                "lance_tag": now.lance_tag,
-                "refreshed_since_served": refreshed is not None,
+                **serving_overview(db, pointer, registry, serving.retention, now, move),
                 "previous_version": rolled_back_from.version,
+                "refreshed_since_served": refreshed is not None,
                 "rolled_back_from": f"{rolled_back_from.version} (table v{rolled_back_from.table_version})",
             },
         )
