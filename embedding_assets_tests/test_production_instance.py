@@ -25,7 +25,7 @@ from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GATES
 from embedding_assets.defs.dagster_private import latest_check_evaluations
-from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, REFRESH_SERVED_JOB
+from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, PROMOTE_JOB, REFRESH_SERVED_JOB
 from embedding_assets.models.registry import DEFAULT_VERSION
 
 pytestmark = pytest.mark.slow
@@ -203,7 +203,8 @@ def _windows(instance: dg.DagsterInstance, run_ids: list[str], step: str | None 
 
 
 def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production):
-    """`--launch` submits to the instance's queue and exits with the run's outcome and the usual JSON. Two
+    """`--launch` submits to the instance's queue and exits with the run's outcome and the usual JSON (a
+    migration promotes in a run of its own; a rollback with nothing to go back to fails plainly). Two
     refreshes launched together: the version table takes one writer at a time (the partition's tag limit),
     the documents table one corpus sync at a time (its pool); afterwards every count reconciles."""
     env, log = production["env"], production["root"] / "daemon.log"
@@ -221,6 +222,19 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
         assert run.tags[tags.TRIGGER] == "cli" and run.tags[tags.VERSION] == DEFAULT_VERSION
         assert run.tags[tags.PARTITION] == DEFAULT_VERSION and "success" in err.lower()
         assert instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)  # through the queue
+
+        migrated = _cli(env, "migrate", "--to", DEFAULT_VERSION, "--launch", "--json")
+        out, err = migrated.communicate(timeout=WAIT_SECONDS)
+        assert migrated.returncode == 0, err[-3000:]
+        migration = json.loads(out)  # already served at this table version: the promotion re-affirms it
+        assert migration["promoted"] and migration["served_version"] == DEFAULT_VERSION
+        promotion = instance.get_run_by_id(migration["promote_run_id"])
+        assert promotion.job_name == PROMOTE_JOB and promotion.tags[tags.MIGRATION] == migration["run_id"]
+        rollback = _cli(env, "rollback", "--launch", "--json")
+        _, err = rollback.communicate(timeout=WAIT_SECONDS)
+        assert (
+            rollback.returncode == 2 and "replaced nothing" in err
+        )  # the launched run's failure, said plainly
 
         refreshes = [_cli(env, "refresh", "--launch", "--json") for _ in range(2)]
         reports = []
@@ -242,7 +256,10 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
     assert second_start >= first_end  # the second writer of the version table waited in the queue
     (_, sync_end), (next_sync_start, _) = _windows(instance, syncs, step=corpus.key.to_python_identifier())
     assert next_sync_start >= sync_end  # one corpus sync at a time (the documents_table pool)
-    print(f"refresh_served runs: {first_start:.1f}-{first_end:.1f}, second started {second_start:.1f}")
+    print(
+        f"two refresh_served runs of one version: the first ran {first_end - first_start:.1f}s; the second "
+        f"waited in the queue and started {second_start - first_end:.1f}s after the first ended"
+    )
     key = dg.AssetCheckKey(index.key, COUNT_RECONCILIATION)
     evaluation = latest_check_evaluations(instance, [key], DEFAULT_VERSION)[key]
     assert evaluation.passed and evaluation.target_materialization_data.run_id in served

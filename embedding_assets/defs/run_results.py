@@ -54,10 +54,17 @@ class RunOutcome:
                 e.message or "" for e in self.events if e.event_type == dg.DagsterEventType.RUN_FAILURE
             ] or ["the run did not succeed"]
         return [
-            f"{e.step_key}: {e.event_specific_data.error.message.strip()}"
+            f"{e.step_key}: {_root_cause(e.event_specific_data.error)}"
             for e in steps
             if "DagsterAssetCheckFailedError" not in (e.event_specific_data.error.cls_name or "")
         ]
+
+
+def _root_cause(error) -> str:
+    """The user's own error under Dagster's wrappers ("Error occurred while executing op ...")."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 @dataclass
