@@ -59,6 +59,14 @@ def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry) -> li
     return new
 
 
+def _known_partition(instance: dg.DagsterInstance, version_id: str | None, defs: dg.Definitions) -> None:
+    """A clear error for an unknown or moving version before Dagster starts; its partition added."""
+    if version_id is not None:
+        registry = wiring(defs).model_registry.load()
+        registry.get(version_id)
+        sync_partitions(instance, registry)
+
+
 def run_job(
     job_name: str,
     version_id: str | None,
@@ -75,10 +83,7 @@ def run_job(
     """
     defs = defs or project_definitions()
     instance = instance or dagster_instance()
-    if version_id is not None:
-        registry = wiring(defs).model_registry.load()
-        registry.get(version_id)  # clear error for an unknown or moving version before Dagster starts
-        sync_partitions(instance, registry)
+    _known_partition(instance, version_id, defs)
     return defs.resolve_job_def(job_name).execute_in_process(
         instance=instance,
         run_config=_run_config(ops_config),
@@ -129,10 +134,7 @@ def launch_job(
     stderr; a retried run is followed to its last retry."""
     instance = instance or dagster_instance()
     _require_daemon(instance)
-    if version_id is not None:
-        registry = wiring().model_registry.load()
-        registry.get(version_id)
-        sync_partitions(instance, registry)
+    _known_partition(instance, version_id, project_definitions())
     run_id = str(uuid.uuid4())
     all_tags = {**(tags or {}), LAUNCHED_BY: "cli"}
     if version_id is not None:
