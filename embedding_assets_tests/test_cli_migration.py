@@ -14,7 +14,11 @@ from embedding_assets.defs import tags
 from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.checks.gates import GATES, GOLDEN_QUALITY
 from embedding_assets.defs.jobs import PROMOTE_JOB
-from embedding_assets.defs.sensors import blocked_promotion_sensor, promote_after_gates_sensor
+from embedding_assets.defs.sensors import (
+    blocked_promotion_sensor,
+    gates_after_build_sensor,
+    promote_after_gates_sensor,
+)
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.wiring import wiring
 
@@ -69,28 +73,21 @@ def _blocked_observation(run_id: str) -> dg.AssetObservation:
     return recorded
 
 
-def _promotion_requested_after(run_id: str) -> str | None:
-    """The version promote_after_gates_sensor asks to promote after a successful migration run that no
-    CLI drives (launched from the UI, say); the CLI's own runs promote themselves, and it skips them."""
+def _requested_after(sensor, run_id: str) -> dg.RunRequest:
+    """What a run-status sensor asks for after the successful run `run_id` as if no CLI drove it (launched
+    from the UI, say); for the CLI's own runs it asks nothing, since the CLI runs the next step itself."""
     instance = dagster_instance()
-    migration = instance.get_run_by_id(run_id)
+    finished = instance.get_run_by_id(run_id)
     success = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)[0].dagster_event
-    asked = {}
-    for run in (
-        migration,
-        migration.with_tags({k: v for k, v in migration.tags.items() if k != tags.CLI_DRIVEN}),
-    ):
+    undriven = finished.with_tags({k: v for k, v in finished.tags.items() if k != tags.CLI_DRIVEN})
+    asked = []
+    for run in (finished, undriven):
         with dg.build_run_status_sensor_context(
-            sensor_name=promote_after_gates_sensor.name,
-            dagster_event=success,
-            dagster_instance=instance,
-            dagster_run=run,
+            sensor_name=sensor.name, dagster_event=success, dagster_instance=instance, dagster_run=run
         ) as context:
-            asked[bool(run.tags.get(tags.CLI_DRIVEN))] = promote_after_gates_sensor(context)
-    assert isinstance(asked[True], dg.SkipReason)
-    request = asked[False]
-    assert request.job_name in (None, PROMOTE_JOB) and request.tags[tags.MIGRATION] == run_id
-    return request.partition_key
+            asked.append(sensor(context))
+    assert isinstance(asked[0], dg.SkipReason) and isinstance(asked[1], dg.RunRequest)
+    return asked[1]
 
 
 def _serving_overview() -> dict:
@@ -103,7 +100,11 @@ def test_migrate_rollback_round_trip(cli, capsys):
     static = cli
     code, first, _ = run(capsys, "migrate", "--to", MINILM, "--json")
     assert code == 0 and first["promoted"] and first["served_version"] == MINILM
-    assert first["promote_run_id"] and _promotion_requested_after(first["run_id"]) == MINILM
+    gates = _requested_after(gates_after_build_sensor, first["run_id"])  # the build -> its gates
+    assert gates.partition_key == MINILM and gates.tags[tags.MIGRATION] == first["run_id"]
+    promotion = _requested_after(promote_after_gates_sensor, first["gates_run_id"])  # the gates -> serving
+    assert promotion.partition_key == MINILM and promotion.tags[tags.MIGRATION] == first["run_id"]
+    assert first["promote_run_id"] and promotion.job_name in (None, PROMOTE_JOB)
     assert [c["name"] for c in first["checks"]] and {c["name"] for c in first["checks"]} == set(GATES)
     assert all({"name", "passed", "severity", "metadata"} == set(c) for c in first["checks"])
     _, served_before, _ = run(capsys, "search", QUERY, "--json")
@@ -114,7 +115,7 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
     assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
     assert _states(capsys) == {MINILM: "served", static: "candidate"}
-    observation = _blocked_observation(blocked["run_id"])
+    observation = _blocked_observation(blocked["gates_run_id"])
     assert observation.metadata["blocked_version"].value == static
     assert observation.metadata["served_version"].value == MINILM
     assert (

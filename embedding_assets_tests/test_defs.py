@@ -18,8 +18,10 @@ from embedding_assets.wiring import initialized, wiring
 VERSION = {model_weights.key, chunks.key, embeddings.key, index.key}
 # job -> (assets it materializes, whether it runs the index gates, partitioned by model version)
 JOBS = {
-    "build_index": ({corpus.key} | VERSION, True, True),
-    "migrate_index": ({corpus.key} | VERSION, True, True),  # promotes in a promote_index run of its own
+    # A build's gates run in a check_index run of their own, after it succeeded; a migration promotes in a
+    # promote_index run after that.
+    "build_index": ({corpus.key} | VERSION, False, True),
+    "migrate_index": ({corpus.key} | VERSION, False, True),
     "promote_index": ({serving_index.key}, False, True),
     "check_index": (set(), True, True),
     "refresh_version": (VERSION, True, True),

@@ -24,7 +24,7 @@ from embedding_assets.defs.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, 
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
 from embedding_assets.defs.run_results import GateRun, RunOutcome, gate_run, materialization_metadata
-from embedding_assets.defs.tags import CLI_DRIVEN, LAUNCHED_BY, MIGRATION, PARTITION, REFRESH, run_tags
+from embedding_assets.defs.tags import BUILD, CLI_DRIVEN, LAUNCHED_BY, MIGRATION, PARTITION, REFRESH, run_tags
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
 
@@ -220,11 +220,30 @@ def _gated_run(job_name: str, version_id: str, **job: Any) -> GateRun:
     return gate_run(version_id, outcome, time.perf_counter() - started, pointer)
 
 
+def _build_and_gate(
+    job_name: str, version_id: str, ops_config: dict | None, tags: dict[str, str], **job: Any
+) -> GateRun:
+    """Build a version (`job_name`), then, if the build succeeded, gate it in a check_index run of its
+    own (with the threshold overrides in `ops_config`): a build that fails never plans its gates."""
+    started = time.perf_counter()
+    tags = {**tags, CLI_DRIVEN: "1"}
+    built = _gated_run(job_name, version_id, tags=tags, **job)
+    if built.errors:
+        return built
+    gates_tags = {**tags, BUILD: built.run_id}
+    if job_name == MIGRATE_JOB:
+        gates_tags[MIGRATION] = built.run_id
+    gated = _gated_run(CHECK_JOB, version_id, ops_config=ops_config, tags=gates_tags, **job)
+    gated.run_id, gated.gates_run_id = built.run_id, gated.run_id
+    gated.seconds = time.perf_counter() - started
+    return gated
+
+
 def migrate(
     version_id: str, overrides: dict[str, float] | None = None, reason: str = "", **job: Any
 ) -> GateRun:
-    """Build `version_id` beside serving, gate it, and promote it (a run of its own) only if every gate
-    passes: a blocked migration never plans a serving move.
+    """Build `version_id` beside serving, gate it, and promote it only if every gate passes, each step a
+    run of its own: a failed build plans no gates, and a blocked migration plans no serving move.
 
     `job` takes run_job's `defs` and `instance`, for running against other resources.
     """
@@ -232,18 +251,19 @@ def migrate(
 
     started = time.perf_counter()
     ops_config = override_run_config(overrides, reason) if overrides else None
-    run_tags_ = {**run_tags("cli", version_id, reason=reason, overrides=overrides), CLI_DRIVEN: "1"}
-    built = _gated_run(MIGRATE_JOB, version_id, ops_config=ops_config, tags=run_tags_, **job)
-    if not built.gates_passed:
+    run_tags_ = run_tags("cli", version_id, reason=reason, overrides=overrides)
+    gated = _build_and_gate(MIGRATE_JOB, version_id, ops_config, run_tags_, **job)
+    if not gated.gates_passed:
         if not job.get("launch"):  # a launched run is recorded by blocked_promotion_sensor; this one is not
-            _record_blocked(built.run_id, **job)
-        return built
-    promoted = _gated_run(PROMOTE_JOB, version_id, tags={**run_tags_, MIGRATION: built.run_id}, **job)
-    built.promoted, built.served_version = promoted.promoted, promoted.served_version
-    built.errors += promoted.errors
-    built.promote_run_id = promoted.run_id
-    built.seconds = time.perf_counter() - started
-    return built
+            _record_blocked(gated.gates_run_id or gated.run_id, **job)
+        return gated
+    promote_tags = {**run_tags_, CLI_DRIVEN: "1", MIGRATION: gated.run_id}
+    promoted = _gated_run(PROMOTE_JOB, version_id, tags=promote_tags, **job)
+    gated.promoted, gated.served_version = promoted.promoted, promoted.served_version
+    gated.errors += promoted.errors
+    gated.promote_run_id = promoted.run_id
+    gated.seconds = time.perf_counter() - started
+    return gated
 
 
 def _record_blocked(run_id: str, **job: Any) -> None:
@@ -264,8 +284,9 @@ def run_gates(version_id: str, **job: Any) -> GateRun:
 
 
 def build(version_id: str, **job: Any) -> GateRun:
-    """Materialize corpus → chunks → embeddings → index for a version and run its gates; serving untouched."""
-    return _gated_run(BUILD_INDEX_JOB, version_id, **job)
+    """Materialize corpus → chunks → embeddings → index for a version, then run its gates in a run of
+    their own; serving untouched."""
+    return _build_and_gate(BUILD_INDEX_JOB, version_id, None, run_tags("cli", version_id), **job)
 
 
 def rollback(**job: Any) -> dict[str, Any]:

@@ -28,11 +28,12 @@ SERVING = dg.AssetSelection.assets(serving_index)
 
 build_index_job = dg.define_asset_job(
     BUILD_INDEX_JOB,
-    selection=BUILD_ASSETS,
+    selection=BUILD_ASSETS.without_checks(),
     partitions_def=model_versions,
     tags=LAUNCHPAD,
-    description="Sync the corpus, then chunk, embed and index one model version and run its gates "
-    "(serving is untouched).",
+    description="Sync the corpus, then chunk, embed and index one model version beside serving; its gates "
+    "run next in a check_index run of their own (gates_after_build_sensor), so a build that fails never "
+    "plans them.",
 )
 
 # A job of unpartitioned assets drops `partitions_def`; a partitioned config keeps the model_versions
@@ -51,13 +52,14 @@ promote_job = dg.define_asset_job(
 
 migrate_job = dg.define_asset_job(
     MIGRATE_JOB,
-    selection=BUILD_ASSETS,
+    selection=BUILD_ASSETS.without_checks(),
     partitions_def=model_versions,
     tags=LAUNCHPAD,
-    description="Build one model version beside serving and run the gates; when every gate passes, "
-    "promote_after_gates_sensor promotes it in a promote_index run of its own, and when one blocks, serving "
-    "is untouched and blocked_promotion_sensor records why on serving_index. Threshold overrides for this "
-    "migration go in the checks' config, with a reason.",
+    description="Build one model version beside serving; then gates_after_build_sensor runs its gates in a "
+    "check_index run, and promote_after_gates_sensor promotes it in a promote_index run when every gate "
+    "passed. A blocked or failed migration leaves serving untouched; blocked_promotion_sensor records why "
+    "on serving_index. To override a threshold, launch check_index with it (and a reason), then "
+    "promote_index.",
 )
 
 check_index_job = dg.define_asset_job(

@@ -78,7 +78,8 @@ class GateRun:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     run_id: str = ""
-    promote_run_id: str = ""  # a migration promotes in a run of its own
+    gates_run_id: str = ""  # a build is gated in a run of its own
+    promote_run_id: str = ""  # and a migration promotes in another
 
     @property
     def gates_passed(self) -> bool:
@@ -98,6 +99,7 @@ class GateRun:
             md.SECONDS: round(self.seconds, 2),
             "gate_seconds": self.gate_seconds,
             "run_id": self.run_id,
+            "gates_run_id": self.gates_run_id,
             "promote_run_id": self.promote_run_id,
         }
 

@@ -13,7 +13,16 @@ from embedding_assets.corpus.sync import read_manifest
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.serving import serving_index
-from embedding_assets.defs.jobs import CORPUS_JOB, migrate_job, promote_job, refresh_served_job
+from embedding_assets.defs.jobs import (
+    CHECK_JOB,
+    CORPUS_JOB,
+    MIGRATE_JOB,
+    build_index_job,
+    check_index_job,
+    migrate_job,
+    promote_job,
+    refresh_served_job,
+)
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
@@ -177,8 +186,8 @@ def postgres_cdc_sensor(context: dg.SensorEvaluationContext, corpus_source: Corp
 def blocked_promotion(instance: dg.DagsterInstance, run: dg.DagsterRun, serving: ServingResource):
     """The observation recording that `run` did not move serving, and why (None: it was not about that)."""
     version = run.tags.get(tags.PARTITION)
-    if not version:
-        return None
+    if not version or (run.job_name == CHECK_JOB and not run.tags.get(tags.MIGRATION)):
+        return None  # no version, or a re-check that was never meant to promote
     outcome = RunOutcome.of_run(instance, run.run_id)
     failed = [c for c in outcome.check_evaluations() if not c.passed and c.severity.value == "ERROR"]
     reasons = [f"{c.check_name}: {c.description}" for c in failed] + outcome.errors()
@@ -200,10 +209,11 @@ def blocked_promotion(instance: dg.DagsterInstance, run: dg.DagsterRun, serving:
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[migrate_job, promote_job, refresh_served_job],
+    monitored_jobs=[migrate_job, check_index_job, promote_job, refresh_served_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records on serving_index why a migration, promotion or served refresh did not move "
-    "serving (the blocking gates and their summaries, or the error), so the asset's timeline shows it.",
+    description="Records on serving_index why a migration (its build or its gates), a promotion or a "
+    "served refresh did not move serving (the blocking gates and their summaries, or the error), so the "
+    "asset's timeline shows it.",
 )
 def blocked_promotion_sensor(context: dg.RunFailureSensorContext, serving: ServingResource):
     observation = blocked_promotion(context.instance, context.dagster_run, serving)
@@ -215,23 +225,42 @@ def blocked_promotion_sensor(context: dg.RunFailureSensorContext, serving: Servi
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[migrate_job],
-    request_job=promote_job,
+    monitored_jobs=[build_index_job, migrate_job],
+    request_job=check_index_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a migration's build passed every gate, requests the promote_index run that serves "
-    "that version at the table version its gates judged (one serving move at a time, through the queue).",
+    description="After a build (or a migration's build) succeeded, requests the check_index run that "
+    "gates that version's new index: a build that fails never plans its gates, so it paints none red.",
 )
-def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
+def gates_after_build_sensor(context: dg.RunStatusSensorContext):
     run = context.dagster_run
     version = run.tags.get(tags.PARTITION)
     if run.tags.get(tags.CLI_DRIVEN) or not version:
-        return dg.SkipReason(
-            f"run {run.run_id[:8]} promotes through the CLI that started it, or has no version"
-        )
+        return dg.SkipReason(f"run {run.run_id[:8]} is gated by the CLI that started it, or has no version")
+    migration = {tags.MIGRATION: run.run_id} if run.job_name == MIGRATE_JOB else {}
+    return dg.RunRequest(
+        run_key=f"gates-{run.run_id}",
+        partition_key=version,
+        tags={**tags.run_tags("build", version), tags.BUILD: run.run_id, **migration},
+    )
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[check_index_job],
+    request_job=promote_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a migration's gates all passed, requests the promote_index run that serves that "
+    "version at the table version its gates judged (one serving move at a time, through the queue).",
+)
+def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
+    run = context.dagster_run
+    version, migration = run.tags.get(tags.PARTITION), run.tags.get(tags.MIGRATION)
+    if run.tags.get(tags.CLI_DRIVEN) or not version or not migration:
+        return dg.SkipReason(f"run {run.run_id[:8]} is no migration's gates run (or its CLI promotes)")
     return dg.RunRequest(
         run_key=f"promote-{run.run_id}",
         partition_key=version,
-        tags={**tags.run_tags("migration", version), tags.MIGRATION: run.run_id},
+        tags={**tags.run_tags("migration", version), tags.MIGRATION: migration},
     )
 
 
@@ -240,5 +269,6 @@ SENSORS = [
     corpus_folder_sensor,
     postgres_cdc_sensor,
     blocked_promotion_sensor,
+    gates_after_build_sensor,
     promote_after_gates_sensor,
 ]

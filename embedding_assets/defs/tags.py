@@ -9,7 +9,8 @@ VERSION = "embedding_assets/version"
 REASON = "embedding_assets/reason"  # why thresholds were overridden
 OVERRIDES = "embedding_assets/overrides"  # which thresholds, as name=value pairs
 LAUNCHED_BY = "embedding_assets/launched_by"
-MIGRATION = "embedding_assets/migration"  # on a promotion: the migration run whose gates allowed it
+BUILD = "embedding_assets/build"  # on a gates run: the build run whose index it judges
+MIGRATION = "embedding_assets/migration"  # on a migration's gates and promotion runs: its build run
 
 REFRESH = "embedding_assets/refresh"  # on every run of the refresh pipeline
 BATCH = "embedding_assets/refresh_batch"  # the sync_corpus run a version run belongs to
