@@ -189,7 +189,9 @@ def blocked_promotion(instance: dg.DagsterInstance, run: dg.DagsterRun, serving:
     if not version or (run.job_name == CHECK_JOB and not run.tags.get(tags.MIGRATION)):
         return None  # no version, or a re-check that was never meant to promote
     outcome = RunOutcome.of_run(instance, run.run_id)
-    failed = [c for c in outcome.check_evaluations() if not c.passed and c.severity.value == "ERROR"]
+    failed = [
+        c for c in outcome.check_evaluations() if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
     reasons = [f"{c.check_name}: {c.description}" for c in failed] + outcome.errors()
     served = serving.pointer().current()
     return dg.AssetObservation(
@@ -233,14 +235,20 @@ def blocked_promotion_sensor(context: dg.RunFailureSensorContext, serving: Servi
 )
 def gates_after_build_sensor(context: dg.RunStatusSensorContext):
     run = context.dagster_run
+    migration = {tags.MIGRATION: run.run_id} if run.job_name == MIGRATE_JOB else {}
+    return _next_step(run, "gates", "build", {tags.BUILD: run.run_id, **migration})
+
+
+def _next_step(run: dg.DagsterRun, step: str, trigger: str, step_tags: dict[str, str]):
+    """The run request for the step after `run` for the same version, unless the CLI that started `run`
+    runs that step itself (or `run` names no version)."""
     version = run.tags.get(tags.PARTITION)
     if run.tags.get(tags.CLI_DRIVEN) or not version:
-        return dg.SkipReason(f"run {run.run_id[:8]} is gated by the CLI that started it, or has no version")
-    migration = {tags.MIGRATION: run.run_id} if run.job_name == MIGRATE_JOB else {}
+        return dg.SkipReason(f"run {run.run_id[:8]} has no version, or its CLI runs the {step} step itself")
     return dg.RunRequest(
-        run_key=f"gates-{run.run_id}",
+        run_key=f"{step}-{run.run_id}",
         partition_key=version,
-        tags={**tags.run_tags("build", version), tags.BUILD: run.run_id, **migration},
+        tags={**tags.run_tags(trigger, version), **step_tags},
     )
 
 
@@ -254,14 +262,10 @@ def gates_after_build_sensor(context: dg.RunStatusSensorContext):
 )
 def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
     run = context.dagster_run
-    version, migration = run.tags.get(tags.PARTITION), run.tags.get(tags.MIGRATION)
-    if run.tags.get(tags.CLI_DRIVEN) or not version or not migration:
-        return dg.SkipReason(f"run {run.run_id[:8]} is no migration's gates run (or its CLI promotes)")
-    return dg.RunRequest(
-        run_key=f"promote-{run.run_id}",
-        partition_key=version,
-        tags={**tags.run_tags("migration", version), tags.MIGRATION: migration},
-    )
+    migration = run.tags.get(tags.MIGRATION)
+    if not migration:
+        return dg.SkipReason(f"run {run.run_id[:8]} re-checked a version; it is no migration's gates run")
+    return _next_step(run, "promote", "migration", {tags.MIGRATION: migration})
 
 
 SENSORS = [

@@ -59,7 +59,10 @@ def move_summary(action: str, before: ServingState | None, after: ServingState) 
     return f"{action}: {start} -> {end}, {_gates_passed(after)} gates passed"
 
 
+def gates_passed(state: ServingState) -> int:
+    """How many gates of the state's record passed."""
+    return sum(bool(g.get("passed")) for g in state.gates.values())
+
+
 def _gates_passed(state: ServingState) -> str:
-    if not state.gates:
-        return "-"
-    return f"{sum(bool(g.get('passed')) for g in state.gates.values())}/{len(state.gates)}"
+    return f"{gates_passed(state)}/{len(state.gates)}" if state.gates else "-"

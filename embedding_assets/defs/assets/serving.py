@@ -18,7 +18,7 @@ from embedding_assets.defs.checks.verdict import latest_verdict
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.serving.live import live_versions
-from embedding_assets.serving.overview import gates_table, history_table, move_summary, roles
+from embedding_assets.serving.overview import gates_passed, gates_table, history_table, move_summary, roles
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 from embedding_assets.serving.promotion import promote, serving_state
 
@@ -48,7 +48,7 @@ def serving_overview(
         "lance_tag": state.lance_tag,
         "rows": state.rows,
         md.MODEL_FINGERPRINT: state.model_fingerprint,
-        "gates_passed": sum(bool(g.get("passed")) for g in state.gates.values()),
+        "gates_passed": gates_passed(state),
         "gates": dg.MetadataValue.md(gates_table(state.gates)) if state.gates else "no gate record",
         "history": dg.MetadataValue.md(history_table(pointer)),
         "history_entries": state.seq + 1,
