@@ -19,9 +19,10 @@ from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.assets.shards import build_shard_vectors
 from embedding_assets.defs.checks.freshness import freshness_policy, served_freshness
 from embedding_assets.defs.checks.gates import index_checks
-from embedding_assets.defs.jobs import JOBS
+from embedding_assets.defs.jobs import JOBS, build_backfill_shards_job
 from embedding_assets.defs.refresh import REFRESH_SENSORS
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
@@ -33,7 +34,9 @@ from embedding_assets.defs.resources import (
     ServingResource,
 )
 from embedding_assets.defs.schedules import build_schedules
-from embedding_assets.defs.sensors import SENSORS
+from embedding_assets.defs.sensors import SENSORS, build_shards_landed_sensor
+
+DEFAULT_SHARDS = 4
 
 
 def _choice(name: str, default: str) -> str:
@@ -103,6 +106,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
 def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
     """The project's Definitions with `resources` (default: from the environment)."""
     resources = resources or build_resources()
+    # How many corpus shards a sharded backfill fans out to; a document's shard hashes its id.
+    shard_vectors = build_shard_vectors(int(_choice("EMBEDDING_ASSETS_CORPUS_SHARDS", str(DEFAULT_SHARDS))))
+    backfill_shards_job = build_backfill_shards_job(shard_vectors)
     production = _choice("EMBEDDING_ASSETS_ENV", "local") == "production"
     ingest, indexed = corpus, index
     if production:  # the SLO assumes the refresh schedule runs, as it does only in production
@@ -110,13 +116,13 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
         with_policy = lambda spec: spec.replace_attributes(freshness_policy=policy)  # noqa: E731
         ingest, indexed = (a.map_asset_specs(with_policy) for a in (corpus, index))
     return dg.Definitions(
-        assets=[ingest, model_weights, chunks, embeddings, indexed, serving_index],
+        assets=[ingest, model_weights, shard_vectors, chunks, embeddings, indexed, serving_index],
         asset_checks=[*index_checks, served_freshness],
-        jobs=JOBS,
+        jobs=[*JOBS, backfill_shards_job],
         schedules=build_schedules(
             refresh_cron=_choice("EMBEDDING_ASSETS_REFRESH_CRON", "*/15 * * * *"), running=production
         ),
-        sensors=[*SENSORS, *REFRESH_SENSORS],
+        sensors=[*SENSORS, build_shards_landed_sensor(backfill_shards_job), *REFRESH_SENSORS],
         resources=resources,
         # Steps of one version run share a loaded model: in one process on 2 cores, not one process per
         # step. Scale out across versions and shards with runs (the queue), or swap in the k8s executor.

@@ -8,9 +8,10 @@ from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.assets.shards import SHARD_VECTORS
 from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
 from embedding_assets.defs.checks.gates import GATES
-from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.partitions import SHARD_DIMENSION, VERSION_DIMENSION, model_versions
 from embedding_assets.defs.resources import LanceDBResource, S3StorageResource
 from embedding_assets.defs.sensors import model_registry_sensor
 from embedding_assets.wiring import initialized, wiring
@@ -29,12 +30,15 @@ JOBS = {
     "sync_corpus": ({corpus.key}, False, False),
     "check_served_freshness": (set(), False, False),
     "rollback_serving": (set(), False, False),
+    "prepare_shards": ({corpus.key, model_weights.key}, False, True),
 }
 
 
 def test_every_asset_and_check_is_defined():
     repo = defs.get_repository_def()
-    assert {corpus.key, serving_index.key} | VERSION == set(repo.asset_graph.get_all_asset_keys())
+    assert {corpus.key, SHARD_VECTORS, serving_index.key} | VERSION == set(
+        repo.asset_graph.get_all_asset_keys()
+    )
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
     assert checks == {*GATES, SERVED_FRESHNESS}
 
@@ -47,6 +51,21 @@ def test_each_job_targets_what_it_says(name):
     gate_keys = {k.name for k in job.asset_layer.asset_graph.asset_check_keys if k.asset_key == index.key}
     assert gate_keys == (set(GATES) if gates else set()), gate_keys
     assert (job.partitions_def == model_versions) == partitioned  # the UI offers a partition picker
+
+
+def test_a_sharded_backfill_is_partitioned_by_version_and_shard(monkeypatch):
+    """backfill_shards runs one version × shard partition; the version's chunks read all its shards."""
+    job = defs.resolve_job_def("backfill_shards")
+    assert job.asset_layer.executable_asset_keys == {SHARD_VECTORS}
+    dimensions = {d.name: d.partitions_def for d in job.partitions_def.partitions_defs}
+    assert dimensions[VERSION_DIMENSION] == model_versions
+    assert dimensions[SHARD_DIMENSION].get_partition_keys() == ["0-of-4", "1-of-4", "2-of-4", "3-of-4"]
+    graph = defs.get_repository_def().asset_graph
+    assert SHARD_VECTORS in graph.get(chunks.key).parent_keys
+    monkeypatch.setenv("EMBEDDING_ASSETS_CORPUS_SHARDS", "2")
+    two = build_definitions().resolve_job_def("backfill_shards").partitions_def
+    assert two.get_partitions_def_for_dimension(SHARD_DIMENSION).get_partition_keys() == ["0-of-2", "1-of-2"]
+    assert defs.resolve_sensor_def("shards_landed_sensor").description
 
 
 def test_schedules_and_sensors_resolve_to_their_jobs():

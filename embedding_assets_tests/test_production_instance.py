@@ -6,13 +6,12 @@ restart. Real PostgreSQL, real daemon, real MiniLM (its vectors come from the se
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import dagster as dg
 import pytest
 
 from embedding_assets import locations
+from embedding_assets.cli.daemon import dagster_daemon as daemon
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.index import index
@@ -68,26 +68,6 @@ def production(built_project, postgres, tmp_path_factory) -> Iterator[dict]:
     )
     assert served.returncode == 0, served.stderr[-3000:]
     yield {"env": env, "home": home, "data": data, "root": root}
-
-
-@contextmanager
-def daemon(env: dict, log: Path) -> Iterator[subprocess.Popen]:
-    with open(log, "a") as out:
-        process = subprocess.Popen(
-            [BIN / "dagster-daemon", "run", "-w", str(locations.PROJECT_ROOT / "workspace.yaml")],
-            env=env,
-            cwd=locations.PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def instance_of(env: dict) -> dg.DagsterInstance:

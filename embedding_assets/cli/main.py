@@ -103,6 +103,35 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _report_gate_run(run, args, ok=run.promoted, headline=headline)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import backfill
+
+    report = backfill(args.version, launch=args.launch)
+    if args.json:
+        _print_json(report.to_json())
+        return 0 if report.ok and report.build.gates_passed else 1
+    for shard in report.shards:
+        mark = CHECK if shard["success"] else CROSS
+        print(
+            f"  {mark} shard {shard['shard']:<8} {shard['shard_documents'] or 0:>7} documents, "
+            f"{shard['chunks_staged'] or 0:>7} chunks staged, {shard['chunks_embedded'] or 0:>7} encoded "
+            f"({shard['seconds'] or 0:.1f}s, run {shard['run_id'][:8]})"
+        )
+    if report.build is None:
+        for error in report.errors:
+            print(f"  {CROSS} {error}")
+        print(f"{CROSS} {args.version}: the sharded backfill stopped before its build; serving is untouched")
+        return 1
+    ok = report.build.gates_passed
+    return _report_gate_run(
+        report.build,
+        args,
+        ok=ok,
+        headline=f"{args.version} built from {len(report.shards)} shards in {report.seconds:.1f}s beside "
+        f"serving; gates {'passed' if ok else 'BLOCK'}:",
+    )
+
+
 def cmd_checks(args: argparse.Namespace) -> int:
     from embedding_assets.cli.runner import run_gates
 
@@ -344,6 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="", help="why the thresholds are overridden (kept in the history)")
     _add_run_flags(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "backfill",
+        help="build a version by corpus shards (EMBEDDING_ASSETS_CORPUS_SHARDS) side by side, then fold "
+        "them in and gate the whole version; serving untouched",
+    )
+    p.add_argument("--version", required=True)
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("checks", help="re-run the gates on a version's index as it is now, no promotion")
     p.add_argument("--version", required=True)

@@ -8,11 +8,14 @@ coordinator, concurrency limits, run launcher and retries apply, and followed he
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,29 @@ import dagster as dg
 
 from embedding_assets import locations
 from embedding_assets.defs.assets.serving import ROLLBACK_KEYS, serving_index
-from embedding_assets.defs.jobs import BUILD_INDEX_JOB, CHECK_JOB, MIGRATE_JOB, PROMOTE_JOB, ROLLBACK_JOB
-from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.jobs import (
+    BACKFILL_SHARDS_JOB,
+    BUILD_INDEX_JOB,
+    CHECK_JOB,
+    MIGRATE_JOB,
+    PREPARE_SHARDS_JOB,
+    PROMOTE_JOB,
+    ROLLBACK_JOB,
+)
+from embedding_assets.defs.partitions import model_versions, shard_partition, shards_of
 from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
 from embedding_assets.defs.run_results import GateRun, RunOutcome, gate_run, materialization_metadata
-from embedding_assets.defs.tags import BUILD, CLI_DRIVEN, LAUNCHED_BY, MIGRATION, PARTITION, REFRESH, run_tags
+from embedding_assets.defs.tags import (
+    BUILD,
+    CLI_DRIVEN,
+    LAUNCHED_BY,
+    MIGRATION,
+    PARTITION,
+    PARTITION_DIMENSION,
+    REFRESH,
+    SHARDS,
+    run_tags,
+)
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
 
@@ -76,10 +97,12 @@ def run_job(
     ops_config: dict | None = None,
     raise_on_error: bool = True,
     tags: dict[str, str] | None = None,
+    partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Execute `job_name` for one model-version partition (or none); raises on failure unless told not to.
 
-    `defs` defaults to the project's Definitions (resources from the environment); tests pass their own.
+    `partition_key` names another partition of that version (a version × shard one); `defs` defaults
+    to the project's Definitions (resources from the environment); tests pass their own.
     """
     defs = defs or project_definitions()
     instance = instance or dagster_instance()
@@ -88,7 +111,7 @@ def run_job(
         instance=instance,
         run_config=_run_config(ops_config),
         raise_on_error=raise_on_error,
-        partition_key=version_id,
+        partition_key=partition_key or version_id,
         tags=tags,
     )
 
@@ -119,25 +142,29 @@ def _require_daemon(instance: dg.DagsterInstance) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def launch_job(
+def submit_job(
     job_name: str,
     version_id: str | None,
     *,
     ops_config: dict | None = None,
     tags: dict[str, str] | None = None,
     instance: dg.DagsterInstance | None = None,
-) -> RunOutcome:
-    """Submit `job_name` for one partition (or none) to the instance's queue and follow it to its end.
+    partition: dg.MultiPartitionKey | None = None,
+) -> str:
+    """Submit `job_name` for one partition (or none) to the instance's queue; its run id.
 
     The run is submitted by `dagster job launch` on the project's workspace, so the deployment's run
-    coordinator, tag concurrency limits, pools, run launcher and retries all apply. Status changes go to
-    stderr; a retried run is followed to its last retry."""
+    coordinator, tag concurrency limits, pools, run launcher and retries all apply. `partition` names a
+    version × shard partition of `version_id`."""
     instance = instance or dagster_instance()
     _require_daemon(instance)
     _known_partition(instance, version_id, project_definitions())
     run_id = str(uuid.uuid4())
     all_tags = {**(tags or {}), LAUNCHED_BY: "cli"}
-    if version_id is not None:
+    if partition is not None:
+        all_tags[PARTITION] = str(partition)
+        all_tags.update({PARTITION_DIMENSION + d: k for d, k in partition.keys_by_dimension.items()})
+    elif version_id is not None:
         all_tags[PARTITION] = version_id
     command = [
         str(Path(sys.executable).parent / "dagster"),
@@ -157,6 +184,21 @@ def launch_job(
     submitted = subprocess.run(command, cwd=locations.PROJECT_ROOT, capture_output=True, text=True)
     if submitted.returncode != 0:
         raise RuntimeError(f"dagster job launch {job_name} failed: {submitted.stderr.strip()[-2000:]}")
+    return run_id
+
+
+def launch_job(
+    job_name: str,
+    version_id: str | None,
+    *,
+    ops_config: dict | None = None,
+    tags: dict[str, str] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> RunOutcome:
+    """Submit `job_name` for one partition (or none) to the instance's queue (`submit_job`) and follow
+    it to its end: status changes go to stderr; a retried run is followed to its last retry."""
+    instance = instance or dagster_instance()
+    run_id = submit_job(job_name, version_id, ops_config=ops_config, tags=tags, instance=instance)
     return follow_run(instance, run_id)
 
 
@@ -314,3 +356,120 @@ def refresh(**job: Any) -> RefreshReport:
     return refresh_live_versions(
         launch, wired.lancedb, wired.model_registry, wired.serving, wired.corpus_source
     )
+
+
+@dataclass
+class BackfillReport:
+    """A sharded backfill: each shard's run and what it staged, then the build that folded them in and
+    the gates that judged the whole version."""
+
+    version: str
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    build: GateRun | None = None
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.build is not None and not self.build.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+            "shards": self.shards,
+            "build": self.build.to_json() if self.build else None,
+            "errors": self.errors + (self.build.errors if self.build else []),
+        }
+
+
+SHARD_REPORT_KEYS = ("shard_documents", "documents_chunked", "chunks_staged", "chunks_embedded", "seconds")
+
+
+def shard_keys_of(defs: dg.Definitions | None = None) -> list[str]:
+    """The corpus shard keys of the deployment (`EMBEDDING_ASSETS_CORPUS_SHARDS`)."""
+    return shards_of((defs or project_definitions()).resolve_job_def(BACKFILL_SHARDS_JOB).partitions_def)
+
+
+def backfill(version_id: str, *, launch: bool = False, **job: Any) -> BackfillReport:
+    """Build `version_id` by corpus shards: sync the corpus and verify the weights once, stage every
+    shard in a run of its own (side by side through the instance's queue with `launch`, or in worker
+    processes of this machine), then build the version, folding the shards in, and gate the whole.
+    Serving does not move: promote it after, if its gates passed."""
+    from embedding_assets.defs.assets.shards import SHARD_VECTORS
+
+    started = time.perf_counter()
+    report = BackfillReport(version_id)
+    keys = shard_keys_of(job.get("defs"))
+    tags = {**run_tags("cli", version_id), CLI_DRIVEN: "1"}
+    prepared = execute(PREPARE_SHARDS_JOB, version_id, launch=launch, tags=tags, **job)
+    if not prepared.success:
+        report.errors = [f"{PREPARE_SHARDS_JOB}: {e}" for e in prepared.errors()]
+        return report
+    partitions = [shard_partition(version_id, key) for key in keys]
+    for partition, outcome in zip(
+        partitions, _stage_shards(version_id, partitions, tags, launch, job), strict=True
+    ):
+        staged = materialization_metadata(outcome, SHARD_VECTORS) if outcome.success else {}
+        report.shards.append(
+            {
+                "shard": partition.keys_by_dimension["shard"],
+                "run_id": outcome.run_id,
+                "success": outcome.success,
+                **{k: staged.get(k) for k in SHARD_REPORT_KEYS},
+            }
+        )
+        report.errors += [f"shard {partition}: {e}" for e in outcome.errors()]
+    if not report.errors:
+        build_tags = {**run_tags("cli", version_id), SHARDS: str(len(keys))}
+        report.build = _build_and_gate(BUILD_INDEX_JOB, version_id, None, build_tags, launch=launch, **job)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _stage_shards(
+    version_id: str, partitions: list[dg.MultiPartitionKey], tags: dict[str, str], launch: bool, job: dict
+) -> list[RunOutcome]:
+    """Run every shard: submitted together to the queue, or in worker processes of this machine (one
+    after another in this process when the caller passed its own Definitions or instance, as tests do)."""
+    instance = job.get("instance") or dagster_instance()
+    if launch:
+        run_ids = [
+            submit_job(BACKFILL_SHARDS_JOB, version_id, tags=tags, instance=instance, partition=p)
+            for p in partitions
+        ]
+        return [follow_run(instance, run_id) for run_id in run_ids]
+    if job.get("defs") is not None or job.get("instance") is not None:
+        return [
+            RunOutcome.of_result(
+                run_job(
+                    BACKFILL_SHARDS_JOB,
+                    version_id,
+                    raise_on_error=False,
+                    tags=tags,
+                    partition_key=str(p),
+                    **job,
+                )
+            )
+            for p in partitions
+        ]
+    workers = min(len(partitions), os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        run_ids = list(
+            pool.map(
+                _stage_shard_here,
+                [version_id] * len(partitions),
+                map(str, partitions),
+                [tags] * len(partitions),
+            )
+        )
+    return [RunOutcome.of_run(instance, run_id) for run_id in run_ids]
+
+
+def _stage_shard_here(version_id: str, partition: str, tags: dict[str, str]) -> str:
+    """One shard's run in this (worker) process, on the instance in DAGSTER_HOME; its run id."""
+    result = run_job(
+        BACKFILL_SHARDS_JOB, version_id, raise_on_error=False, tags=tags, partition_key=partition
+    )
+    return result.run_id

@@ -21,6 +21,8 @@ CORPUS_JOB = "sync_corpus"
 REFRESH_VERSION_JOB = "refresh_version"
 REFRESH_SERVED_JOB = "refresh_served"
 SERVED_FRESHNESS_JOB = "check_served_freshness"
+PREPARE_SHARDS_JOB = "prepare_shards"
+BACKFILL_SHARDS_JOB = "backfill_shards"
 
 VERSION_ASSETS = dg.AssetSelection.assets(model_weights, chunks, embeddings, index)
 BUILD_ASSETS = dg.AssetSelection.assets(corpus) | VERSION_ASSETS
@@ -110,6 +112,30 @@ served_freshness_job = dg.define_asset_job(
     description="How far the served table lags the corpus.",
 )
 
+prepare_shards_job = dg.define_asset_job(
+    PREPARE_SHARDS_JOB,
+    selection=dg.AssetSelection.assets(corpus, model_weights),
+    partitions_def=model_versions,
+    tags=LAUNCHPAD,
+    description="Sync the corpus and verify (or build) one version's weights: what every shard of a "
+    "sharded backfill reads, done once before the shards fan out.",
+)
+
+
+def build_backfill_shards_job(shard_vectors: dg.AssetsDefinition) -> dg.JobDefinition:
+    """The job that stages one corpus shard of one version (a version × shard partition)."""
+    return dg.define_asset_job(
+        BACKFILL_SHARDS_JOB,
+        selection=dg.AssetSelection.assets(shard_vectors),
+        partitions_def=shard_vectors.partitions_def,
+        tags=LAUNCHPAD,
+        description="Cut and encode one corpus shard of one model version into staging tables of its "
+        "own. Backfill every shard of a version (after prepare_shards) and the runs fan out through the "
+        "queue; when the last succeeds, shards_landed_sensor requests build_index, which folds them in, "
+        "and its gates judge the whole version.",
+    )
+
+
 JOBS = [
     build_index_job,
     promote_job,
@@ -120,4 +146,5 @@ JOBS = [
     refresh_version_job,
     refresh_served_job,
     served_freshness_job,
+    prepare_shards_job,
 ]

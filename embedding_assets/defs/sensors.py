@@ -13,6 +13,7 @@ from embedding_assets.corpus.sync import read_manifest
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.serving import serving_index
+from embedding_assets.defs.assets.shards import SHARD_VECTORS
 from embedding_assets.defs.jobs import (
     CHECK_JOB,
     CORPUS_JOB,
@@ -23,7 +24,7 @@ from embedding_assets.defs.jobs import (
     promote_job,
     refresh_served_job,
 )
-from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.partitions import VERSION_DIMENSION, model_versions, shard_partition, shards_of
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -266,6 +267,67 @@ def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
     if not migration:
         return dg.SkipReason(f"run {run.run_id[:8]} re-checked a version; it is no migration's gates run")
     return _next_step(run, "promote", "migration", {tags.MIGRATION: migration})
+
+
+def shards_landed(
+    instance: dg.DagsterInstance, version_id: str, shard_keys: list[str], corpus_version: int
+) -> list[str]:
+    """The shards of `version_id` not yet staged from documents table version `corpus_version` (their
+    latest shard_vectors materialization is missing or read another one)."""
+    waiting = []
+    for key in shard_keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=SHARD_VECTORS, asset_partitions=[str(shard_partition(version_id, key))]
+            ),
+            limit=1,
+        ).records
+        read = records[0].asset_materialization.metadata.get(md.CORPUS_TABLE_VERSION) if records else None
+        if read is None or int(read.value) != corpus_version:
+            waiting.append(key)
+    return waiting
+
+
+def build_shards_landed_sensor(backfill_job) -> dg.SensorDefinition:
+    """The sensor that builds a version once every shard of its backfill has landed."""
+    shard_keys = shards_of(backfill_job.partitions_def)
+
+    @dg.run_status_sensor(
+        name="shards_landed_sensor",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[backfill_job],
+        request_job=build_index_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="When the last shard of a version's sharded backfill succeeded (every shard staged "
+        "from the current documents table), requests the build_index run that folds them into the "
+        "version's tables in one commit each; its gates then judge the whole version.",
+    )
+    def shards_landed_sensor(context: dg.RunStatusSensorContext, lancedb: LanceDBResource):
+        run = context.dagster_run
+        version = run.tags.get(tags.PARTITION_DIMENSION + VERSION_DIMENSION)
+        if run.tags.get(tags.CLI_DRIVEN) or not version:
+            return dg.SkipReason(f"run {run.run_id[:8]} names no version, or its CLI builds it itself")
+        in_flight = context.instance.get_runs(
+            filters=dg.RunsFilter(
+                job_name=backfill_job.name,
+                tags={tags.PARTITION_DIMENSION + VERSION_DIMENSION: version},
+                statuses=IN_FLIGHT,
+            ),
+            limit=1,
+        )
+        if in_flight:
+            return dg.SkipReason(f"shards of {version} are still queued or running")
+        corpus_version = lancedb.connect().open_table(tables.DOCUMENTS_TABLE).version
+        waiting = shards_landed(context.instance, version, shard_keys, corpus_version)
+        if waiting:
+            return dg.SkipReason(f"{version}: shards {waiting} have not staged documents v{corpus_version}")
+        return dg.RunRequest(
+            run_key=f"shards-landed-{version}-{corpus_version}",
+            partition_key=version,
+            tags={**tags.run_tags("shards", version), tags.SHARDS: str(len(shard_keys))},
+        )
+
+    return shards_landed_sensor
 
 
 SENSORS = [

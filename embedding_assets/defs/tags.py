@@ -4,6 +4,7 @@ The UI's runs list filters on them; sensors and the CLI read them back. Each key
 from __future__ import annotations
 
 PARTITION = "dagster/partition"  # Dagster's own: the model version a partitioned run works on
+PARTITION_DIMENSION = "dagster/partition/"  # Dagster's own, + a dimension name: a multi-partition's key
 TRIGGER = "embedding_assets/trigger"  # schedule, folder, postgres, cli, launchpad, ...
 VERSION = "embedding_assets/version"
 REASON = "embedding_assets/reason"  # why thresholds were overridden
@@ -17,6 +18,7 @@ BATCH = "embedding_assets/refresh_batch"  # the sync_corpus run a version run be
 BATCH_VERSIONS = "embedding_assets/refresh_versions"  # every live version the batch refreshes
 ROLE = "embedding_assets/role"  # served, previous or candidate
 CDC_END_LSN = "embedding_assets/cdc_end_lsn"  # the change-capture position the batch's corpus sync read
+SHARDS = "embedding_assets/shards"  # on a build that folds a sharded backfill in: how many shards
 CLI_DRIVEN = "embedding_assets/cli_driven"  # the CLI runs the next steps itself: no sensor follows up
 
 LAUNCHPAD = {TRIGGER: "launchpad"}  # job default; a sensor, schedule or the CLI sets its own

@@ -8,7 +8,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.index import store, tables
+from embedding_assets.index import staging, store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.models.registry import ModelVersion
 
@@ -21,19 +21,20 @@ class ChunkSync:
     chunks_total: int
     max_tokens_seen: int
     table_version: int
+    chunks_from_shards: int = 0  # of chunks_written: cut by corpus shards, folded in from staging
 
 
 def chunk_id(doc_id: str, ordinal: int) -> str:
     return f"{doc_id}#{ordinal}"
 
 
-def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunker) -> ChunkSync:
-    """Bring `chunks__<version>` in line with the documents table; writes before it deletes."""
-    config_hash = version.pipeline_config_hash()
-    name = tables.chunks_table(version.id)
-    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
-    existing = store.read_columns(db, name, ["chunk_id", "doc_id", "doc_checksum", "pipeline_config_hash"])
-    chunked_as = {
+CHUNKED_AS = ["doc_id", "doc_checksum", "pipeline_config_hash"]  # what a chunk was cut from, and how
+
+
+def chunked_as(existing: pa.Table, config_hash: str) -> set[tuple[str, str]]:
+    """(doc_id, doc_checksum) of every document `existing` (CHUNKED_AS columns) holds chunks of, cut
+    with `config_hash`."""
+    return {
         (d, c)
         for d, c, h in zip(
             *(existing[k].to_pylist() for k in ("doc_id", "doc_checksum", "pipeline_config_hash")),
@@ -41,13 +42,30 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
         )
         if h == config_hash
     }
-    stale_docs = [
-        d
-        for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
-        if (d, c) not in chunked_as
-    ]
 
-    rows = _chunk_rows(db, stale_docs, chunker, config_hash)
+
+def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunker) -> ChunkSync:
+    """Bring `chunks__<version>` in line with the documents table; writes before it deletes.
+
+    Documents that corpus shards already cut (`shard_vectors`) are taken from their staging tables, if
+    staged from the same checksum and config; the rest are chunked here."""
+    config_hash = version.pipeline_config_hash()
+    name = tables.chunks_table(version.id)
+    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
+    existing = store.read_columns(db, name, ["chunk_id", *CHUNKED_AS])
+    current = chunked_as(existing, config_hash)
+    stale = [
+        (d, c)
+        for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
+        if (d, c) not in current
+    ]
+    stale_docs = [d for d, _ in stale]
+
+    staged = staging.staged_chunks(db, version.id, set(stale), config_hash)
+    from_shards = set(staged["doc_id"].to_pylist())
+    rows = pa.concat_tables(
+        [staged, chunk_documents(db, [d for d in stale_docs if d not in from_shards], chunker, config_hash)]
+    )
     table = store.open_table(db, name, store.CHUNKS_SCHEMA)
     written = store.upsert(
         table,
@@ -67,6 +85,7 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
         if d not in live_docs or (d in rechunked and cid not in live)
     ]
     deleted = store.delete_keys(table, "chunk_id", obsolete)
+    staging.drop_staged(db, version.id, staging.CHUNKS)  # folded in, or stale: written, so never needed
     tokens = rows["token_count"]
     return ChunkSync(
         documents_chunked=len(stale_docs),
@@ -75,10 +94,14 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
         chunks_total=table.count_rows(),
         max_tokens_seen=int(pc.max(tokens).as_py() or 0) if rows.num_rows else 0,
         table_version=table.version,
+        chunks_from_shards=staged.num_rows,
     )
 
 
-def _chunk_rows(db: lancedb.DBConnection, doc_ids: list[str], chunker: Chunker, config_hash: str) -> pa.Table:
+def chunk_documents(
+    db: lancedb.DBConnection, doc_ids: list[str], chunker: Chunker, config_hash: str
+) -> pa.Table:
+    """Chunk rows (CHUNKS_SCHEMA) of the documents `doc_ids`, read from the documents table."""
     records = []
     for start in range(0, len(doc_ids), store.IN_LIST_BATCH):
         batch = doc_ids[start : start + store.IN_LIST_BATCH]

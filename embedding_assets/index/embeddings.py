@@ -11,7 +11,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.index import store, tables
+from embedding_assets.index import staging, store, tables
 from embedding_assets.models.embedders import Embedder
 
 CACHE_WRITE_BATCH = 2048
@@ -26,6 +26,7 @@ class EmbedSync:
     cached_total: int
     seconds_encoding: float
     table_version: int
+    from_shards: int = 0  # hashes whose vectors corpus shards staged, folded in instead of encoded
 
     @property
     def chunks_per_second(self) -> float:
@@ -41,18 +42,56 @@ def sync_embeddings(
 ) -> EmbedSync:
     """Encode every chunk hash of the version that its encoder has not seen; each text once.
 
-    `progress` draws a terminal bar; `log` (a run's logger) gets a line at about every tenth of the work.
+    Vectors that corpus shards staged (`shard_vectors`) with the same model fingerprint are folded in
+    instead of encoded. `progress` draws a terminal bar; `log` (a run's logger) gets a line at about
+    every tenth of the work.
     """
     version = embedder.version
     chunks = store.read_columns(db, tables.chunks_table(version.id), ["chunk_hash", "text"])
     name = tables.cache_table(version.encoder_key())
-    cached = set(store.read_columns(db, name, ["chunk_hash"])["chunk_hash"].to_pylist())
+    todo = unseen_texts(chunks, cached_hashes(db, name))
+    table = store.open_table(db, name, store.cache_schema(version.dimension))
+    folded = staging.fold_staged_vectors(db, version.id, table, todo, embedder.fingerprint)
+    encoded = {h: t for h, t in todo.items() if h not in folded}
+    seconds = encode_into(table, encoded, embedder, progress=progress, log=log)
+    staging.drop_staged(db, version.id, staging.VECTORS)  # folded in: the cache holds them now
+    unique = len(set(chunks["chunk_hash"].to_pylist()))
+    return EmbedSync(
+        chunks=chunks.num_rows,
+        encoded=len(encoded),
+        reused=unique - len(todo),
+        cached_total=table.count_rows(),
+        seconds_encoding=seconds,
+        table_version=table.version,
+        from_shards=len(folded),
+    )
+
+
+def cached_hashes(db: lancedb.DBConnection, name: str) -> set[str]:
+    """Every chunk hash the cache (or staging) table `name` holds a vector for."""
+    return set(store.read_columns(db, name, ["chunk_hash"])["chunk_hash"].to_pylist())
+
+
+def unseen_texts(chunks: pa.Table, seen: set[str]) -> dict[str, str]:
+    """chunk_hash -> text of every chunk (chunk_hash, text columns) whose hash is not in `seen`."""
     todo: dict[str, str] = {}
     for h, text in zip(chunks["chunk_hash"].to_pylist(), chunks["text"].to_pylist(), strict=True):
-        if h not in cached:
+        if h not in seen:
             todo.setdefault(h, text)
+    return todo
 
-    table = store.open_table(db, name, store.cache_schema(version.dimension))
+
+def encode_into(
+    table: lancedb.table.Table,
+    todo: dict[str, str],
+    embedder: Embedder,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> float:
+    """Encode the texts of `todo` (chunk_hash -> text) and upsert them into `table` (cache schema), one
+    commit per CACHE_WRITE_BATCH, so an interrupted run keeps what it finished; the seconds it took."""
+    version = embedder.version
     hashes = list(todo)
     started = time.perf_counter()
     report = _progress_log(log, len(hashes), version.id, started)
@@ -65,16 +104,7 @@ def sync_embeddings(
         store.upsert(
             table, _cache_rows(batch, vectors, embedder.fingerprint, version.dimension), "chunk_hash"
         )
-    seconds = time.perf_counter() - started
-    unique = len(set(chunks["chunk_hash"].to_pylist()))
-    return EmbedSync(
-        chunks=chunks.num_rows,
-        encoded=len(hashes),
-        reused=unique - len(hashes),
-        cached_total=table.count_rows(),
-        seconds_encoding=seconds,
-        table_version=table.version,
-    )
+    return time.perf_counter() - started
 
 
 def _progress_log(

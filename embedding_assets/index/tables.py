@@ -8,6 +8,7 @@ CHUNKS_TABLE_PREFIX = "chunks__"
 INDEX_TABLE_PREFIX = "index__"
 CACHE_TABLE_PREFIX = "embedding_cache__"
 SENTINELS_TABLE_PREFIX = "sentinels__"
+STAGING_TABLE_PREFIX = "staging__"  # what one corpus shard staged for its version's stages to fold in
 
 
 def chunks_table(version: str) -> str:
@@ -24,3 +25,12 @@ def cache_table(encoder_key: str) -> str:
 
 def sentinels_table(version: str) -> str:
     return f"{SENTINELS_TABLE_PREFIX}{version}"
+
+
+def staging_prefix(version: str, kind: str) -> str:
+    """The common prefix of every shard's staged `kind` ("chunks" or "vectors") table of `version`."""
+    return f"{STAGING_TABLE_PREFIX}{kind}__{version}__"
+
+
+def staging_table(version: str, kind: str, shard_key: str) -> str:
+    return f"{staging_prefix(version, kind)}{shard_key}"

@@ -14,10 +14,13 @@ from embedding_assets.models.embedders import embedder_for
 def embeddings(
     context: dg.AssetExecutionContext, lancedb: LanceDBResource, model_registry: ModelRegistryResource
 ) -> dg.MaterializeResult:
-    """Vectors keyed by (model encoder, chunk_hash): a text is encoded once per model, ever."""
+    """Vectors keyed by (model encoder, chunk_hash): a text is encoded once per model, ever; what a
+    sharded backfill (shard_vectors) already encoded is folded in."""
     version = model_registry.version(context.partition_key)
     sync = sync_embeddings(lancedb.connect(), embedder_for(version), log=context.log.info)
-    context.log.info(f"encoded {sync.encoded} chunks, reused {sync.reused} from the cache")
+    context.log.info(
+        f"encoded {sync.encoded} chunks, reused {sync.reused} from the cache, {sync.from_shards} from shards"
+    )
     return dg.MaterializeResult(
         metadata={
             md.MODEL_VERSION: version.id,
@@ -25,6 +28,7 @@ def embeddings(
             "chunks": sync.chunks,
             md.CHUNKS_EMBEDDED: sync.encoded,
             "chunks_reused": sync.reused,
+            "vectors_from_shards": sync.from_shards,
             "cache_rows": sync.cached_total,
             "encode_seconds": round(sync.seconds_encoding, 2),
             "chunks_per_second": round(sync.chunks_per_second, 1),
