@@ -162,3 +162,28 @@ def test_refresh_reports_the_documented_shape(cli, capsys):
     assert keys | {"rows_upserted", "rows_deleted", "seconds", "versions"} <= set(report)
     assert report["chunks_embedded"] == report["rows_upserted"] == 0  # nothing changed since the build
     assert report["versions"][0]["id"] == MINILM and report["versions"][0]["role"] == "served"
+
+
+@pytest.mark.parametrize(
+    ("argv", "function"),
+    [
+        (["checks", "--version", MINILM], "run_gates"),
+        (["migrate", "--to", MINILM], "migrate"),
+        (["backfill", "--version", MINILM], "backfill"),
+    ],
+)
+def test_launch_reaches_the_runner(argv, function, monkeypatch, capsys):
+    """`--launch` is handed to the runner (which the daemon tests run on a real queue)."""
+    from embedding_assets.cli import runner
+    from embedding_assets.defs.run_results import GateRun
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        gated = GateRun(MINILM, promoted=False, served_version=None)
+        return runner.BackfillReport(MINILM, build=gated) if function == "backfill" else gated
+
+    monkeypatch.setattr(runner, function, record)
+    main([*argv, "--launch", "--json"])
+    assert seen["launch"] is True and json.loads(capsys.readouterr().out)

@@ -25,7 +25,7 @@ from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GATES
 from embedding_assets.defs.dagster_private import latest_check_evaluations
-from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, PROMOTE_JOB, REFRESH_SERVED_JOB
+from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, MIGRATE_JOB, PROMOTE_JOB, REFRESH_SERVED_JOB
 from embedding_assets.models.registry import DEFAULT_VERSION
 
 pytestmark = pytest.mark.slow
@@ -184,32 +184,28 @@ def _windows(instance: dg.DagsterInstance, run_ids: list[str], step: str | None 
 
 def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production):
     """`--launch` submits to the instance's queue and exits with the run's outcome and the usual JSON (a
-    migration promotes in a run of its own; a rollback with nothing to go back to fails plainly). Two
-    refreshes launched together: the version table takes one writer at a time (the partition's tag limit),
-    the documents table one corpus sync at a time (its pool); afterwards every count reconciles."""
+    migration builds, gates and promotes in three queued runs; a rollback with nothing to go back to
+    fails plainly). Two refreshes launched together: the version table takes one writer at a time (the
+    partition's tag limit), the documents table one corpus sync at a time (its pool); afterwards every
+    count reconciles. (`checks --launch` runs the same launched check_index run as the migration's gates.)"""
     env, log = production["env"], production["root"] / "daemon.log"
     instance = instance_of(env)
     with daemon(env, log):
-        checked = _cli(env, "checks", "--version", DEFAULT_VERSION, "--launch", "--json")
-        out, err = checked.communicate(timeout=WAIT_SECONDS)
-        assert checked.returncode == 0, err[-3000:]
-        gates = json.loads(out)
-        assert {c["name"] for c in gates["checks"]} == set(GATES) and all(
-            c["passed"] for c in gates["checks"]
-        )
-        run = instance.get_run_by_id(gates["run_id"])
-        assert run.status == dg.DagsterRunStatus.SUCCESS and run.job_name == CHECK_JOB
-        assert run.tags[tags.TRIGGER] == "cli" and run.tags[tags.VERSION] == DEFAULT_VERSION
-        assert run.tags[tags.PARTITION] == DEFAULT_VERSION and "success" in err.lower()
-        assert instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)  # through the queue
-
         migrated = _cli(env, "migrate", "--to", DEFAULT_VERSION, "--launch", "--json")
         out, err = migrated.communicate(timeout=WAIT_SECONDS)
         assert migrated.returncode == 0, err[-3000:]
         migration = json.loads(out)  # already served at this table version: the promotion re-affirms it
         assert migration["promoted"] and migration["served_version"] == DEFAULT_VERSION
-        promotion = instance.get_run_by_id(migration["promote_run_id"])
-        assert promotion.job_name == PROMOTE_JOB and promotion.tags[tags.MIGRATION] == migration["run_id"]
+        assert {c["name"] for c in migration["checks"]} == set(GATES)
+        assert all(c["passed"] for c in migration["checks"])
+        # Build, gates and promotion each went through the queue, tagged with what started them.
+        runs = [instance.get_run_by_id(migration[k]) for k in ("run_id", "gates_run_id", "promote_run_id")]
+        assert [r.job_name for r in runs] == [MIGRATE_JOB, CHECK_JOB, PROMOTE_JOB]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert all(r.tags[tags.TRIGGER] == "cli" and r.tags[tags.VERSION] == DEFAULT_VERSION for r in runs)
+        assert all(r.tags[tags.PARTITION] == DEFAULT_VERSION for r in runs) and "success" in err.lower()
+        assert all(instance.all_logs(r.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED) for r in runs)
+        assert runs[2].tags[tags.MIGRATION] == migration["run_id"]
         rollback = _cli(env, "rollback", "--launch", "--json")
         _, err = rollback.communicate(timeout=WAIT_SECONDS)
         assert (
@@ -223,7 +219,7 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
             assert process.returncode == 0, err[-3000:]
             reports.append(json.loads(out))
     assert all(r["versions"][0]["gates_passed"] for r in reports), json.dumps(reports)[:4000]
-    since = instance.get_run_record_by_id(gates["run_id"]).create_timestamp
+    since = instance.get_run_record_by_id(migration["run_id"]).create_timestamp
     served = [
         r.run_id
         for r in instance.get_runs(filters=dg.RunsFilter(job_name=REFRESH_SERVED_JOB, created_after=since))

@@ -89,6 +89,59 @@ def _deployment(root: Path, corpus: Path, shards: int) -> dict:
     }
 
 
+def _phases(env: dict) -> dict[str, dict]:
+    """Per job of the deployment's instance: its runs, from the first start to the last end, and the
+    seconds they ran summed."""
+    import dagster as dg
+
+    saved = dict(os.environ)
+    os.environ.update(env)  # the instance config reads DAGSTER_PG_* from the environment
+    try:
+        instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+        records = instance.get_run_records()
+        steps = {r.dagster_run.run_id: _step_seconds(instance, r.dagster_run.run_id) for r in records}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    phases: dict[str, dict] = {}
+    for record in records:
+        if record.start_time is None or record.end_time is None:
+            continue
+        phase = phases.setdefault(
+            record.dagster_run.job_name,
+            {"runs": 0, "start": record.start_time, "end": record.end_time, "busy": 0.0, "steps": {}},
+        )
+        phase["runs"] += 1
+        phase["start"] = min(phase["start"], record.start_time)
+        phase["end"] = max(phase["end"], record.end_time)
+        phase["busy"] += record.end_time - record.start_time
+        for step, seconds in steps[record.dagster_run.run_id].items():
+            phase["steps"][step] = round(phase["steps"].get(step, 0.0) + seconds, 1)
+    return {
+        job: {
+            "runs": p["runs"],
+            "span_seconds": round(p["end"] - p["start"], 1),
+            "run_seconds": round(p["busy"], 1),
+            "step_seconds": p["steps"],
+        }
+        for job, p in phases.items()
+    }
+
+
+def _step_seconds(instance, run_id: str) -> dict[str, float]:
+    """Seconds from each step's start to its end (success or failure) in one run."""
+    starts, seconds = {}, {}
+    for event in instance.all_logs(run_id):
+        if not event.is_dagster_event or event.step_key is None:
+            continue
+        kind = event.dagster_event.event_type_value
+        if kind == "STEP_START":
+            starts[event.step_key] = event.timestamp
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in starts:
+            seconds[event.step_key] = event.timestamp - starts[event.step_key]
+    return seconds
+
+
 def _outcome(env: dict, command: list[str], label: str, shards: int) -> dict:
     """Run one backfill or build command; wall time, what it reports, and the index it left."""
     started = time.perf_counter()
@@ -122,6 +175,7 @@ def _outcome(env: dict, command: list[str], label: str, shards: int) -> dict:
         "reconciliation": {k: v for k, v in count.get("metadata", {}).items() if isinstance(v, int | float)},
         "gates": {name: c["passed"] for name, c in checks.items()},
         "shard_runs": shard_rows,
+        "phases": _phases(env),
     }
 
 
@@ -215,6 +269,38 @@ def markdown(report: dict) -> str:
             f"| {r['documents']:,} | {r['chunks']:,} | {r['rows']:,} | {r['distinct_chunk_ids']:,} "
             f"| {'passed' if r['reconciliation_passed'] else 'FAILED'} |"
         )
+    jobs = ["prepare_shards", "backfill_shards", "build_index", "check_index"]
+    lines += [
+        "",
+        "Where the time went: each job's runs from the first start to the last end (and how many runs), "
+        "and what is left of the wall time: starting processes, loading the code location, the queue.",
+        "",
+        "| configuration | " + " | ".join(f"{j} (s)" for j in jobs) + " | outside runs (s) "
+        "| shard stage vs 1 shard |",
+        "|---|" + "---|" * (len(jobs) + 2),
+    ]
+    one_stage = one["phases"].get("backfill_shards", {}).get("span_seconds")
+    for r in rows:
+        spans = [r["phases"].get(j) for j in jobs]
+        cells = [f"{p['span_seconds']} ({p['runs']})" if p else "-" for p in spans]
+        inside = sum(p["span_seconds"] for p in spans if p)
+        stage = r["phases"].get("backfill_shards", {}).get("span_seconds")
+        ratio = f"{one_stage / stage:.2f}x" if stage and one_stage else "-"
+        lines.append(
+            f"| {r['label']} | " + " | ".join(cells) + f" | {r['wall_seconds'] - inside:.1f} | {ratio} |"
+        )
+    steps = ["corpus", "chunks", "embeddings", "index"]
+    lines += [
+        "",
+        "Inside `build_index`: after shards, `chunks` and `embeddings` fold the staged rows in instead of "
+        "cutting and encoding.",
+        "",
+        "| configuration | " + " | ".join(f"{s} (s)" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for r in rows:
+        seconds = r["phases"].get("build_index", {}).get("step_seconds", {})
+        lines.append(f"| {r['label']} | " + " | ".join(str(seconds.get(s, "-")) for s in steps) + " |")
     lines += [
         "",
         "Wall time is the whole command, from a fresh data folder to gates done; a shard's time is its "

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.wiring import project_definitions, wiring
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-POLL_SECONDS = 2.0
+POLL_SECONDS = 1.0
 DAEMON_HEARTBEAT_SECONDS = 120  # a queued run needs a daemon that beat this recently
 RETRY_WAIT_SECONDS = 30  # how long a failed run's retry may take to appear
 PARENT_RUN_ID = "dagster/parent_run_id"  # Dagster's tags on a retried run and on the run it retries
@@ -434,11 +434,16 @@ def _stage_shards(
     """Run every shard: submitted together to the queue, or in worker processes of this machine (one
     after another in this process when the caller passed its own Definitions or instance, as tests do)."""
     instance = job.get("instance") or dagster_instance()
-    if launch:
-        run_ids = [
-            submit_job(BACKFILL_SHARDS_JOB, version_id, tags=tags, instance=instance, partition=p)
-            for p in partitions
-        ]
+    if launch:  # submitted side by side: each `dagster job launch` loads the workspace for seconds
+        with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
+            run_ids = list(
+                pool.map(
+                    lambda p: submit_job(
+                        BACKFILL_SHARDS_JOB, version_id, tags=tags, instance=instance, partition=p
+                    ),
+                    partitions,
+                )
+            )
         return [follow_run(instance, run_id) for run_id in run_ids]
     if job.get("defs") is not None or job.get("instance") is not None:
         return [
