@@ -2,6 +2,7 @@ import dagster as dg
 import pytest
 
 from embedding_assets.definitions import build_definitions, build_resources, defs
+from embedding_assets.defs import tags
 from embedding_assets.defs.assets.chunks import chunks
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.embeddings import embeddings
@@ -13,7 +14,7 @@ from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
 from embedding_assets.defs.checks.gates import GATES
 from embedding_assets.defs.partitions import SHARD_DIMENSION, VERSION_DIMENSION, model_versions
 from embedding_assets.defs.resources import LanceDBResource, S3StorageResource
-from embedding_assets.defs.sensors import model_registry_sensor
+from embedding_assets.defs.sensors import _refresh_in_flight, model_registry_sensor
 from embedding_assets.wiring import initialized, wiring
 
 VERSION = {model_weights.key, chunks.key, embeddings.key, index.key}
@@ -155,3 +156,16 @@ def test_registry_sensor_adds_a_partition_per_registered_version():
     instance.add_dynamic_partitions(model_versions.name, list(request.partition_keys))
     again = model_registry_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert isinstance(again, dg.SkipReason)
+
+
+# A QUEUED run needs a code location origin to be stored; the daemon test covers the queue itself.
+@pytest.mark.parametrize("status", [s for s in dg.DagsterRunStatus if s != dg.DagsterRunStatus.QUEUED])
+def test_a_refresh_counts_as_in_flight_until_it_ends(status):
+    """A run the queue has just launched is STARTING while its worker imports the code: a sensor that
+    took it for idle requested a second corpus sync (seen once in the daemon test)."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_run(dg.DagsterRun(job_name="sync_corpus", status=status, tags={tags.REFRESH: "1"}))
+    with dg.build_sensor_context(instance=instance) as context:
+        busy = _refresh_in_flight(context)
+    ended = status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    assert busy == (not ended and status not in (dg.DagsterRunStatus.MANAGED, dg.DagsterRunStatus.SUSPENDED))

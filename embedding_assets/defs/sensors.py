@@ -36,7 +36,15 @@ from embedding_assets.index import tables
 from embedding_assets.quality.gates.outcome import markdown_table
 from embedding_assets.serving.live import live_versions
 
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED]
+# Every status short of an end: a run the queue has just launched is STARTING while its worker imports
+# the code, and a sensor that misses it requests the same work twice.
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 RETRY_AFTER = timedelta(minutes=5)  # a failed refresh is retried, but not on every tick
 
@@ -269,7 +277,7 @@ def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
     return _next_step(run, "promote", "migration", {tags.MIGRATION: migration})
 
 
-def shards_landed(
+def shards_waiting(
     instance: dg.DagsterInstance, version_id: str, shard_keys: list[str], corpus_version: int
 ) -> list[str]:
     """The shards of `version_id` not yet staged from documents table version `corpus_version` (their
@@ -318,7 +326,7 @@ def build_shards_landed_sensor(backfill_job) -> dg.SensorDefinition:
         if in_flight:
             return dg.SkipReason(f"shards of {version} are still queued or running")
         corpus_version = lancedb.connect().open_table(tables.DOCUMENTS_TABLE).version
-        waiting = shards_landed(context.instance, version, shard_keys, corpus_version)
+        waiting = shards_waiting(context.instance, version, shard_keys, corpus_version)
         if waiting:
             return dg.SkipReason(f"{version}: shards {waiting} have not staged documents v{corpus_version}")
         return dg.RunRequest(
