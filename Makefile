@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test dev lint lock clean ui-smoke bench-shards
+.PHONY: setup run test dev lint lock clean ui-smoke bench bench-quick bench-shards
 
 # uv itself, pinned, in a small venv of its own (uv sync manages .venv and would remove it from there).
 $(UV):
@@ -42,6 +42,14 @@ dev: setup
 ui-smoke: setup
 	test -f data/serving/pointer.json || $(BIN)/embedding-assets run
 	$(BIN)/python scripts/ui-smoke
+
+# The performance suite (not a test): ratios measured side by side in one run; writes docs/performance.md
+# and docs/performance.json (about 20 minutes on 2 cores). `bench-quick` runs a short one (under 5 minutes).
+bench: setup
+	$(BIN)/embedding-assets bench
+
+bench-quick: setup
+	$(BIN)/embedding-assets bench --quick
 
 # A sharded backfill of 50,000 synthetic documents (real text) with the static version, 1, 2 and 4 shards,
 # on the production instance (throwaway PostgreSQL, real daemon); writes docs/shards.md. Not a test.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedding_assets import metadata as md
-from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.models.registry import DEFAULT_VERSION, LOADER_NAMES
 
 if TYPE_CHECKING:
     from embedding_assets.cli.runner import GateRun
@@ -274,7 +274,10 @@ def cmd_pin(args: argparse.Namespace) -> int:
             args.id,
             args.loader,
             package=args.package,
+            subdir=args.subdir,
             artifact=args.artifact,
+            tokenizer_package=args.tokenizer_package,
+            tokenizer_subdir=args.tokenizer_subdir,
             max_tokens=args.max_tokens,
             force=args.force,
         )
@@ -294,6 +297,12 @@ def cmd_build_model(args: argparse.Namespace) -> int:
         f"artifact bytes {record['artifact_fingerprint']} (built {record['built_at']})"
     )
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from embedding_assets.bench import suite
+
+    return suite.main(["--quick"] if args.quick else [])
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -414,10 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pin", help="fingerprint weights and write a registry entry")
     p.add_argument("--id", required=True)
+    p.add_argument("--loader", default="sentence-transformers", choices=LOADER_NAMES)
+    p.add_argument("--package", help="installed package shipping the weights")
+    p.add_argument("--subdir", default="model", help="with --package: the weights folder inside it")
     p.add_argument(
-        "--loader", default="sentence-transformers", choices=["sentence-transformers", "model2vec"]
+        "--tokenizer-package", help="a package shipping tokenizer.json, for weights without one (ONNX)"
     )
-    p.add_argument("--package", help="installed package shipping the weights (in its model/ folder)")
+    p.add_argument("--tokenizer-subdir", default="model", help="with --tokenizer-package: its folder")
     p.add_argument("--artifact", help="weights folder relative to the models folder (data/models)")
     p.add_argument("--distill-from", help="pin a static model distilled from this version, by its recipe")
     p.add_argument("--pca-dims", type=int, default=256, help="with --distill-from: the PCA dimension")
@@ -431,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", required=True)
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact exists")
     p.set_defaults(func=cmd_build_model)
+
+    p = sub.add_parser(
+        "bench", help="the performance suite: ratios measured side by side; writes docs/performance.md"
+    )
+    p.add_argument("--quick", action="store_true", help="a short run (under 5 minutes), kept in data/scratch")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -90,15 +90,26 @@ def encode_into(
     log: Callable[[str], None] | None = None,
 ) -> float:
     """Encode the texts of `todo` (chunk_hash -> text) and upsert them into `table` (cache schema), one
-    commit per CACHE_WRITE_BATCH, so an interrupted run keeps what it finished; the seconds it took."""
+    commit per CACHE_WRITE_BATCH, so an interrupted run keeps what it finished; the seconds it took.
+
+    The whole work list is ordered by token count first (longest first), so every forward pass holds
+    texts of like length however the cache batches cut it."""
     version = embedder.version
     hashes = list(todo)
     started = time.perf_counter()
+    lengths = None
+    if embedder.pads_batches and hashes:
+        counted = embedder.token_lengths([todo[h] for h in hashes])
+        order = np.argsort(-counted, kind="stable")
+        hashes, lengths = [hashes[i] for i in order], counted[order]
     report = _progress_log(log, len(hashes), version.id, started)
     for start in range(0, len(hashes), CACHE_WRITE_BATCH):
         batch = hashes[start : start + CACHE_WRITE_BATCH]
         vectors = embedder.encode(
-            [todo[h] for h in batch], progress=progress, on_batch=lambda done, _, s=start: report(s + done)
+            [todo[h] for h in batch],
+            lengths=None if lengths is None else lengths[start : start + CACHE_WRITE_BATCH],
+            progress=progress,
+            on_batch=lambda done, _, s=start: report(s + done),
         )
         _check_vectors(vectors, version.dimension, version.id)
         store.upsert(

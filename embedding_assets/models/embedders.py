@@ -15,14 +15,33 @@ from embedding_assets.models.registry import ModelVersion
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-ENCODE_BATCH_SIZE = 64
+ENCODE_BATCH_SIZE = 64  # texts per call for encoders that do not pad (a static model)
+# A transformer's forward pass pads a batch to its longest text: texts of like token count go together,
+# at most this many padded tokens per pass. On 2 CPU cores small passes of ~1-2k tokens were fastest
+# (bench: 1.4-1.5x `SentenceTransformer.encode`, which sorts by characters, a poor stand-in for tokens).
+ENCODE_TOKEN_BUDGET = 2048
+ENCODE_MAX_BATCH = 128
+TOKEN_COUNT_SLICE = 4096  # texts tokenized at a time when counting, so no list of encodings builds up
 QUERY_CACHE_LIMIT = 10_000  # distinct query texts kept per model
+
+
+def token_batches(lengths: np.ndarray, budget: int = ENCODE_TOKEN_BUDGET, limit: int = ENCODE_MAX_BATCH):
+    """Batches of indices into `lengths` (tokens per text), longest first: each batch holds texts of like
+    length and at most `budget` tokens once padded to its longest (one text at least, `limit` at most)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        size = max(1, min(limit, budget // max(int(lengths[order[start]]), 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
 
 
 class Embedder:
     """Encodes text with the exact weights a version pins; refuses anything else at construction."""
 
     loader: ClassVar[str]
+    pads_batches: ClassVar[bool] = True  # a forward pass pads to the longest text: batch by token count
 
     def __init__(self, version: ModelVersion):
         self.version = version
@@ -33,39 +52,68 @@ class Embedder:
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The model's own tokenizer, without padding or truncation, for counting tokens."""
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(self.weights_path / "tokenizer.json"))
+        tokenizer = self._load_tokenizer()
         tokenizer.no_padding()
         tokenizer.no_truncation()
         return tokenizer
+
+    @functools.cached_property
+    def input_tokenizer(self) -> Tokenizer:
+        """The tokenizer as the model reads text: special tokens added, truncated at `max_tokens`."""
+        tokenizer = self._load_tokenizer()
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.version.max_tokens, strategy="longest_first")
+        return tokenizer
+
+    def _load_tokenizer(self) -> Tokenizer:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.version.tokenizer_path()))
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """How many tokens the model reads of each text (special tokens included, at most `max_tokens`)."""
+        lengths = np.zeros(len(texts), dtype=np.int32)
+        for start in range(0, len(texts), TOKEN_COUNT_SLICE):
+            encodings = self.input_tokenizer.encode_batch(texts[start : start + TOKEN_COUNT_SLICE])
+            lengths[start : start + len(encodings)] = [len(e.ids) for e in encodings]
+        return lengths
+
+    def batches(self, texts: list[str], lengths: np.ndarray | None = None) -> list[np.ndarray]:
+        """The order in which `encode` passes `texts` to the model, as batches of indices."""
+        if self.pads_batches:
+            return token_batches(self.token_lengths(texts) if lengths is None else lengths)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        return [order[i : i + ENCODE_BATCH_SIZE] for i in range(0, len(order), ENCODE_BATCH_SIZE)]
 
     def encode(
         self,
         texts: list[str],
         *,
+        lengths: np.ndarray | None = None,
         progress: bool = False,
         desc: str = "embedding",
         on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Float32 vectors, one row per text, batched longest-first so padding is small. `progress` shows
-        a terminal bar; inside a run, `on_batch(done, total)` reports progress through the run's log."""
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        parts: list[np.ndarray] = []
+        """Float32 vectors, one row per text, in batches of like token count (`lengths`, when the caller
+        counted them already). `progress` shows a terminal bar; inside a run, `on_batch(done, total)`
+        reports progress through the run's log."""
+        out = np.zeros((len(texts), self.version.dimension), dtype=np.float32)
+        done = 0
         with tqdm(
             total=len(texts), desc=f"{desc} [{self.version.id}]", unit="chunk", disable=not progress
         ) as bar:
-            for start in range(0, len(order), ENCODE_BATCH_SIZE):
-                batch = order[start : start + ENCODE_BATCH_SIZE]
-                parts.append(np.asarray(self._encode_batch([texts[i] for i in batch]), dtype=np.float32))
+            for batch in self.batches(texts, lengths):
+                vectors = np.asarray(self._encode_batch([texts[i] for i in batch]), dtype=np.float32)
+                if vectors.shape != (len(batch), self.version.dimension):
+                    raise ValueError(
+                        f"model version {self.version.id!r} produced shape {vectors.shape} for "
+                        f"{len(batch)} texts; the registry says {self.version.dimension}-d"
+                    )
+                out[batch] = vectors
+                done += len(batch)
                 bar.update(len(batch))
                 if on_batch is not None:
-                    on_batch(min(start + ENCODE_BATCH_SIZE, len(order)), len(order))
-        if not parts:
-            return np.zeros((0, self.version.dimension), dtype=np.float32)
-        stacked = np.concatenate(parts)
-        out = np.empty_like(stacked)
-        out[order] = stacked
+                    on_batch(done, len(texts))
         return out
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
@@ -81,11 +129,23 @@ class Embedder:
             return np.zeros((0, self.version.dimension), dtype=np.float32)
         return np.stack([cache[q] for q in queries])
 
+    def probe_dimension(self) -> int:
+        """The width of the vectors the weights produce, whatever the version says (for pinning)."""
+        return int(np.asarray(self._encode_batch(["dimension probe"])).shape[1])
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
+    def _normalized(self, vectors: np.ndarray) -> np.ndarray:
+        if not self.version.normalize:
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
 
 class SentenceTransformerEmbedder(Embedder):
+    """A sentence-transformers model: its own preprocessing and modules (transformer, pooling, ...),
+    called once per batch of like token count."""
+
     loader = "sentence-transformers"
 
     @functools.cached_property
@@ -94,18 +154,60 @@ class SentenceTransformerEmbedder(Embedder):
         from sentence_transformers import SentenceTransformer
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # its "Loading weights" bar would land in run logs
         model = SentenceTransformer(str(self.weights_path), device="cpu", local_files_only=True)
         model.max_seq_length = self.version.max_tokens
+        model.eval()
         return model
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts, batch_size=len(texts), normalize_embeddings=self.version.normalize, convert_to_numpy=True
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.preprocess(texts)
+            vectors = self.model(features)["sentence_embedding"].float().numpy()
+        return self._normalized(vectors)
+
+
+class OnnxEmbedder(Embedder):
+    """A transformer exported to ONNX (token states out), run on onnxruntime's CPU provider with the
+    version's pinned tokenizer; the sentence vector is the mean of the token states under the mask."""
+
+    loader = "onnx"
+
+    @functools.cached_property
+    def session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+        [model] = sorted(self.weights_path.glob("*.onnx")) or [None]
+        if model is None:
+            raise FileNotFoundError(
+                f"model version {self.version.id!r}: no .onnx file in {self.weights_path}"
+            )
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.input_tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in encodings)
+        ids, mask, types = (np.zeros((len(encodings), width), dtype=np.int64) for _ in range(3))
+        for row, e in enumerate(encodings):  # padded with 0: [PAD] of BERT vocabularies, masked out
+            ids[row, : len(e.ids)], types[row, : len(e.ids)], mask[row, : len(e.ids)] = e.ids, e.type_ids, 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        wanted = {i.name for i in self.session.get_inputs()}
+        (tokens,) = self.session.run(
+            [self.session.get_outputs()[0].name], {k: v for k, v in feeds.items() if k in wanted}
         )
+        weights = mask[:, :, None].astype(np.float32)
+        return self._normalized((tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
 
 
 class Model2VecEmbedder(Embedder):
+    """A static model: a text's vector is the mean of its tokens' vectors, so no batch pads."""
+
     loader = "model2vec"
+    pads_batches = False
 
     @functools.cached_property
     def model(self):
@@ -118,7 +220,7 @@ class Model2VecEmbedder(Embedder):
 
 
 LOADERS: dict[str, type[Embedder]] = {
-    cls.loader: cls for cls in (SentenceTransformerEmbedder, Model2VecEmbedder)
+    cls.loader: cls for cls in (SentenceTransformerEmbedder, OnnxEmbedder, Model2VecEmbedder)
 }
 
 

@@ -30,12 +30,17 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
-def fingerprint_weights(folder: Path) -> str:
-    """sha256 over each file's relative path and content hash: `sha256:<hex>`."""
-    files = weight_files(folder)
+def fingerprint_weights(folder: Path, extra: dict[str, Path] | None = None) -> str:
+    """sha256 over each file's relative path and content hash: `sha256:<hex>`. `extra` adds files kept
+    elsewhere (name -> path), such as a tokenizer shipped in another package."""
+    files = [(p.relative_to(folder).as_posix(), p) for p in weight_files(folder)]
     if not files:
         raise FileNotFoundError(f"no weight files under {folder}")
+    for name, path in sorted((extra or {}).items()):
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no file at {path}")
+        files.append((name, path))
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\n".encode())
+    for name, path in files:
+        digest.update(f"{name}\0{file_sha256(path)}\n".encode())
     return f"sha256:{digest.hexdigest()}"

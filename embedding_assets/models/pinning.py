@@ -8,12 +8,12 @@ from pathlib import Path
 
 from embedding_assets.models.builds import recipe_fingerprint
 from embedding_assets.models.embedders import LOADERS
-from embedding_assets.models.fingerprint import fingerprint_weights
 from embedding_assets.models.registry import (
     ModelRegistry,
     ModelRegistryError,
     ModelVersion,
     StaticBuild,
+    TokenizerSource,
     WeightsSource,
     load_registry,
     save_registry,
@@ -37,16 +37,23 @@ def pin_version(
     loader: str,
     *,
     package: str | None = None,
+    subdir: str = "model",
     artifact: str | None = None,
+    tokenizer_package: str | None = None,
+    tokenizer_subdir: str = "model",
     max_tokens: int | None = None,
     force: bool = False,
 ) -> ModelVersion:
-    """Record the exact weights at `package` or `artifact` (under `models_dir`) as `version_id`."""
+    """Record the exact weights at `package` (its `subdir`) or `artifact` (under `models_dir`) as
+    `version_id`; `tokenizer_package` names where the tokenizer is when the weights ship none (ONNX)."""
     if bool(package) == bool(artifact):
         raise ModelRegistryError("give exactly one of --package or --artifact")
     registry = load_registry(registry_path, models_dir)
     _refuse_repin(registry, version_id, force)
-    weights = WeightsSource(package=package, artifact=artifact)
+    tokenizer = (
+        TokenizerSource(package=tokenizer_package, subdir=tokenizer_subdir) if tokenizer_package else None
+    )
+    weights = WeightsSource(package=package, subdir=subdir, artifact=artifact, tokenizer=tokenizer)
     path = weights.path(models_dir)
     if not path.is_dir():
         raise ModelRegistryError(f"no weights folder at {path}")
@@ -56,13 +63,13 @@ def pin_version(
         id=version_id,
         loader=loader,
         weights=weights,
-        fingerprint=fingerprint_weights(path),
+        fingerprint=None,
         dimension=1,
         max_tokens=limit or DEFAULT_MAX_TOKENS,
         models_dir=str(models_dir),
     )
-    probe = LOADERS[loader](draft).encode(["dimension probe"])
-    version = draft.model_copy(update={"dimension": int(probe.shape[1])})
+    draft = draft.model_copy(update={"fingerprint": draft.weights_fingerprint()})
+    version = draft.model_copy(update={"dimension": LOADERS[loader](draft).probe_dimension()})
     registry.upsert(version)
     save_registry(registry, registry_path)
     return version

@@ -7,7 +7,7 @@ import importlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -20,6 +20,7 @@ FINGERPRINT_PATTERN = r"^sha256:[0-9a-f]{64}$"  # bytes of weights that come fro
 RECIPE_PATTERN = r"^recipe-sha256:[0-9a-f]{64}$"  # how the project builds a version's weights
 DEFAULT_MODELS_DIR = locations.models_dir(locations.DEFAULT_DATA_DIR)
 UNPINNED_REFERENCES = {"latest", "main", "head", "master", "*"}
+TOKENIZER_FILE = "tokenizer.json"
 CHUNKER_VERSION = "sentence-pack-v1"  # bump when chunking code changes what it emits
 
 REGISTRY_HEADER = """\
@@ -96,6 +97,21 @@ class StaticBuild(BaseModel):
     pca_dims: int = 256
 
 
+Loader = Literal["sentence-transformers", "onnx", "model2vec"]
+LOADER_NAMES = list(get_args(Loader))
+
+
+class TokenizerSource(BaseModel):
+    """A tokenizer shipped apart from the weights (an ONNX export without one): a package folder."""
+
+    package: str = Field(description="importable package shipping the tokenizer")
+    subdir: str = Field("model", description="folder inside the package holding it")
+    file: str = Field(TOKENIZER_FILE, description="the tokenizers-library file the model reads text with")
+
+    def path(self) -> Path:
+        return _package_dir(self.package) / self.subdir / self.file
+
+
 class WeightsSource(BaseModel):
     """Where the weights live: inside an installed package, or a project-built artifact under data/."""
 
@@ -103,6 +119,7 @@ class WeightsSource(BaseModel):
     subdir: str = Field("model", description="folder inside the package holding the weights")
     artifact: str | None = Field(None, description="folder relative to the models folder")
     build: StaticBuild | None = None
+    tokenizer: TokenizerSource | None = Field(None, description="when the weights folder has none")
 
     @field_validator("package", "artifact")
     @classmethod
@@ -113,8 +130,7 @@ class WeightsSource(BaseModel):
 
     def path(self, models_dir: Path | None = None) -> Path:
         if self.package:
-            module = importlib.import_module(self.package)
-            return Path(module.__file__ or "").resolve().parent / self.subdir
+            return _package_dir(self.package) / self.subdir
         if self.artifact:
             return (models_dir or DEFAULT_MODELS_DIR) / self.artifact
         raise ModelRegistryError("weights need either a package or an artifact")
@@ -124,7 +140,7 @@ class ModelVersion(BaseModel):
     """One pinned model version: exact weights plus everything that shapes its vectors."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="partition key and table suffix")
-    loader: Literal["sentence-transformers", "model2vec"]
+    loader: Loader
     weights: WeightsSource
     fingerprint: str | None = Field(None, description="sha256 over the weight files; required to load")
     dimension: int = Field(gt=0)
@@ -161,6 +177,18 @@ class ModelVersion(BaseModel):
         """Where the weights are (not verified)."""
         return self.weights.path(Path(self.models_dir) if self.models_dir else None)
 
+    def tokenizer_path(self) -> Path:
+        """The tokenizer file the model reads text with (covered by the fingerprint, like the weights)."""
+        source = self.weights.tokenizer
+        return source.path() if source is not None else self.weights_path() / TOKENIZER_FILE
+
+    def weights_fingerprint(self) -> str:
+        """The fingerprint of the weights on disk now: the folder's bytes, and the tokenizer file's when
+        it comes from elsewhere."""
+        source = self.weights.tokenizer
+        extra = {f"tokenizer/{source.file}": source.path()} if source is not None else {}
+        return fingerprint_weights(self.weights_path(), extra)
+
     def verified_weights_path(self) -> Path:
         """The weights folder, after checking it is exactly what the version pins: the package bytes, or
         for a built version the pinned recipe and the bytes its build recorded."""
@@ -174,7 +202,7 @@ class ModelVersion(BaseModel):
 
             verify_built_artifact(self, path)
             return path
-        actual = fingerprint_weights(path)
+        actual = self.weights_fingerprint()
         if actual != expected:
             raise FingerprintMismatchError(self.id, expected, actual, path)
         return path
@@ -270,6 +298,11 @@ def save_registry(registry: ModelRegistry, path: Path = locations.SHIPPED_REGIST
     tmp = path.with_suffix(".tmp")
     tmp.write_text(REGISTRY_HEADER + body, encoding="utf-8")
     tmp.replace(path)
+
+
+def _package_dir(package: str) -> Path:
+    module = importlib.import_module(package)
+    return Path(module.__file__ or "").resolve().parent
 
 
 def _digest(payload: dict) -> str:

@@ -1,0 +1,227 @@
+"""`embedding-assets bench` (`make bench`): the performance suite. Every figure is a ratio of two things
+measured side by side in one run, on this machine, with the numbers behind it; writes
+`docs/performance.md` and `docs/performance.json`.
+
+Sections: encoding (raw `SentenceTransformer.encode` vs the project's encoder vs the int8 ONNX version);
+the shipped corpus with MiniLM (full build, a 1% edit, no change) and its migration to the int8 ONNX
+version; scale points with the static version (it fits 2 cores), on synthetic corpora of real text
+(`bench.corpus`: paragraphs of the shipped corpus, and of ../shared/datasets/cranfield when present).
+`--quick` keeps one small scale point and a short encoding run. Benchmarks are not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from embedding_assets import locations
+from embedding_assets.bench import encoding, pipeline
+from embedding_assets.bench.corpus import real_paragraphs, write_synthetic_corpus
+from embedding_assets.bench.measure import machine
+from embedding_assets.models.registry import DEFAULT_VERSION, load_registry
+
+STATIC_VERSION = "minilm-l6-v2-static256"
+PERFORMANCE_DOC = locations.PROJECT_ROOT / "docs" / "performance.md"
+BEIR_TEXT = locations.PROJECT_ROOT.parent / "shared" / "datasets" / "cranfield"  # used when present
+FULL = {"encoding_chunks": 600, "encoding_rounds": 3, "shipped_corpus": True, "scale": [31_535, 201_535]}
+QUICK = {"encoding_chunks": 120, "encoding_rounds": 1, "shipped_corpus": False, "scale": [20_000]}
+# What issue 10 measured before this suite existed (a fresh clone, this kind of machine), for comparison.
+BEFORE = {
+    "raw_chunks_per_second": 31.3,
+    "project_vs_raw": 0.95,
+    "shipped_full_build_seconds": 126.0,
+    "shipped_edit_refresh_seconds": 33.5,
+    31_535: {"full": 43.0, "gates": 9.0, "edit": 21.7, "rss_build": 1.3},
+    201_535: {"full": 239.0, "gates": 39.6, "edit": 58.5, "rss_build": 3.9, "rss_refresh": 2.7},
+}
+
+
+def shipped_corpus(out: Path) -> Path:
+    """The shipped corpus: the default data folder's, else seeded (in a process of its own) under `out`."""
+    default = locations.corpus_dir(locations.DEFAULT_DATA_DIR)
+    if default.is_dir() and any(default.iterdir()):
+        return default
+    target = out / "shipped-corpus"
+    if not target.is_dir():
+        seed = [sys.executable, "-m", "embedding_assets.cli.main", "seed", "--path", str(target)]
+        subprocess.run(seed, check=True, capture_output=True)
+    return target
+
+
+def synthetic_corpus(out: Path, shipped: Path, documents: int) -> Path:
+    """The shipped corpus plus synthetic documents up to `documents` (kept between runs of the bench)."""
+    corpus = out / f"corpus-{documents}"
+    marker = out / f"corpus-{documents}.complete"
+    if not marker.exists():
+        shutil.rmtree(corpus, ignore_errors=True)
+        shutil.copytree(shipped, corpus)
+        extra = documents - sum(1 for p in corpus.rglob("*") if p.is_file())
+        paragraphs = real_paragraphs(shipped, BEIR_TEXT)
+        write_synthetic_corpus(corpus / "synthetic", extra, paragraphs, progress=False)
+        marker.write_text(f"{extra} synthetic documents from {len(paragraphs)} real paragraphs\n")
+    return corpus
+
+
+def ensure_static_model() -> None:
+    """Distill the static model once, into the default models folder every deployment copies from."""
+    registry = load_registry()
+    version = registry.get(STATIC_VERSION)
+    if not version.weights_path().is_dir():
+        from embedding_assets.models.builds import build_static_model
+
+        build_static_model(version, registry, progress=False)
+
+
+def run_suite(settings: dict, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    steps = ["encoding"] + (["shipped corpus"] if settings["shipped_corpus"] else [])
+    steps += [f"scale {n:,}" for n in settings["scale"]]
+    report: dict = {"machine": machine(), "settings": {k: v for k, v in settings.items()}, "before": BEFORE}
+    started = time.perf_counter()
+    with tqdm(total=len(steps), desc="bench", unit="section") as bar:
+        shipped = shipped_corpus(out)
+        bar.set_postfix_str("encoding")
+        report["encoding"] = encoding.measure(
+            load_registry(), shipped, settings["encoding_chunks"], settings["encoding_rounds"]
+        )
+        bar.update()
+        if settings["shipped_corpus"]:
+            bar.set_postfix_str("shipped corpus")
+            built = pipeline.build_and_refresh(out / "shipped", shipped, DEFAULT_VERSION, serve=True)
+            built["migration"] = pipeline.migrate_to(built.pop("env"), encoding.ONNX_VERSION)
+            report["shipped"] = built
+            bar.update()
+        ensure_static_model()
+        report["scale"] = []
+        for documents in settings["scale"]:
+            bar.set_postfix_str(f"scale {documents:,}")
+            corpus = synthetic_corpus(out, shipped, documents)
+            root = out / f"scale-{documents}"
+            point = pipeline.build_and_refresh(root, corpus, STATIC_VERSION, serve=False)
+            point.pop("env")
+            report["scale"].append(point)
+            bar.update()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _ratio(part: float, whole: float) -> str:
+    return f"{part / whole:.2f}x" if whole else "-"
+
+
+def markdown(report: dict, command: str) -> str:
+    m = report["machine"]
+    lines = [
+        "# Performance",
+        "",
+        f"Measured {m['measured_at']} on {m['cpus']} CPUs ({m['platform']}, AVX-512: "
+        f"{'yes' if m['avx512'] else 'no'}), in {report['seconds']:.0f} s, with:",
+        "",
+        f"    {command}",
+        "",
+        "Each ratio compares two things measured in this one run. Wall time is a whole command in a "
+        "process of its own (Python start, Dagster, model load included); run time is what the command "
+        "reports for its runs; peak RSS is that process's own.",
+        "",
+        *encoding.markdown(report["encoding"]),
+    ]
+    if "shipped" in report:
+        lines += _shipped_markdown(report["shipped"])
+    lines += _scale_markdown(report["scale"])
+    return "\n".join(lines)
+
+
+def _shipped_markdown(s: dict) -> list[str]:
+    full, edit, still, migration = s["full"], s["edit"], s["no_change"], s["migration"]
+    gates = ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in migration["gates"].items())
+    rate = migration["embeddings"].get("chunks_per_second", 0)
+    base_rate = s["embeddings"].get("chunks_per_second", 0)
+    return [
+        "## The shipped corpus, MiniLM",
+        "",
+        f"{s['documents']:,} documents, {s['chunks']:,} chunks; a fresh data folder, `migrate` then "
+        "`refresh` twice.",
+        "",
+        "| step | run (s) | wall (s) | vs full build (run) | embedded | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|",
+        f"| full build + gates + promotion | {full['run_seconds']} | {full['wall_seconds']} | 1.00x | "
+        f"{s['embeddings'].get('chunks_embedded', '-')} | {full['peak_rss_gib']} |",
+        f"| refresh after a 1% edit ({edit['documents_edited']} documents) | {edit['run_seconds']} | "
+        f"{edit['wall_seconds']} | {_ratio(edit['run_seconds'], full['run_seconds'])} | "
+        f"{edit['chunks_embedded']} | {edit['peak_rss_gib']} |",
+        f"| refresh, nothing changed | {still['run_seconds']} | {still['wall_seconds']} | "
+        f"{_ratio(still['run_seconds'], full['run_seconds'])} | {still['chunks_embedded']} | "
+        f"{still['peak_rss_gib']} |",
+        "",
+        f"Gates of the full build: {full['gate_seconds']} s. Before this suite (issue 10, same corpus): "
+        f"full build {BEFORE['shipped_full_build_seconds']} s, 1% edit "
+        f"{BEFORE['shipped_edit_refresh_seconds']} s.",
+        "",
+        f"**Migration {DEFAULT_VERSION} -> {migration['version']}**: "
+        f"{'promoted' if migration['promoted'] else 'NOT promoted'} in {migration['run_seconds']} s "
+        f"(gates {migration['gate_seconds']} s): {gates}. It encoded "
+        f"{migration['embeddings'].get('chunks_embedded', '-')} chunks at {rate} chunks/s, "
+        f"{_ratio(rate, base_rate)} MiniLM's build ({base_rate} chunks/s) in the same pipeline.",
+        "",
+    ]
+
+
+def _scale_markdown(points: list[dict]) -> list[str]:
+    lines = [
+        "## Scale, static version",
+        "",
+        f"{STATIC_VERSION} (the static model: a million chunks fit 2 cores). Synthetic corpora of real "
+        "text: the shipped corpus plus documents of 2-6 paragraphs drawn (seed 0) from the shipped corpus"
+        + (" and Cranfield" if BEIR_TEXT.exists() else "")
+        + ". The version is built as a candidate beside nothing served (`materialize --no-promote`).",
+        "",
+        "| documents | chunks | full build + gates (s) | gates (s) | 1% edit refresh (s) | vs full "
+        "| no-change refresh (s) | peak RSS build / refresh (GiB) | before (issue 10) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        full, edit, still = p["full"], p["edit"], p["no_change"]
+        before = BEFORE.get(p["documents"])
+        was = (
+            f"{before['full']} s, gates {before['gates']} s, edit {before['edit']} s, "
+            f"RSS {before['rss_build']} GB"
+            if before
+            else "-"
+        )
+        lines.append(
+            f"| {p['documents']:,} | {p['chunks']:,} | {full['run_seconds']} | {full['gate_seconds']} "
+            f"| {edit['run_seconds']} | {_ratio(edit['run_seconds'], full['run_seconds'])} "
+            f"| {still['run_seconds']} | {full['peak_rss_gib']} / {edit['peak_rss_gib']} | {was} |"
+        )
+    lines += [""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="embedding-assets bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (under 5 minutes)")
+    parser.add_argument(
+        "--out", type=Path, default=locations.scratch_dir(locations.DEFAULT_DATA_DIR) / "bench"
+    )
+    parser.add_argument("--doc", type=Path, help="default: docs/performance.md (--quick: under --out)")
+    args = parser.parse_args(argv)
+    args.doc = args.doc or (args.out / "performance-quick.md" if args.quick else PERFORMANCE_DOC)
+    command = "embedding-assets bench" + (" --quick" if args.quick else "")
+    report = run_suite(QUICK if args.quick else FULL, args.out)
+    text = markdown(report, command)
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(text)
+    args.doc.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Encoding: batches of like token count give the vectors `SentenceTransformer.encode` gives; the int8 ONNX
+version is pinned by its weights and its borrowed tokenizer, lands near MiniLM, and migrates through every
+gate (real MiniLM, real onnxruntime)."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from embedding_assets.defs.checks.gates import GATES
+from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, token_batches
+from embedding_assets.models.registry import (
+    DEFAULT_VERSION,
+    FingerprintMismatchError,
+    TokenizerSource,
+    WeightsSource,
+)
+
+ONNX_VERSION = "minilm-l6-v2-onnx-int8"
+TEXTS = [
+    "",
+    "csv",
+    "How do I read a CSV file with a header row?",
+    "The argparse module makes it easy to write user-friendly command-line interfaces. " * 3,
+    "json.dumps serializes obj to a JSON formatted str. " * 40,  # past the 256-token limit: truncated
+    "Über die Größe: naïve café, 東京, emoji 🙂 and tabs\tinside.",
+    *(f"getopt parses option {i} " * (i % 9 + 1) for i in range(40)),
+]
+
+
+def test_token_batches_group_like_lengths_within_the_budget():
+    lengths = np.array([5, 200, 17, 200, 3, 64, 64, 1000, 9] * 50)
+    batches = token_batches(lengths, budget=1024, limit=ENCODE_MAX_BATCH)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))  # every text exactly once
+    heads = [int(lengths[b].max()) for b in batches]
+    assert heads == sorted(heads, reverse=True)  # longest first
+    for batch in batches:
+        padded = len(batch) * int(lengths[batch].max())
+        assert len(batch) == 1 or padded <= 1024
+        assert len(batch) <= ENCODE_MAX_BATCH
+
+
+def test_batched_vectors_equal_sentence_transformers_encode(minilm_embedder):
+    raw = minilm_embedder.model.encode(TEXTS, batch_size=32, normalize_embeddings=True)
+    ours = minilm_embedder.encode(TEXTS)
+    lengths = minilm_embedder.token_lengths(TEXTS)
+    assert lengths.max() == minilm_embedder.version.max_tokens and lengths[0] == 2  # [CLS] [SEP]
+    assert ours.dtype == np.float32 and ours.shape == raw.shape
+    np.testing.assert_allclose(ours, raw, atol=1e-5)
+    counted = minilm_embedder.encode(TEXTS, lengths=lengths)  # lengths counted by the caller
+    np.testing.assert_allclose(counted, ours, atol=1e-6)
+
+
+def test_the_onnx_version_lands_next_to_minilm(registry, minilm_embedder):
+    onnx = embedder_for(registry.get(ONNX_VERSION))
+    assert onnx.version.weights.tokenizer is not None  # MiniLM's tokenizer, pinned with the weights
+    vectors = onnx.encode(TEXTS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    distance = 1 - (vectors * minilm_embedder.encode(TEXTS)).sum(axis=1)
+    assert np.percentile(distance, 95) < 0.005  # int8 weights: a benign change
+
+
+def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, monkeypatch):
+    """A tokenizer one byte different, from another package, is refused like changed weights."""
+    pinned = registry.get(ONNX_VERSION)
+    package = tmp_path / "other_tokenizer_pkg"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    config = json.loads(pinned.tokenizer_path().read_text())
+    config["normalizer"]["lowercase"] = False  # a cased tokenizer: other ids for the same text
+    (package / "model" / "tokenizer.json").write_text(json.dumps(config))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    swapped = pinned.model_copy(
+        update={
+            "weights": WeightsSource(
+                package=pinned.weights.package,
+                subdir=pinned.weights.subdir,
+                tokenizer=TokenizerSource(package=package.name),
+            )
+        }
+    )
+    with pytest.raises(FingerprintMismatchError, match=ONNX_VERSION):
+        swapped.verified_weights_path()
+    shutil.copy(pinned.tokenizer_path(), package / "model" / "tokenizer.json")
+    assert swapped.verified_weights_path() == pinned.weights_path()  # the same bytes pass
+    sys.modules.pop(package.name, None)
+
+
+@pytest.mark.slow
+def test_a_migration_from_minilm_to_the_onnx_version_passes_every_gate(built_project, tmp_path_factory):
+    project = built_project.copy(tmp_path_factory.mktemp("onnx"))
+    assert project.migrate(DEFAULT_VERSION).promoted
+    migration = project.migrate(ONNX_VERSION)
+    assert {c["name"] for c in migration.checks} == set(GATES)
+    failed = [c["name"] for c in migration.checks if not c["passed"]]
+    assert migration.promoted and not failed, (failed, migration.errors)
+    assert project.pointer.require_current().version == ONNX_VERSION
