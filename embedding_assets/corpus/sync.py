@@ -29,7 +29,7 @@ def read_manifest(db: lancedb.DBConnection) -> Manifest:
     columns = ["doc_id", "doc_checksum", "size", "mtime_ns"]
     if tables.DOCUMENTS_TABLE not in store.table_names(db):
         return {}
-    rows = store.open_table(db, tables.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA).to_arrow().select(columns)
+    rows = store.read_columns(db, tables.DOCUMENTS_TABLE, columns)  # never the texts
     return {
         doc_id: ManifestEntry(checksum, size, mtime_ns)
         for doc_id, checksum, size, mtime_ns in zip(*(rows[c].to_pylist() for c in columns), strict=True)

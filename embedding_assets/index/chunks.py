@@ -53,12 +53,13 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     name = tables.chunks_table(version.id)
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
     existing = store.read_columns(db, name, ["chunk_id", *CHUNKED_AS])
-    current = chunked_as(existing, config_hash)
-    stale = [
-        (d, c)
-        for d, c in zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True)
-        if (d, c) not in current
-    ]
+    current = existing.filter(pc.equal(existing["pipeline_config_hash"], config_hash))
+    stale_rows = docs.join(
+        current.select(["doc_id", "doc_checksum"]).group_by(["doc_id", "doc_checksum"]).aggregate([]),
+        keys=["doc_id", "doc_checksum"],
+        join_type="left anti",
+    )
+    stale = list(zip(stale_rows["doc_id"].to_pylist(), stale_rows["doc_checksum"].to_pylist(), strict=True))
     stale_docs = [d for d, _ in stale]
 
     staged = staging.staged_chunks(db, version.id, set(stale), config_hash)
@@ -76,14 +77,12 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
         "OR target.pipeline_config_hash != source.pipeline_config_hash "
         "OR target.char_start != source.char_start OR target.char_end != source.char_end",
     )
-    live = set(rows["chunk_id"].to_pylist())
-    rechunked = set(stale_docs)
-    live_docs = set(docs["doc_id"].to_pylist())
-    obsolete = [
-        cid
-        for cid, d in zip(existing["chunk_id"].to_pylist(), existing["doc_id"].to_pylist(), strict=True)
-        if d not in live_docs or (d in rechunked and cid not in live)
-    ]
+    gone = pc.invert(pc.is_in(existing["doc_id"], value_set=store.flat(docs["doc_id"])))
+    replaced = pc.and_(
+        pc.is_in(existing["doc_id"], value_set=pa.array(stale_docs, pa.string())),
+        pc.invert(pc.is_in(existing["chunk_id"], value_set=store.flat(rows["chunk_id"]))),
+    )
+    obsolete = existing.filter(pc.or_(gone, replaced))["chunk_id"].to_pylist()
     deleted = store.delete_keys(table, "chunk_id", obsolete)
     staging.drop_staged(db, version.id, staging.CHUNKS)  # folded in, or stale: written, so never needed
     tokens = rows["token_count"]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding_assets.index import staging, store, tables
 from embedding_assets.models.embedders import Embedder
@@ -47,17 +48,16 @@ def sync_embeddings(
     every tenth of the work.
     """
     version = embedder.version
-    chunks = store.read_columns(db, tables.chunks_table(version.id), ["chunk_hash", "text"])
     name = tables.cache_table(version.encoder_key())
-    todo = unseen_texts(chunks, cached_hashes(db, name))
+    hashes, todo = unseen_texts(db, tables.chunks_table(version.id), [name])
     table = store.open_table(db, name, store.cache_schema(version.dimension))
     folded = staging.fold_staged_vectors(db, version.id, table, todo, embedder.fingerprint)
     encoded = {h: t for h, t in todo.items() if h not in folded}
     seconds = encode_into(table, encoded, embedder, progress=progress, log=log)
     staging.drop_staged(db, version.id, staging.VECTORS)  # folded in: the cache holds them now
-    unique = len(set(chunks["chunk_hash"].to_pylist()))
+    unique = len(pc.unique(hashes))
     return EmbedSync(
-        chunks=chunks.num_rows,
+        chunks=len(hashes),
         encoded=len(encoded),
         reused=unique - len(todo),
         cached_total=table.count_rows(),
@@ -67,18 +67,20 @@ def sync_embeddings(
     )
 
 
-def cached_hashes(db: lancedb.DBConnection, name: str) -> set[str]:
-    """Every chunk hash the cache (or staging) table `name` holds a vector for."""
-    return set(store.read_columns(db, name, ["chunk_hash"])["chunk_hash"].to_pylist())
-
-
-def unseen_texts(chunks: pa.Table, seen: set[str]) -> dict[str, str]:
-    """chunk_hash -> text of every chunk (chunk_hash, text columns) whose hash is not in `seen`."""
+def unseen_texts(
+    db: lancedb.DBConnection, chunk_table: str, vector_tables: list[str]
+) -> tuple[pa.ChunkedArray, dict[str, str]]:
+    """The chunk hashes of `chunk_table`, and chunk_hash -> text for each one that none of
+    `vector_tables` (a cache, a staging table) holds a vector for. Key columns are compared in Arrow;
+    texts are read only for the hashes to encode."""
+    hashes = store.read_columns(db, chunk_table, ["chunk_hash"])["chunk_hash"]
+    seen = [store.read_columns(db, name, ["chunk_hash"])["chunk_hash"] for name in vector_tables]
+    unseen = store.absent(hashes, pa.chunked_array([c for s in seen for c in s.chunks], pa.string()))
+    rows = store.rows_for_keys(db, chunk_table, "chunk_hash", unseen, ["chunk_hash", "text"])
     todo: dict[str, str] = {}
-    for h, text in zip(chunks["chunk_hash"].to_pylist(), chunks["text"].to_pylist(), strict=True):
-        if h not in seen:
-            todo.setdefault(h, text)
-    return todo
+    for h, text in zip(rows["chunk_hash"].to_pylist(), rows["text"].to_pylist(), strict=True):
+        todo.setdefault(h, text)
+    return hashes, todo
 
 
 def encode_into(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +16,9 @@ from embedding_assets.models.registry import ModelVersion
 # Columns whose difference between chunks and index means the row must be rewritten.
 PROVENANCE_KEYS = ("chunk_hash", "doc_checksum", "pipeline_config_hash", "model_fingerprint")
 CHUNK_COLUMNS = ["chunk_id", "doc_id", "source_uri", "doc_checksum", "chunk_ordinal", "chunk_hash", "text"]
+CHUNK_KEYS = ["chunk_hash", "doc_checksum"]  # what a chunk row says that its index row must match
+WRITE_BATCH = 65_536  # cached vectors read, and index rows upserted, at a time (one commit each)
+VECTOR_COLUMNS = ["chunk_hash", "vector", "embedded_at", "model_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -33,67 +36,96 @@ class MissingEmbeddingsError(RuntimeError):
 
 
 def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
-    """Write rows for new or changed chunks, then delete rows of chunks that no longer exist."""
+    """Write rows for new or changed chunks, then delete rows of chunks that no longer exist.
+
+    The diff is a join of key columns in Arrow; text and vectors are read only for the rows written."""
     fingerprint = version.pinned_fingerprint()
     config_hash = version.pipeline_config_hash()
     name = tables.index_table(version.id)
-    chunks = store.read_columns(db, tables.chunks_table(version.id), CHUNK_COLUMNS)
+    keys = store.read_columns(db, tables.chunks_table(version.id), ["chunk_id", "doc_id", *CHUNK_KEYS])
     indexed = store.read_columns(db, name, ["chunk_id", *PROVENANCE_KEYS])
-    current = {
-        cid: key
-        for cid, *key in zip(*(indexed[c].to_pylist() for c in ["chunk_id", *PROVENANCE_KEYS]), strict=True)
-    }
-    wanted = [
-        i
-        for i, (cid, h, c) in enumerate(
-            zip(*(chunks[k].to_pylist() for k in ("chunk_id", "chunk_hash", "doc_checksum")), strict=True)
-        )
-        if current.get(cid) != [h, c, config_hash, fingerprint]
-    ]
     table = store.open_table(db, name, store.index_schema(version.dimension))
-    ids = indexed["chunk_id"].to_pylist()
-    duplicated = {cid for cid, n in Counter(ids).items() if n > 1}
-    if duplicated:
+    duplicated = duplicate_keys(indexed, "chunk_id")
+    if len(duplicated):
         # Duplicate keys cannot be told apart, so they are removed and rewritten; serving reads a pinned
         # table version, so this window never reaches queries.
-        store.delete_keys(table, "chunk_id", duplicated)
-        wanted = sorted(
-            set(wanted) | {i for i, cid in enumerate(chunks["chunk_id"].to_pylist()) if cid in duplicated}
-        )
-    to_write = chunks.take(pa.array(wanted, pa.int64()))
-    rows = _index_rows(db, version, to_write, fingerprint, config_hash)
-    written = store.upsert(table, rows, "chunk_id")
-    live = set(chunks["chunk_id"].to_pylist())
-    deleted = store.delete_keys(table, "chunk_id", [cid for cid in current if cid not in live])
+        store.delete_keys(table, "chunk_id", duplicated.to_pylist())
+    wanted = pa.concat_arrays([_stale_chunk_ids(keys, indexed, config_hash, fingerprint), duplicated])
+    to_write = store.rows_for_keys(db, tables.chunks_table(version.id), "chunk_id", wanted, CHUNK_COLUMNS)
+    written = 0
+    for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
+        stats = store.upsert(table, rows, "chunk_id")
+        written += stats.inserted + stats.updated
+    obsolete = store.absent(indexed["chunk_id"], keys["chunk_id"])
+    deleted = store.delete_keys(table, "chunk_id", obsolete.to_pylist())
     return IndexSync(
-        rows_upserted=written.inserted + written.updated,
+        rows_upserted=written,
         rows_deleted=deleted,
         rows_total=table.count_rows(),
-        documents=len(set(chunks["doc_id"].to_pylist())),
+        documents=len(pc.unique(keys["doc_id"])),
         table_version=table.version,
-        docs_written=sorted(set(to_write["doc_id"].to_pylist())),
+        docs_written=sorted(pc.unique(to_write["doc_id"]).to_pylist()),
     )
+
+
+def duplicate_keys(rows: pa.Table, key: str) -> pa.Array:
+    """Values of `key` that more than one row of `rows` holds."""
+    counts = rows.group_by(key).aggregate([(key, "count")])
+    return store.flat(counts.filter(pc.greater(counts[f"{key}_count"], 1))[key]).cast(pa.string())
+
+
+def _stale_chunk_ids(keys: pa.Table, indexed: pa.Table, config_hash: str, fingerprint: str) -> pa.Array:
+    """chunk_id of every chunk (`keys`: chunk_id, chunk_hash, doc_checksum) that has no index row, or one
+    whose provenance (chunk hash, document checksum, config hash, fingerprint) differs."""
+    if keys.num_rows == 0:
+        return pa.array([], pa.string())
+    theirs = indexed.select(["chunk_id", *PROVENANCE_KEYS]).rename_columns(
+        ["chunk_id", *(f"indexed_{k}" for k in PROVENANCE_KEYS)]
+    )
+    joined = keys.select(["chunk_id", *CHUNK_KEYS]).join(theirs, "chunk_id", join_type="left outer")
+    expected = {
+        "chunk_hash": joined["chunk_hash"],
+        "doc_checksum": joined["doc_checksum"],
+        "pipeline_config_hash": pa.scalar(config_hash),
+        "model_fingerprint": pa.scalar(fingerprint),
+    }
+    same = None
+    for column in PROVENANCE_KEYS:
+        equal = pc.fill_null(pc.equal(joined[f"indexed_{column}"], expected[column]), False)
+        same = equal if same is None else pc.and_(same, equal)
+    return pc.unique(joined.filter(pc.invert(same))["chunk_id"]).cast(pa.string())
+
+
+def _index_row_batches(
+    db: lancedb.DBConnection, version: ModelVersion, chunks: pa.Table, fingerprint: str, config_hash: str
+) -> Iterator[pa.Table]:
+    """Index rows for `chunks` (CHUNK_COLUMNS) with their cached vectors, a batch at a time: for a few
+    chunks their vectors are looked up; for many, the cache is read once, batch by batch. Every vector
+    is checked to exist before the first row is written."""
+    cache = tables.cache_table(version.encoder_key())
+    cached = store.read_columns(db, cache, ["chunk_hash"])["chunk_hash"]
+    missing = len(store.absent(chunks["chunk_hash"], cached))
+    if missing:
+        raise MissingEmbeddingsError(
+            f"{missing} chunk hashes of {version.id!r} have no cached vector; materialize embeddings first"
+        )
+    if chunks.num_rows <= store.LOOKUP_LIMIT:
+        vectors = store.rows_for_keys(db, cache, "chunk_hash", chunks["chunk_hash"], VECTOR_COLUMNS)
+        yield _index_rows(version, chunks, vectors, fingerprint, config_hash)
+        return
+    for batch in db.open_table(cache).search().select(VECTOR_COLUMNS).limit(None).to_batches(WRITE_BATCH):
+        vectors = pa.Table.from_batches([batch])
+        matching = chunks.filter(pc.is_in(chunks["chunk_hash"], value_set=store.flat(vectors["chunk_hash"])))
+        if matching.num_rows:
+            yield _index_rows(version, matching, vectors, fingerprint, config_hash)
 
 
 def _index_rows(
-    db: lancedb.DBConnection, version: ModelVersion, chunks: pa.Table, fingerprint: str, config_hash: str
+    version: ModelVersion, chunks: pa.Table, vectors: pa.Table, fingerprint: str, config_hash: str
 ) -> pa.Table:
-    schema = store.index_schema(version.dimension)
-    if chunks.num_rows == 0:
-        return schema.empty_table()
-    cache = store.read_columns(
-        db,
-        tables.cache_table(version.encoder_key()),
-        ["chunk_hash", "vector", "embedded_at", "model_fingerprint"],
-    )
-    position = {h: i for i, h in enumerate(cache["chunk_hash"].to_pylist())}
-    rows = [position.get(h) for h in chunks["chunk_hash"].to_pylist()]
-    missing = rows.count(None)
-    if missing:
-        raise MissingEmbeddingsError(
-            f"{missing} chunks of {version.id!r} have no cached vector; materialize embeddings first"
-        )
-    vectors = cache.take(pa.array(rows, pa.int64()))
+    """One index row per chunk of `chunks`, its vector taken from `vectors` (VECTOR_COLUMNS)."""
+    position = pc.index_in(chunks["chunk_hash"], value_set=store.flat(vectors["chunk_hash"]))
+    vectors = vectors.take(position)
     wrong = pc.sum(pc.not_equal(vectors["model_fingerprint"], fingerprint)).as_py() or 0
     if wrong:
         raise ValueError(f"{wrong} cached vectors of {version.id!r} carry another model fingerprint")
@@ -109,5 +141,5 @@ def _index_rows(
             "indexed_at": pa.array([now] * n, store.TIMESTAMP),
             "vector": vectors["vector"],
         },
-        schema=schema,
+        schema=store.index_schema(version.dimension),
     )

@@ -17,7 +17,7 @@ import lancedb
 from embedding_assets.index import staging, store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import CHUNKED_AS, chunk_documents, chunked_as
-from embedding_assets.index.embeddings import cached_hashes, encode_into, unseen_texts
+from embedding_assets.index.embeddings import encode_into, unseen_texts
 from embedding_assets.models.embedders import Embedder
 
 SHARD_KEY = re.compile(r"^(\d+)-of-(\d+)$")
@@ -117,8 +117,7 @@ def stage_shard(
     seconds_chunking = time.perf_counter() - started
 
     vectors_name = tables.staging_table(version.id, staging.VECTORS, shard.key)
-    seen = cached_hashes(db, tables.cache_table(version.encoder_key())) | cached_hashes(db, vectors_name)
-    todo = unseen_texts(store.read_columns(db, chunks_name, ["chunk_hash", "text"]), seen)
+    _, todo = unseen_texts(db, chunks_name, [tables.cache_table(version.encoder_key()), vectors_name])
     vectors = store.open_table(db, vectors_name, store.cache_schema(version.dimension))
     seconds_encoding = encode_into(vectors, todo, embedder, progress=progress, log=log)
     return ShardStage(

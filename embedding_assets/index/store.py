@@ -10,9 +10,12 @@ from urllib.parse import urlparse
 
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 IN_LIST_BATCH = 500
+LOOKUP_LIMIT = 20_000  # up to this many keys are looked up with IN lists; more, and one streamed scan
+SCAN_BATCH = 65_536
 
 DOCUMENTS_SCHEMA = pa.schema(
     [
@@ -136,6 +139,43 @@ def read_columns(
     if where:
         query = query.where(where)
     return query.limit(None).to_arrow()
+
+
+def absent(values: pa.Array | pa.ChunkedArray, present: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The distinct `values` that are not among `present` (an anti-join of two key columns)."""
+    distinct = pc.unique(values)
+    return distinct.filter(pc.invert(pc.is_in(distinct, value_set=flat(present))))
+
+
+def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (a value set for `is_in` must be one)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def rows_for_keys(
+    db: lancedb.DBConnection, name: str, key: str, values: pa.Array | pa.ChunkedArray, columns: list[str]
+) -> pa.Table:
+    """The rows of table `name` whose `key` is one of `values`, `columns` only: IN-list lookups for a
+    few keys, one streamed scan (filtered batch by batch) for many, so a small change reads little and a
+    large one reads the table once."""
+    wanted = pc.unique(values)
+    if name not in table_names(db):
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    table = db.open_table(name)
+    schema = pa.schema([table.schema.field(c) for c in columns])
+    if len(wanted) == 0:
+        return schema.empty_table()
+    parts: list[pa.Table] = []
+    if len(wanted) <= LOOKUP_LIMIT:
+        keys = wanted.to_pylist()
+        for start in range(0, len(keys), IN_LIST_BATCH):
+            literals = ", ".join(sql_literal(k) for k in keys[start : start + IN_LIST_BATCH])
+            query = table.search().where(f"{key} IN ({literals})").select(columns).limit(None)
+            parts.append(query.to_arrow())
+    else:
+        for batch in table.search().select(columns).limit(None).to_batches(SCAN_BATCH):
+            parts.append(pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=wanted)))
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
 def upsert(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding_assets.index import store, tables
-from embedding_assets.index.rows import PROVENANCE_KEYS
+from embedding_assets.index.rows import PROVENANCE_KEYS, duplicate_keys
 from embedding_assets.metadata import EXAMPLES
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.quality.gates.outcome import GateOutcome
@@ -35,33 +36,39 @@ class Reconciliation:
 
 
 def reconcile(db: lancedb.DBConnection, version: ModelVersion) -> Reconciliation:
-    """Compare the documents table, the version's chunks and its index rows."""
+    """Compare the documents table, the version's chunks and its index rows: key columns only, joined
+    and counted in Arrow; the offending ids are kept (the first EXAMPLES show in the gate)."""
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
     chunks = store.read_columns(db, tables.chunks_table(version.id), ["chunk_id", "doc_id"])
     rows = store.read_columns(db, tables.index_table(version.id), ["chunk_id", "doc_id", *PROVENANCE_KEYS])
-    manifest = dict(zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True))
-    chunk_ids = set(chunks["chunk_id"].to_pylist())
-    row_ids = rows["chunk_id"].to_pylist()
     fingerprint, config_hash = version.pinned_fingerprint(), version.pipeline_config_hash()
-    records = rows.select(
-        ["chunk_id", "doc_id", "doc_checksum", "model_fingerprint", "pipeline_config_hash"]
-    ).to_pylist()
-    result = Reconciliation(len(manifest), len(chunk_ids), len(row_ids))
+    manifest = docs.rename_columns(["doc_id", "manifest_checksum"])
+    with_manifest = rows.join(manifest, "doc_id", join_type="left outer")
+    in_manifest = pc.is_valid(with_manifest["manifest_checksum"])
+    changed = pc.not_equal(with_manifest["doc_checksum"], with_manifest["manifest_checksum"])
+    stale = pc.fill_null(pc.and_(in_manifest, changed), False)
+    result = Reconciliation(docs.num_rows, len(pc.unique(chunks["chunk_id"])), rows.num_rows)
     result.problems = {
-        "orphan_rows": [r["chunk_id"] for r in records if r["doc_id"] not in manifest],
-        "stale_rows": [
-            r["chunk_id"]
-            for r in records
-            if r["doc_id"] in manifest and manifest[r["doc_id"]] != r["doc_checksum"]
-        ],
-        "rows_without_chunk": sorted(set(row_ids) - chunk_ids),
-        "missing_rows": sorted(chunk_ids - set(row_ids)),
-        "documents_without_chunks": sorted(set(manifest) - set(chunks["doc_id"].to_pylist())),
-        "duplicate_rows": sorted(cid for cid, n in Counter(row_ids).items() if n > 1),
-        "foreign_fingerprint": [r["chunk_id"] for r in records if r["model_fingerprint"] != fingerprint],
-        "foreign_pipeline_hash": [r["chunk_id"] for r in records if r["pipeline_config_hash"] != config_hash],
+        "orphan_rows": _ids(with_manifest, pc.invert(in_manifest)),
+        "stale_rows": _ids(with_manifest, stale),
+        "rows_without_chunk": sorted(store.absent(rows["chunk_id"], chunks["chunk_id"]).to_pylist()),
+        "missing_rows": sorted(store.absent(chunks["chunk_id"], rows["chunk_id"]).to_pylist()),
+        "documents_without_chunks": sorted(store.absent(docs["doc_id"], chunks["doc_id"]).to_pylist()),
+        "duplicate_rows": sorted(duplicate_keys(rows, "chunk_id").to_pylist()),
+        "foreign_fingerprint": _ids(rows, _differs(rows["model_fingerprint"], fingerprint)),
+        "foreign_pipeline_hash": _ids(rows, _differs(rows["pipeline_config_hash"], config_hash)),
     }
     return result
+
+
+def _differs(column: pa.ChunkedArray, expected: str) -> pa.ChunkedArray:
+    """Where `column` is not `expected` (a missing value differs too)."""
+    return pc.fill_null(pc.not_equal(column, expected), True)
+
+
+def _ids(rows: pa.Table, where: pa.ChunkedArray) -> list[str]:
+    """The chunk ids of the `rows` where `where` holds, sorted."""
+    return sorted(rows.filter(where)["chunk_id"].to_pylist())
 
 
 def count_gate(db: lancedb.DBConnection, version: ModelVersion) -> GateOutcome:
