@@ -12,14 +12,14 @@ from embedding_assets.cli.main import main
 from embedding_assets.cli.runner import dagster_instance
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.serving import serving_index
-from embedding_assets.defs.checks.gates import GATES, GOLDEN_QUALITY
+from embedding_assets.defs.checks.gates import GOLDEN_QUALITY, INDEX_CHECKS
 from embedding_assets.defs.jobs import PROMOTE_JOB
 from embedding_assets.defs.sensors import (
     blocked_promotion_sensor,
     gates_after_build_sensor,
     promote_after_gates_sensor,
 )
-from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets.models.registry import DEFAULT_VERSION, ONNX_INT8_VERSION
 from embedding_assets.wiring import wiring
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ def test_migrate_rollback_round_trip(cli, capsys):
     promotion = _requested_after(promote_after_gates_sensor, first["gates_run_id"])  # the gates -> serving
     assert promotion.partition_key == MINILM and promotion.tags[tags.MIGRATION] == first["run_id"]
     assert first["promote_run_id"] and promotion.job_name in (None, PROMOTE_JOB)
-    assert [c["name"] for c in first["checks"]] and {c["name"] for c in first["checks"]} == set(GATES)
+    assert [c["name"] for c in first["checks"]] and {c["name"] for c in first["checks"]} == set(INDEX_CHECKS)
     assert all({"name", "passed", "severity", "metadata"} == set(c) for c in first["checks"])
     _, served_before, _ = run(capsys, "search", QUERY, "--json")
 
@@ -114,7 +114,7 @@ def test_migrate_rollback_round_trip(cli, capsys):
     failing = [c for c in blocked["checks"] if not c["passed"]]
     assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
     assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
-    assert _states(capsys) == {MINILM: "served", static: "candidate"}
+    assert _states(capsys) == {MINILM: "served", static: "candidate", ONNX_INT8_VERSION: "registered"}
     observation = _blocked_observation(blocked["gates_run_id"])
     assert observation.metadata["blocked_version"].value == static
     assert observation.metadata["served_version"].value == MINILM
@@ -131,7 +131,7 @@ def test_migrate_rollback_round_trip(cli, capsys):
         capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--reason", "cost", "--json"
     )
     assert code == 0 and promoted["promoted"] and promoted["served_version"] == static
-    assert _states(capsys) == {MINILM: "previous", static: "served"}
+    assert _states(capsys) == {MINILM: "previous", static: "served", ONNX_INT8_VERSION: "registered"}
     overview = _serving_overview()
     assert overview["served_version"] == static and overview["previous_version"] == MINILM
     assert overview["move"].startswith(f"promote: {MINILM} ") and "5/5 gates passed" in overview["move"]
@@ -146,7 +146,7 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert served_after == served_before
 
     code, gates, _ = run(capsys, "checks", "--version", static, "--json")
-    assert code == 1 and not gates["promoted"] and {c["name"] for c in gates["checks"]} == set(GATES)
+    assert code == 1 and not gates["promoted"] and {c["name"] for c in gates["checks"]} == set(INDEX_CHECKS)
 
 
 def test_rollback_with_nothing_before_is_a_clear_error(cli, capsys):

@@ -11,7 +11,7 @@ from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.assets.shards import SHARD_VECTORS
 from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
-from embedding_assets.defs.checks.gates import GATES
+from embedding_assets.defs.checks.gates import INDEX_CHECKS
 from embedding_assets.defs.partitions import SHARD_DIMENSION, VERSION_DIMENSION, model_versions
 from embedding_assets.defs.resources import LanceDBResource, S3StorageResource
 from embedding_assets.defs.sensors import _refresh_in_flight, model_registry_sensor
@@ -41,7 +41,7 @@ def test_every_asset_and_check_is_defined():
         repo.asset_graph.get_all_asset_keys()
     )
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
-    assert checks == {*GATES, SERVED_FRESHNESS}
+    assert checks == {*INDEX_CHECKS, SERVED_FRESHNESS}
 
 
 @pytest.mark.parametrize("name", sorted(JOBS))
@@ -50,7 +50,7 @@ def test_each_job_targets_what_it_says(name):
     assets, gates, partitioned = JOBS[name]
     assert job.asset_layer.executable_asset_keys == assets
     gate_keys = {k.name for k in job.asset_layer.asset_graph.asset_check_keys if k.asset_key == index.key}
-    assert gate_keys == (set(GATES) if gates else set()), gate_keys
+    assert gate_keys == (set(INDEX_CHECKS) if gates else set()), gate_keys
     assert (job.partitions_def == model_versions) == partitioned  # the UI offers a partition picker
 
 

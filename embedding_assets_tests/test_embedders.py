@@ -9,16 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from embedding_assets.defs.checks.gates import GATES
+from embedding_assets.defs.checks.gates import INDEX_CHECKS
 from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, token_batches
 from embedding_assets.models.registry import (
     DEFAULT_VERSION,
+    ONNX_INT8_VERSION,
     FingerprintMismatchError,
     TokenizerSource,
     WeightsSource,
 )
 
-ONNX_VERSION = "minilm-l6-v2-onnx-int8"
 TEXTS = [
     "",
     "csv",
@@ -55,7 +55,7 @@ def test_batched_vectors_equal_sentence_transformers_encode(minilm_embedder):
 
 
 def test_the_onnx_version_lands_next_to_minilm(registry, minilm_embedder):
-    onnx = embedder_for(registry.get(ONNX_VERSION))
+    onnx = embedder_for(registry.get(ONNX_INT8_VERSION))
     assert onnx.version.weights.tokenizer is not None  # MiniLM's tokenizer, pinned with the weights
     vectors = onnx.encode(TEXTS)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
@@ -65,7 +65,7 @@ def test_the_onnx_version_lands_next_to_minilm(registry, minilm_embedder):
 
 def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, monkeypatch):
     """A tokenizer one byte different, from another package, is refused like changed weights."""
-    pinned = registry.get(ONNX_VERSION)
+    pinned = registry.get(ONNX_INT8_VERSION)
     package = tmp_path / "other_tokenizer_pkg"
     (package / "model").mkdir(parents=True)
     (package / "__init__.py").write_text("")
@@ -82,7 +82,7 @@ def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, mon
             )
         }
     )
-    with pytest.raises(FingerprintMismatchError, match=ONNX_VERSION):
+    with pytest.raises(FingerprintMismatchError, match=ONNX_INT8_VERSION):
         swapped.verified_weights_path()
     shutil.copy(pinned.tokenizer_path(), package / "model" / "tokenizer.json")
     assert swapped.verified_weights_path() == pinned.weights_path()  # the same bytes pass
@@ -93,8 +93,8 @@ def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, mon
 def test_a_migration_from_minilm_to_the_onnx_version_passes_every_gate(built_project, tmp_path_factory):
     project = built_project.copy(tmp_path_factory.mktemp("onnx"))
     assert project.migrate(DEFAULT_VERSION).promoted
-    migration = project.migrate(ONNX_VERSION)
-    assert {c["name"] for c in migration.checks} == set(GATES)
+    migration = project.migrate(ONNX_INT8_VERSION)
+    assert {c["name"] for c in migration.checks} == set(INDEX_CHECKS)
     failed = [c["name"] for c in migration.checks if not c["passed"]]
     assert migration.promoted and not failed, (failed, migration.errors)
-    assert project.pointer.require_current().version == ONNX_VERSION
+    assert project.pointer.require_current().version == ONNX_INT8_VERSION

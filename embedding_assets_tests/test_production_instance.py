@@ -23,7 +23,7 @@ from embedding_assets.cli.daemon import dagster_daemon as daemon
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.corpus import corpus
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GATES
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, INDEX_CHECKS
 from embedding_assets.defs.dagster_private import latest_check_evaluations
 from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, MIGRATE_JOB, PROMOTE_JOB, REFRESH_SERVED_JOB
 from embedding_assets.models.registry import DEFAULT_VERSION
@@ -196,7 +196,7 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
         assert migrated.returncode == 0, err[-3000:]
         migration = json.loads(out)  # already served at this table version: the promotion re-affirms it
         assert migration["promoted"] and migration["served_version"] == DEFAULT_VERSION
-        assert {c["name"] for c in migration["checks"]} == set(GATES)
+        assert {c["name"] for c in migration["checks"]} == set(INDEX_CHECKS)
         assert all(c["passed"] for c in migration["checks"])
         # Build, gates and promotion each went through the queue, tagged with what started them.
         runs = [instance.get_run_by_id(migration[k]) for k in ("run_id", "gates_run_id", "promote_run_id")]

@@ -10,6 +10,8 @@ from embedding_assets.models.fingerprint import fingerprint_weights
 from embedding_assets.models.pinning import pin_version
 from embedding_assets.models.registry import (
     DEFAULT_VERSION,
+    ONNX_INT8_VERSION,
+    STATIC_VERSION,
     FingerprintMismatchError,
     ModelRegistry,
     UnpinnedModelError,
@@ -28,7 +30,7 @@ def weights_copy(minilm, tmp_path):
 
 
 def test_shipped_versions_are_pinned(registry):
-    assert {DEFAULT_VERSION, "minilm-l6-v2-static256"} <= set(registry.ids)
+    assert {DEFAULT_VERSION, STATIC_VERSION, ONNX_INT8_VERSION} <= set(registry.ids)
     for version in registry.versions:
         kind = "recipe-sha256:" if version.weights.build else "sha256:"  # built: recipe; package: bytes
         assert version.pinned_fingerprint().startswith(kind)

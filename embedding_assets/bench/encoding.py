@@ -13,9 +13,8 @@ from embedding_assets.bench.measure import interleaved
 from embedding_assets.corpus.sources import Document, FolderSource
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.models.embedders import ENCODE_TOKEN_BUDGET, embedder_for
-from embedding_assets.models.registry import DEFAULT_VERSION, ModelRegistry
+from embedding_assets.models.registry import DEFAULT_VERSION, ONNX_INT8_VERSION, ModelRegistry
 
-ONNX_VERSION = "minilm-l6-v2-onnx-int8"
 RAW_BATCH_SIZE = 32  # sentence-transformers' own default
 
 
@@ -32,7 +31,7 @@ def corpus_chunks(corpus: Path, chunker: Chunker, count: int, seed: int = 0) -> 
 
 def measure(registry: ModelRegistry, corpus: Path, chunks: int, rounds: int) -> dict:
     minilm = embedder_for(registry.get(DEFAULT_VERSION))
-    onnx = embedder_for(registry.get(ONNX_VERSION))
+    onnx = embedder_for(registry.get(ONNX_INT8_VERSION))
     version = minilm.version
     texts = corpus_chunks(corpus, Chunker(minilm.tokenizer, version.chunking, version.max_tokens), chunks)
     raw_model = minilm.model  # the same SentenceTransformer object, max_seq_length as the version sets it
@@ -57,7 +56,7 @@ def measure(registry: ModelRegistry, corpus: Path, chunks: int, rounds: int) -> 
         {
             f"SentenceTransformer.encode(batch_size={RAW_BATCH_SIZE})": raw,
             f"project encoder, {DEFAULT_VERSION}": ours,
-            f"project encoder, {ONNX_VERSION}": int8,
+            f"project encoder, {ONNX_INT8_VERSION}": int8,
         },
         rounds,
     )

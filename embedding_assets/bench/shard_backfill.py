@@ -29,9 +29,9 @@ from embedding_assets.bench.corpus import real_paragraphs, write_synthetic_corpu
 from embedding_assets.cli.daemon import dagster_daemon
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION
 from embedding_assets.index import store, tables
+from embedding_assets.models.registry import STATIC_VERSION
 
 BIN = Path(sys.executable).parent
-STATIC_VERSION = "minilm-l6-v2-static256"
 PG_PORT = 55471
 BEIR_TEXT = locations.PROJECT_ROOT.parent / "shared" / "datasets" / "cranfield"  # used when present
 

@@ -16,6 +16,10 @@ from embedding_assets import locations
 from embedding_assets.models.fingerprint import fingerprint_weights
 
 DEFAULT_VERSION = "minilm-l6-v2"
+# The other shipped versions that benchmarks and tests name: the static model distilled from MiniLM, and
+# MiniLM's int8 ONNX export.
+STATIC_VERSION = "minilm-l6-v2-static256"
+ONNX_INT8_VERSION = "minilm-l6-v2-onnx-int8"
 FINGERPRINT_PATTERN = r"^sha256:[0-9a-f]{64}$"  # bytes of weights that come from a package
 RECIPE_PATTERN = r"^recipe-sha256:[0-9a-f]{64}$"  # how the project builds a version's weights
 DEFAULT_MODELS_DIR = locations.models_dir(locations.DEFAULT_DATA_DIR)

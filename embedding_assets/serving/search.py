@@ -8,7 +8,7 @@ from typing import Any
 import lancedb
 import numpy as np
 
-from embedding_assets.index import store, tables
+from embedding_assets.index import ann, store, tables
 from embedding_assets.models.embedders import Embedder, embedder_for
 from embedding_assets.models.registry import ModelRegistry, ModelVersion
 from embedding_assets.serving.pointer import ServingPointer, ServingState
@@ -82,6 +82,7 @@ class Searcher:
         if state not in _PROVEN_STATES:
             self._refuse_foreign_vectors()
             _PROVEN_STATES.add(state)
+        self.vector_index = ann.vector_index_name(self.table)  # None: this table state searches exactly
 
     def _refuse_foreign_vectors(self) -> None:
         """Scan the table once for a row of another fingerprint: vectors of two spaces never mix."""
@@ -106,14 +107,10 @@ class Searcher:
     def search_vector(
         self, vector: np.ndarray, k: int, columns: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column)."""
-        rows = (
-            self.table.search(vector)
-            .metric("cosine")
-            .select([*(columns or HIT_COLUMNS), "_distance"])
-            .limit(k)
-            .to_list()
-        )
+        """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column):
+        through the table's ANN index when it has one, else exact."""
+        query = ann.tuned(self.table.search(vector).distance_type("cosine"), self.vector_index is not None)
+        rows = query.select([*(columns or HIT_COLUMNS), "_distance"]).limit(k).to_list()
         for row in rows:
             row["score"] = round(1.0 - float(row.pop("_distance")), 6)
         return rows

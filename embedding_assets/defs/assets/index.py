@@ -9,7 +9,7 @@ from embedding_assets import metadata as md
 from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource
-from embedding_assets.index import tables
+from embedding_assets.index import ann, tables
 from embedding_assets.index.rows import sync_index
 from embedding_assets.quality.freshness import indexing_lag
 from embedding_assets.quality.gates.sentinels import ensure_sentinels
@@ -32,6 +32,13 @@ def index(
     db = lancedb.connect()
     corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version  # what this run indexes from
     sync = sync_index(db, version)
+    vector_index = ann.ensure_vector_index(db.open_table(tables.index_table(version.id)), version.dimension)
+    if vector_index.action in ("created", "optimized"):
+        context.log.info(
+            f"vector index {vector_index.index} {vector_index.action} on {vector_index.rows} rows in "
+            f"{vector_index.seconds} s ({vector_index.unindexed_rows} rows not indexed)"
+        )
+    table_version = db.open_table(tables.index_table(version.id)).version  # optimize() commits too
     lag = indexing_lag(db, sync.docs_written, datetime.now(UTC))
     sentinels, created = ensure_sentinels(db, version)
     if created:
@@ -47,10 +54,11 @@ def index(
             md.ROWS_UPSERTED: sync.rows_upserted,
             md.ROWS_DELETED: sync.rows_deleted,
             md.SECONDS: round(time.perf_counter() - started, 2),
-            md.LANCE_TABLE_VERSION: sync.table_version,
+            md.LANCE_TABLE_VERSION: table_version,
             md.CORPUS_TABLE_VERSION: corpus_version,
             "sentinels": sentinels,
             "docs_indexed": len(sync.docs_written),
+            **vector_index.to_metadata(),
             **{md.LAG_SECONDS[q]: lag[q] for q in md.LAG_SECONDS},
         }
     )

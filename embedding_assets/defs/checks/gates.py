@@ -26,6 +26,7 @@ from embedding_assets.defs.resources import (
 from embedding_assets.index.rows import MissingEmbeddingsError
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
+from embedding_assets.quality.gates.ann_recall import ann_recall
 from embedding_assets.quality.gates.counts import count_gate
 from embedding_assets.quality.gates.data_quality import check_version_data_quality
 from embedding_assets.quality.gates.golden import golden_quality
@@ -41,6 +42,8 @@ NEIGHBOUR_STABILITY = "neighbour_stability"
 GOLDEN_QUALITY = "golden_quality"
 DATA_QUALITY = "data_quality"
 GATES = (COUNT_RECONCILIATION, SENTINEL_DRIFT, NEIGHBOUR_STABILITY, GOLDEN_QUALITY, DATA_QUALITY)
+ANN_RECALL = "ann_recall"  # a signal beside the gates: it warns, never blocks
+INDEX_CHECKS = (*GATES, ANN_RECALL)
 
 # Partitioned asset checks are a Dagster preview feature; the warning repeats on every import.
 warnings.filterwarnings(
@@ -100,6 +103,7 @@ OVERRIDE_TYPES: dict[str, type[GateOverride]] = {
     NEIGHBOUR_STABILITY: NeighbourStabilityOverride,
     GOLDEN_QUALITY: GoldenQualityOverride,
     DATA_QUALITY: NoOverride,
+    ANN_RECALL: NoOverride,
 }
 
 
@@ -135,13 +139,13 @@ def _metadata(outcome: GateOutcome, inputs: GateInputs, overrides: dict, reason:
 
 
 def gate_check(
-    name: str, description: str, evaluate: Callable[[GateInputs], GateOutcome]
+    name: str, description: str, evaluate: Callable[[GateInputs], GateOutcome], *, blocking: bool = True
 ) -> dg.AssetChecksDefinition:
-    """A blocking, partitioned check on `index` that runs `evaluate` and reports its outcome."""
+    """A partitioned check on `index` (blocking unless told) that runs `evaluate` and reports its outcome."""
     config_type = OVERRIDE_TYPES[name]
 
     @dg.asset_check(
-        asset=index, name=name, blocking=True, partitions_def=model_versions, description=description
+        asset=index, name=name, blocking=blocking, partitions_def=model_versions, description=description
     )
     def _check(
         context: dg.AssetCheckExecutionContext,
@@ -224,6 +228,14 @@ data_quality_check = gate_check(
     _data_quality,
 )
 
+ann_recall_check = gate_check(
+    ANN_RECALL,
+    "recall@10 of the ANN index against exact search on the judged queries; warns below 0.95, never "
+    "blocks (a table under the ANN threshold searches exactly and passes).",
+    lambda g: ann_recall(g.db, current_encoder(g.version), g.golden.fixed_queries()),
+    blocking=False,
+)
+
 
 index_checks = [
     count_reconciliation,
@@ -231,6 +243,7 @@ index_checks = [
     neighbour_stability_check,
     golden_quality_check,
     data_quality_check,
+    ann_recall_check,
 ]
 
 
