@@ -97,6 +97,7 @@ def ensure_static_model() -> None:
 
 
 def run_suite(settings: dict, out: Path) -> dict:
+    """Every section in turn; the report so far is saved after each, so a stopped run keeps its numbers."""
     out.mkdir(parents=True, exist_ok=True)
     steps = ["encoding"] + (["shipped corpus"] if settings["shipped_corpus"] else [])
     steps += [f"scale {n:,}" for n in settings["scale"]] + ["ann"]
@@ -108,12 +109,14 @@ def run_suite(settings: dict, out: Path) -> dict:
         report["encoding"] = encoding.measure(
             load_registry(), shipped, settings["encoding_chunks"], settings["encoding_rounds"]
         )
+        _save(report, out)
         bar.update()
         if settings["shipped_corpus"]:
             bar.set_postfix_str("shipped corpus")
             built = pipeline.build_and_refresh(out / "shipped", shipped, DEFAULT_VERSION, serve=True)
             built["migration"] = pipeline.migrate_to(built.pop("env"), ONNX_INT8_VERSION)
             report["shipped"] = built
+            _save(report, out)
             bar.update()
         ensure_static_model()
         report["scale"] = []
@@ -124,6 +127,7 @@ def run_suite(settings: dict, out: Path) -> dict:
             point = pipeline.build_and_refresh(root, corpus, STATIC_VERSION, serve=False)
             point.pop("env")
             report["scale"].append(point)
+            _save(report, out)
             bar.update()
         bar.set_postfix_str(f"ann {settings['ann_rows']:,}")
         static = embedder_for(load_registry().get(STATIC_VERSION))
@@ -134,6 +138,10 @@ def run_suite(settings: dict, out: Path) -> dict:
         bar.update()
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _save(report: dict, out: Path) -> None:
+    (out / "performance-partial.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 def _ratio(part: float, whole: float) -> str:
