@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lancedb
 import pyarrow as pa
-from lancedb.index import HnswSq, IvfPq, IvfRq
+from lancedb.index import BTree, HnswSq, IvfPq, IvfRq
 
 from embedding_assets import locations
 from embedding_assets.index import ann, store
@@ -121,7 +121,7 @@ CANDIDATES = {
 def measure(db_folder: Path, rows: int, paragraphs: list[str], embedder: Embedder, candidates: list[str]):
     db = store.connect(db_folder)
     table = vector_table(db, rows, paragraphs, embedder)
-    table.create_scalar_index("doc_id", index_type="BTREE", replace=True)  # as the project's tables have
+    table.create_index("doc_id", config=BTree(), replace=True)  # as the project's tables have
     filtered_rows = table.count_rows(FILTER)
     texts = query_texts(paragraphs)
     exact, exact_ms = _search(table, embedder, texts, lambda q: q.bypass_vector_index(), None)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import lancedb
 import numpy as np
-from lancedb.index import IvfPq
+from lancedb.index import BTree, IvfPq
 
 VECTOR_COLUMN = "vector"
 KEY_COLUMNS = ("chunk_id", "doc_id")  # BTREE indexes: merges find keys, filters find their rows fast
@@ -80,7 +80,7 @@ def ensure_vector_index(table: lancedb.table.Table, dimension: int) -> VectorInd
     if name is None:
         for column in KEY_COLUMNS:
             if column in table.schema.names:
-                table.create_scalar_index(column, index_type="BTREE", replace=True)
+                table.create_index(column, config=BTree(), replace=True)
         table.create_index(VECTOR_COLUMN, config=index_config(rows, dimension))
         table.checkout_latest()
         name, action = vector_index_name(table), "created"
@@ -94,7 +94,7 @@ def ensure_vector_index(table: lancedb.table.Table, dimension: int) -> VectorInd
         rows,
         name,
         str(stats.index_type) if stats else INDEX_TYPE,
-        _unindexed(table, name),
+        int(stats.num_unindexed_rows) if stats else rows,
         action,
         round(time.perf_counter() - started, 2),
     )

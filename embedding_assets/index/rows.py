@@ -103,21 +103,28 @@ def _index_row_batches(
     chunks their vectors are looked up; for many, the cache is read once, batch by batch. Every vector
     is checked to exist before the first row is written."""
     cache = tables.cache_table(version.encoder_key())
-    cached = store.read_columns(db, cache, ["chunk_hash"])["chunk_hash"]
-    missing = len(store.absent(chunks["chunk_hash"], cached))
-    if missing:
-        raise MissingEmbeddingsError(
-            f"{missing} chunk hashes of {version.id!r} have no cached vector; materialize embeddings first"
-        )
-    if chunks.num_rows <= store.LOOKUP_LIMIT:
+    if chunks.num_rows == 0:
+        return
+    if chunks.num_rows <= store.LOOKUP_LIMIT:  # a refresh: look the few vectors up, scan nothing
         vectors = store.rows_for_keys(db, cache, "chunk_hash", chunks["chunk_hash"], VECTOR_COLUMNS)
+        _refuse_missing(version, chunks, vectors["chunk_hash"])
         yield _index_rows(version, chunks, vectors, fingerprint, config_hash)
         return
+    _refuse_missing(version, chunks, store.read_columns(db, cache, ["chunk_hash"])["chunk_hash"])
     for batch in db.open_table(cache).search().select(VECTOR_COLUMNS).limit(None).to_batches(WRITE_BATCH):
         vectors = pa.Table.from_batches([batch])
         matching = chunks.filter(pc.is_in(chunks["chunk_hash"], value_set=store.flat(vectors["chunk_hash"])))
         if matching.num_rows:
             yield _index_rows(version, matching, vectors, fingerprint, config_hash)
+
+
+def _refuse_missing(version: ModelVersion, chunks: pa.Table, cached: pa.ChunkedArray) -> None:
+    """Raise before anything is written if a chunk's hash has no vector among `cached`."""
+    missing = len(store.absent(chunks["chunk_hash"], cached))
+    if missing:
+        raise MissingEmbeddingsError(
+            f"{missing} chunk hashes of {version.id!r} have no cached vector; materialize embeddings first"
+        )
 
 
 def _index_rows(

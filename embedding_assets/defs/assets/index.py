@@ -32,13 +32,14 @@ def index(
     db = lancedb.connect()
     corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version  # what this run indexes from
     sync = sync_index(db, version)
-    vector_index = ann.ensure_vector_index(db.open_table(tables.index_table(version.id)), version.dimension)
+    table = db.open_table(tables.index_table(version.id))
+    vector_index = ann.ensure_vector_index(table, version.dimension)
     if vector_index.action in ("created", "optimized"):
         context.log.info(
             f"vector index {vector_index.index} {vector_index.action} on {vector_index.rows} rows in "
             f"{vector_index.seconds} s ({vector_index.unindexed_rows} rows not indexed)"
         )
-    table_version = db.open_table(tables.index_table(version.id)).version  # optimize() commits too
+    table_version = table.version  # index builds and optimize() commit versions of their own
     lag = indexing_lag(db, sync.docs_written, datetime.now(UTC))
     sentinels, created = ensure_sentinels(db, version)
     if created:
