@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedding_assets.defs.checks.gates import INDEX_CHECKS
-from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, token_batches
+from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, padded_ids, token_batches
 from embedding_assets.models.registry import (
     DEFAULT_VERSION,
     ONNX_INT8_VERSION,
@@ -41,6 +41,19 @@ def test_token_batches_group_like_lengths_within_the_budget():
         padded = len(batch) * int(lengths[batch].max())
         assert len(batch) == 1 or padded <= 1024
         assert len(batch) <= ENCODE_MAX_BATCH
+
+
+def test_padded_ids_mask_the_padding_on_either_side(minilm_embedder):
+    encodings = minilm_embedder.input_tokenizer.encode_batch(["a longer text here", "short"])
+    widths = [len(e.ids) for e in encodings]
+    for side in ("right", "left"):
+        ids, types, mask = padded_ids(encodings, (7, side))
+        assert ids.shape == types.shape == mask.shape == (2, max(widths))
+        assert mask.sum(axis=1).tolist() == widths
+        assert (ids[mask == 0] == 7).all()
+        real = ids[1][mask[1] == 1].tolist()
+        assert real == encodings[1].ids
+        assert (mask[1, -1] == 1) == (side == "left")
 
 
 def test_batched_vectors_equal_sentence_transformers_encode(minilm_embedder):
