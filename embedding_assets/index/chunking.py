@@ -9,9 +9,11 @@ of the document it covers, so the document can be reconstructed from its chunks.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,24 @@ if TYPE_CHECKING:
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or the model's equivalents) count against max_tokens
 SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?:;])\s+|\n\s*\n+|\n(?=\s*(?:[-*+] |\d+\. |#|>>> |\.\. ))")
 LINE_BOUNDARY = re.compile(r"(?<=\n)")
+
+
+PARALLEL_BATCH = 64  # texts per tokenizer call worth spreading over every core
+PARALLELISM_VARIABLE = "TOKENIZERS_PARALLELISM"  # read by the Rust tokenizer at every call
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool):
+    """The Rust tokenizer on every core for the calls inside: off by default in this package (a process
+    forked after it ran threads disables them with a warning), on where a large batch pays for it."""
+    previous = os.environ.get(PARALLELISM_VARIABLE)
+    if enabled:
+        os.environ[PARALLELISM_VARIABLE] = "true"
+    try:
+        yield
+    finally:
+        if enabled:
+            os.environ[PARALLELISM_VARIABLE] = previous if previous is not None else "false"
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,11 @@ def chunk_hash(text: str) -> str:
 
 
 class Chunker:
-    """Cuts documents into chunks that never exceed the model's input limit."""
+    """Cuts documents into chunks that never exceed the model's input limit.
+
+    `chunk_many` tokenizes a whole batch of documents in two calls of the Rust tokenizer (the pieces
+    between boundaries, then the finished chunks), so a large corpus is cut at the tokenizer's
+    batch speed on every core instead of one small call per piece."""
 
     def __init__(self, tokenizer: Tokenizer, config: ChunkingConfig, max_tokens: int):
         self.tokenizer = tokenizer
@@ -54,40 +78,78 @@ class Chunker:
         self.overlap = min(config.overlap_tokens, self.budget // 2)
 
     def chunk(self, doc_id: str, text: str) -> list[Chunk]:
-        if doc_id.endswith(".py") and self.config.python_by_definition:
-            segments = [(a, b, sig, LINE_BOUNDARY) for a, b, sig in _python_segments(text)]
-        else:
-            segments = [(0, len(text), _title_of(text), SENTENCE_BOUNDARY)]
-        spans: list[tuple[int, int, str]] = []
-        for start, end, context, boundary in segments:
-            spans.extend(self._pack(text, start, end, context, boundary))
-        return [self._make(text, i, start, end, header) for i, (start, end, header) in enumerate(spans)]
+        return self.chunk_many([(doc_id, text)])[0]
+
+    def chunk_many(self, documents: Sequence[tuple[str, str]]) -> list[list[Chunk]]:
+        """The chunks of each (doc_id, text), in order; the same as `chunk` one document at a time."""
+        plans = [self._segments(doc_id, text) for doc_id, text in documents]
+        pieces = [
+            text[a:b]
+            for (_, text), segments in zip(documents, plans, strict=True)
+            for segment in segments
+            for a, b in segment.pieces
+        ]
+        contexts = [segment.context for segments in plans for segment in segments]
+        encodings = iter(self._encode(pieces))
+        context_tokens = iter(len(e.ids) for e in self._encode(contexts))
+        spans_per_doc = []
+        for (_, text), segments in zip(documents, plans, strict=True):
+            spans: list[tuple[int, int, str]] = []
+            for segment in segments:
+                piece_encodings = [next(encodings) for _ in segment.pieces]
+                spans.extend(self._pack(text, segment, piece_encodings, next(context_tokens)))
+            spans_per_doc.append(spans)
+        texts = [
+            _chunk_text(text, *span)
+            for (_, text), spans in zip(documents, spans_per_doc, strict=True)
+            for span in spans
+        ]
+        counts = iter(len(e.ids) for e in self._encode(texts))
+        bodies = iter(texts)
+        return [
+            [Chunk(i, next(bodies), start, end, next(counts)) for i, (start, end, _) in enumerate(spans)]
+            for spans in spans_per_doc
+        ]
 
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def _make(self, text: str, ordinal: int, start: int, end: int, header: str) -> Chunk:
-        body = text[start:end].strip()
-        chunk_text = f"{header}\n{body}" if header else body
-        return Chunk(ordinal, chunk_text, start, end, self.count(chunk_text))
+    def _encode(self, texts: list[str]) -> list:
+        if not texts:
+            return []
+        with tokenizer_threads(len(texts) >= PARALLEL_BATCH):
+            return self.tokenizer.encode_batch(texts, add_special_tokens=False)
+
+    def _segments(self, doc_id: str, text: str) -> list[_Segment]:
+        if doc_id.endswith(".py") and self.config.python_by_definition:
+            segments = [(a, b, sig, LINE_BOUNDARY) for a, b, sig in _python_segments(text)]
+        else:
+            segments = [(0, len(text), _title_of(text), SENTENCE_BOUNDARY)]
+        planned = []
+        for start, end, context, boundary in segments:
+            if not text[start:end].strip():
+                continue
+            cuts = [start] + [m.end() + start for m in boundary.finditer(text[start:end])] + [end]
+            pieces = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
+            planned.append(_Segment(context, pieces))
+        return planned
 
     def _pack(
-        self, text: str, start: int, end: int, context: str, boundary: re.Pattern[str]
+        self, text: str, segment: _Segment, encodings: list, context_tokens: int
     ) -> Iterable[tuple[int, int, str]]:
         """Greedy packing of boundary-aligned units into spans of at most the token budget.
 
         Yields (start, end, header): the header is the segment's context line, given to every span
         but the first (which already begins with it).
         """
-        if not text[start:end].strip():
-            return
-        header_tokens = self.count(context) + 1 if context else 0
+        context = segment.context
+        header_tokens = context_tokens + 1 if context else 0
         if header_tokens > self.budget // 2:
             context, header_tokens = "", 0
         budget = self.budget - header_tokens
         current: list[tuple[int, int, int]] = []
         header = ""
-        for unit in self._units(text, start, end, boundary, max(budget // 2, 8)):
+        for unit in _units(segment.pieces, encodings, max(budget // 2, 8)):
             if current and sum(u[2] for u in current) + unit[2] > budget:
                 yield current[0][0], current[-1][1], header
                 current = self._overlap_tail(current, budget - unit[2])
@@ -106,27 +168,36 @@ class Chunker:
             used += unit[2]
         return tail
 
-    def _units(
-        self, text: str, start: int, end: int, boundary: re.Pattern[str], limit: int
-    ) -> list[tuple[int, int, int]]:
-        """(start, end, tokens) pieces split at `boundary`; a piece over `limit` is cut between words."""
-        cuts = [start] + [m.end() + start for m in boundary.finditer(text[start:end])] + [end]
-        pieces = [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
-        encodings = self.tokenizer.encode_batch([text[a:b] for a, b in pieces], add_special_tokens=False)
-        units: list[tuple[int, int, int]] = []
-        for (a, b), encoding in zip(pieces, encodings, strict=True):
-            if len(encoding.ids) <= limit:
-                units.append((a, b, len(encoding.ids)))
-                continue
-            starts = _word_starts(encoding.tokens)
-            lo_token = 0
-            while lo_token < len(encoding.ids):
-                hi_token = _cut_before(starts, lo_token, lo_token + limit, len(encoding.ids))
-                lo = a if lo_token == 0 else a + encoding.offsets[lo_token][0]
-                hi = b if hi_token >= len(encoding.ids) else a + encoding.offsets[hi_token][0]
-                units.append((lo, hi, hi_token - lo_token))
-                lo_token = hi_token
-        return units
+
+@dataclass(frozen=True)
+class _Segment:
+    """A stretch of a document packed on its own: its context line and its pieces between boundaries."""
+
+    context: str
+    pieces: list[tuple[int, int]]
+
+
+def _chunk_text(text: str, start: int, end: int, header: str) -> str:
+    body = text[start:end].strip()
+    return f"{header}\n{body}" if header else body
+
+
+def _units(pieces: list[tuple[int, int]], encodings: list, limit: int) -> list[tuple[int, int, int]]:
+    """(start, end, tokens) of each piece; a piece over `limit` tokens is cut between words."""
+    units: list[tuple[int, int, int]] = []
+    for (a, b), encoding in zip(pieces, encodings, strict=True):
+        if len(encoding.ids) <= limit:
+            units.append((a, b, len(encoding.ids)))
+            continue
+        starts = _word_starts(encoding.tokens)
+        lo_token = 0
+        while lo_token < len(encoding.ids):
+            hi_token = _cut_before(starts, lo_token, lo_token + limit, len(encoding.ids))
+            lo = a if lo_token == 0 else a + encoding.offsets[lo_token][0]
+            hi = b if hi_token >= len(encoding.ids) else a + encoding.offsets[hi_token][0]
+            units.append((lo, hi, hi_token - lo_token))
+            lo_token = hi_token
+    return units
 
 
 def _word_starts(tokens: list[str]) -> list[bool]:

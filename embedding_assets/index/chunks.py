@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import lancedb
@@ -28,6 +29,14 @@ def chunk_id(doc_id: str, ordinal: int) -> str:
     return f"{doc_id}#{ordinal}"
 
 
+CHUNK_DOC_BATCH = 1024  # documents tokenized per call
+CHUNK_WRITE_BATCH = 65_536  # chunk rows upserted per commit
+# A chunk row is rewritten only if what it holds changed.
+CHUNK_CHANGED = (
+    "target.chunk_hash != source.chunk_hash OR target.doc_checksum != source.doc_checksum "
+    "OR target.pipeline_config_hash != source.pipeline_config_hash "
+    "OR target.char_start != source.char_start OR target.char_end != source.char_end"
+)
 CHUNKED_AS = ["doc_id", "doc_checksum", "pipeline_config_hash"]  # what a chunk was cut from, and how
 
 
@@ -63,66 +72,101 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     stale_docs = [d for d, _ in stale]
 
     staged = staging.staged_chunks(db, version.id, set(stale), config_hash)
-    from_shards = set(staged["doc_id"].to_pylist())
-    rows = pa.concat_tables(
-        [staged, chunk_documents(db, [d for d in stale_docs if d not in from_shards], chunker, config_hash)]
-    )
+    from_shards = pa.array(sorted(set(staged["doc_id"].to_pylist())), pa.string())
+    to_cut = store.absent(stale_rows["doc_id"], from_shards)
     table = store.open_table(db, name, store.CHUNKS_SCHEMA)
-    written = store.upsert(
-        table,
-        rows,
-        "chunk_id",
-        changed_when="target.chunk_hash != source.chunk_hash "
-        "OR target.doc_checksum != source.doc_checksum "
-        "OR target.pipeline_config_hash != source.pipeline_config_hash "
-        "OR target.char_start != source.char_start OR target.char_end != source.char_end",
-    )
+    written = _ChunkWrites(table)
+    written.add(staged)
+    for rows in chunk_batches(db, to_cut, chunker, config_hash):
+        written.add(rows)
+    written.flush()
     gone = pc.invert(pc.is_in(existing["doc_id"], value_set=store.flat(docs["doc_id"])))
     replaced = pc.and_(
         pc.is_in(existing["doc_id"], value_set=pa.array(stale_docs, pa.string())),
-        pc.invert(pc.is_in(existing["chunk_id"], value_set=store.flat(rows["chunk_id"]))),
+        pc.invert(pc.is_in(existing["chunk_id"], value_set=written.chunk_ids())),
     )
     obsolete = existing.filter(pc.or_(gone, replaced))["chunk_id"].to_pylist()
     deleted = store.delete_keys(table, "chunk_id", obsolete)
     staging.drop_staged(db, version.id, staging.CHUNKS)  # folded in, or stale: written, so never needed
-    tokens = rows["token_count"]
     return ChunkSync(
         documents_chunked=len(stale_docs),
-        chunks_written=written.inserted + written.updated,
+        chunks_written=written.rows,
         chunks_deleted=deleted,
         chunks_total=table.count_rows(),
-        max_tokens_seen=int(pc.max(tokens).as_py() or 0) if rows.num_rows else 0,
+        max_tokens_seen=written.max_tokens,
         table_version=table.version,
         chunks_from_shards=staged.num_rows,
     )
 
 
+class _ChunkWrites:
+    """Chunk rows upserted CHUNK_WRITE_BATCH at a time (a commit each), keeping only their ids."""
+
+    def __init__(self, table: lancedb.table.Table):
+        self.table = table
+        self.pending: list[pa.Table] = []
+        self.ids: list[pa.ChunkedArray] = []
+        self.rows = 0
+        self.max_tokens = 0
+
+    def add(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.pending.append(rows)
+            self.ids.append(rows["chunk_id"])
+            self.max_tokens = max(self.max_tokens, int(pc.max(rows["token_count"]).as_py()))
+        if sum(p.num_rows for p in self.pending) >= CHUNK_WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        stats = store.upsert(
+            self.table, pa.concat_tables(self.pending), "chunk_id", changed_when=CHUNK_CHANGED
+        )
+        self.rows += stats.inserted + stats.updated
+        self.pending = []
+
+    def chunk_ids(self) -> pa.Array:
+        return pa.concat_arrays([c for ids in self.ids for c in ids.chunks] or [pa.array([], pa.string())])
+
+
 def chunk_documents(
-    db: lancedb.DBConnection, doc_ids: list[str], chunker: Chunker, config_hash: str
+    db: lancedb.DBConnection, doc_ids: list[str] | pa.Array, chunker: Chunker, config_hash: str
 ) -> pa.Table:
     """Chunk rows (CHUNKS_SCHEMA) of the documents `doc_ids`, read from the documents table."""
-    records = []
-    for start in range(0, len(doc_ids), store.IN_LIST_BATCH):
-        batch = doc_ids[start : start + store.IN_LIST_BATCH]
-        where = f"doc_id IN ({', '.join(store.sql_literal(d) for d in batch)})"
-        docs = store.read_columns(
-            db, tables.DOCUMENTS_TABLE, ["doc_id", "text", "source_uri", "doc_checksum"], where
-        )
-        for doc in docs.to_pylist():
-            for chunk in chunker.chunk(doc["doc_id"], doc["text"]):
-                records.append(
-                    {
-                        "chunk_id": chunk_id(doc["doc_id"], chunk.ordinal),
-                        "doc_id": doc["doc_id"],
-                        "source_uri": doc["source_uri"],
-                        "doc_checksum": doc["doc_checksum"],
-                        "chunk_ordinal": chunk.ordinal,
-                        "chunk_hash": chunk.chunk_hash,
-                        "text": chunk.text,
-                        "char_start": chunk.char_start,
-                        "char_end": chunk.char_end,
-                        "token_count": chunk.token_count,
-                        "pipeline_config_hash": config_hash,
-                    }
-                )
-    return pa.Table.from_pylist(records, schema=store.CHUNKS_SCHEMA)
+    parts = list(chunk_batches(db, pa.array(doc_ids, pa.string()), chunker, config_hash))
+    return pa.concat_tables(parts) if parts else store.CHUNKS_SCHEMA.empty_table()
+
+
+def chunk_batches(
+    db: lancedb.DBConnection, doc_ids: pa.Array, chunker: Chunker, config_hash: str
+) -> Iterator[pa.Table]:
+    """Chunk rows of the documents `doc_ids`, CHUNK_DOC_BATCH documents at a time: their texts are read
+    from the documents table in streamed parts and tokenized a batch per call."""
+    columns = ["doc_id", "text", "source_uri", "doc_checksum"]
+    for docs in store.batches_for_keys(db, tables.DOCUMENTS_TABLE, "doc_id", doc_ids, columns):
+        for start in range(0, docs.num_rows, CHUNK_DOC_BATCH):
+            yield _chunk_rows(docs.slice(start, CHUNK_DOC_BATCH), chunker, config_hash)
+
+
+def _chunk_rows(docs: pa.Table, chunker: Chunker, config_hash: str) -> pa.Table:
+    ids, sources, checksums = (docs[c].to_pylist() for c in ("doc_id", "source_uri", "doc_checksum"))
+    cut = chunker.chunk_many(list(zip(ids, docs["text"].to_pylist(), strict=True)))
+    owner = [i for i, chunks in enumerate(cut) for _ in chunks]
+    chunks = [chunk for doc_chunks in cut for chunk in doc_chunks]
+    return pa.table(
+        {
+            "chunk_id": [chunk_id(ids[i], c.ordinal) for i, c in zip(owner, chunks, strict=True)],
+            "doc_id": [ids[i] for i in owner],
+            "source_uri": [sources[i] for i in owner],
+            "doc_checksum": [checksums[i] for i in owner],
+            "chunk_ordinal": [c.ordinal for c in chunks],
+            "chunk_hash": [c.chunk_hash for c in chunks],
+            "text": [c.text for c in chunks],
+            "char_start": [c.char_start for c in chunks],
+            "char_end": [c.char_end for c in chunks],
+            "token_count": [c.token_count for c in chunks],
+            "pipeline_config_hash": [config_hash] * len(chunks),
+        },
+        schema=store.CHUNKS_SCHEMA,
+    )

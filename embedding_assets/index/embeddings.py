@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -11,11 +11,13 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from embedding_assets.index import staging, store, tables
 from embedding_assets.models.embedders import Embedder
 
 CACHE_WRITE_BATCH = 2048
+ENCODE_WINDOW = 65_536  # texts held, and ordered by token count, at a time
 PROGRESS_STEPS = 10
 
 
@@ -49,17 +51,20 @@ def sync_embeddings(
     """
     version = embedder.version
     name = tables.cache_table(version.encoder_key())
-    hashes, todo = unseen_texts(db, tables.chunks_table(version.id), [name])
+    chunk_table = tables.chunks_table(version.id)
+    hashes, unseen = unseen_hashes(db, chunk_table, [name])
     table = store.open_table(db, name, store.cache_schema(version.dimension))
-    folded = staging.fold_staged_vectors(db, version.id, table, todo, embedder.fingerprint)
-    encoded = {h: t for h, t in todo.items() if h not in folded}
-    seconds = encode_into(table, encoded, embedder, progress=progress, log=log)
+    folded = staging.fold_staged_vectors(db, version.id, table, unseen, embedder.fingerprint)
+    to_encode = store.absent(unseen, folded)
+    seconds = encode_into(
+        table, texts_of(db, chunk_table, to_encode), len(to_encode), embedder, progress=progress, log=log
+    )
     staging.drop_staged(db, version.id, staging.VECTORS)  # folded in: the cache holds them now
     unique = len(pc.unique(hashes))
     return EmbedSync(
         chunks=len(hashes),
-        encoded=len(encoded),
-        reused=unique - len(todo),
+        encoded=len(to_encode),
+        reused=unique - len(unseen),
         cached_total=table.count_rows(),
         seconds_encoding=seconds,
         table_version=table.version,
@@ -67,56 +72,78 @@ def sync_embeddings(
     )
 
 
-def unseen_texts(
+def unseen_hashes(
     db: lancedb.DBConnection, chunk_table: str, vector_tables: list[str]
-) -> tuple[pa.ChunkedArray, dict[str, str]]:
-    """The chunk hashes of `chunk_table`, and chunk_hash -> text for each one that none of
-    `vector_tables` (a cache, a staging table) holds a vector for. Key columns are compared in Arrow;
-    texts are read only for the hashes to encode."""
+) -> tuple[pa.ChunkedArray, pa.Array]:
+    """The chunk hashes of `chunk_table`, and the distinct ones that none of `vector_tables` (a cache, a
+    staging table) holds a vector for; key columns only, compared in Arrow."""
     hashes = store.read_columns(db, chunk_table, ["chunk_hash"])["chunk_hash"]
     seen = [store.read_columns(db, name, ["chunk_hash"])["chunk_hash"] for name in vector_tables]
-    unseen = store.absent(hashes, pa.chunked_array([c for s in seen for c in s.chunks], pa.string()))
-    rows = store.rows_for_keys(db, chunk_table, "chunk_hash", unseen, ["chunk_hash", "text"])
-    todo: dict[str, str] = {}
-    for h, text in zip(rows["chunk_hash"].to_pylist(), rows["text"].to_pylist(), strict=True):
-        todo.setdefault(h, text)
-    return hashes, todo
+    return hashes, store.absent(hashes, pa.chunked_array([c for s in seen for c in s.chunks], pa.string()))
+
+
+def texts_of(
+    db: lancedb.DBConnection, chunk_table: str, wanted: pa.Array
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(hashes, texts) of the chunk hashes `wanted`, each once, in parts of at most ENCODE_WINDOW: read
+    from `chunk_table` in streamed parts, so the texts of a whole corpus are never held at once."""
+    done: set[str] = set()
+    hashes: list[str] = []
+    texts: list[str] = []
+    for rows in store.batches_for_keys(db, chunk_table, "chunk_hash", wanted, ["chunk_hash", "text"]):
+        for h, text in zip(rows["chunk_hash"].to_pylist(), rows["text"].to_pylist(), strict=True):
+            if h not in done:
+                done.add(h)
+                hashes.append(h)
+                texts.append(text)
+        if len(hashes) >= ENCODE_WINDOW:
+            yield hashes, texts
+            hashes, texts = [], []
+    if hashes:
+        yield hashes, texts
 
 
 def encode_into(
     table: lancedb.table.Table,
-    todo: dict[str, str],
+    parts: Iterable[tuple[list[str], list[str]]],
+    total: int,
     embedder: Embedder,
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> float:
-    """Encode the texts of `todo` (chunk_hash -> text) and upsert them into `table` (cache schema), one
-    commit per CACHE_WRITE_BATCH, so an interrupted run keeps what it finished; the seconds it took.
+    """Encode the (hashes, texts) `parts` (`total` texts in all) and upsert them into `table` (cache
+    schema), one commit per CACHE_WRITE_BATCH, so an interrupted run keeps what it finished; the seconds
+    it took.
 
-    The whole work list is ordered by token count first (longest first), so every forward pass holds
-    texts of like length however the cache batches cut it."""
+    Each part (up to ENCODE_WINDOW texts, the whole work list of a refresh) is ordered by token count
+    first (longest first), so every forward pass holds texts of like length however the cache batches
+    cut it."""
     version = embedder.version
-    hashes = list(todo)
     started = time.perf_counter()
-    lengths = None
-    if embedder.pads_batches and hashes:
-        counted = embedder.token_lengths([todo[h] for h in hashes])
-        order = np.argsort(-counted, kind="stable")
-        hashes, lengths = [hashes[i] for i in order], counted[order]
-    report = _progress_log(log, len(hashes), version.id, started)
-    for start in range(0, len(hashes), CACHE_WRITE_BATCH):
-        batch = hashes[start : start + CACHE_WRITE_BATCH]
-        vectors = embedder.encode(
-            [todo[h] for h in batch],
-            lengths=None if lengths is None else lengths[start : start + CACHE_WRITE_BATCH],
-            progress=progress,
-            on_batch=lambda done, _, s=start: report(s + done),
-        )
-        _check_vectors(vectors, version.dimension, version.id)
-        store.upsert(
-            table, _cache_rows(batch, vectors, embedder.fingerprint, version.dimension), "chunk_hash"
-        )
+    report = _progress_log(log, total, version.id, started)
+    done = 0
+    with tqdm(total=total, desc=f"embedding [{version.id}]", unit="chunk", disable=not progress) as bar:
+        for hashes, texts in parts:
+            lengths = None
+            if embedder.pads_batches:
+                counted = embedder.token_lengths(texts)
+                order = np.argsort(-counted, kind="stable")
+                hashes, texts, lengths = [hashes[i] for i in order], [texts[i] for i in order], counted[order]
+            for start in range(0, len(hashes), CACHE_WRITE_BATCH):
+                batch = slice(start, start + CACHE_WRITE_BATCH)
+                vectors = embedder.encode(
+                    texts[batch],
+                    lengths=None if lengths is None else lengths[batch],
+                    on_batch=lambda n, _, at=done: (report(at + n), bar.update(at + n - bar.n)),
+                )
+                _check_vectors(vectors, version.dimension, version.id)
+                store.upsert(
+                    table,
+                    _cache_rows(hashes[batch], vectors, embedder.fingerprint, version.dimension),
+                    "chunk_hash",
+                )
+                done += len(vectors)
     return time.perf_counter() - started
 
 

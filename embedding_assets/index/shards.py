@@ -17,7 +17,7 @@ import lancedb
 from embedding_assets.index import staging, store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import CHUNKED_AS, chunk_documents, chunked_as
-from embedding_assets.index.embeddings import encode_into, unseen_texts
+from embedding_assets.index.embeddings import encode_into, texts_of, unseen_hashes
 from embedding_assets.models.embedders import Embedder
 
 SHARD_KEY = re.compile(r"^(\d+)-of-(\d+)$")
@@ -117,9 +117,11 @@ def stage_shard(
     seconds_chunking = time.perf_counter() - started
 
     vectors_name = tables.staging_table(version.id, staging.VECTORS, shard.key)
-    _, todo = unseen_texts(db, chunks_name, [tables.cache_table(version.encoder_key()), vectors_name])
+    _, todo = unseen_hashes(db, chunks_name, [tables.cache_table(version.encoder_key()), vectors_name])
     vectors = store.open_table(db, vectors_name, store.cache_schema(version.dimension))
-    seconds_encoding = encode_into(vectors, todo, embedder, progress=progress, log=log)
+    seconds_encoding = encode_into(
+        vectors, texts_of(db, chunks_name, todo), len(todo), embedder, progress=progress, log=log
+    )
     return ShardStage(
         documents=len(mine),
         docs_chunked=len(todo_docs),

@@ -52,22 +52,23 @@ def fold_staged_vectors(
     db: lancedb.DBConnection,
     version_id: str,
     cache: lancedb.table.Table,
-    todo: dict[str, str],
+    wanted: pa.Array,
     fingerprint: str,
-) -> set[str]:
-    """Write into `cache` the staged vectors of hashes in `todo` that `fingerprint` encoded, one commit
+) -> pa.Array:
+    """Write into `cache` the staged vectors of the hashes `wanted` that `fingerprint` encoded, one commit
     per staging table; the hashes folded."""
-    folded: set[str] = set()
+    folded = pa.array([], pa.string())
     for name in staged_tables(db, version_id, VECTORS):
         rows = store.read_columns(db, name, cache.schema.names)
         if rows.num_rows == 0:
             continue
-        hashes = rows["chunk_hash"].to_pylist()
-        fresh = pa.array([h in todo and h not in folded for h in hashes], pa.bool_())
-        same_model = pc.equal(rows["model_fingerprint"], fingerprint)
-        taken = rows.filter(pc.and_(fresh, same_model))
+        fresh = pc.and_(
+            pc.is_in(rows["chunk_hash"], value_set=store.flat(wanted)),
+            pc.invert(pc.is_in(rows["chunk_hash"], value_set=folded)),
+        )
+        taken = rows.filter(pc.and_(fresh, pc.equal(rows["model_fingerprint"], fingerprint)))
         store.upsert(cache, taken, "chunk_hash")
-        folded |= set(taken["chunk_hash"].to_pylist())
+        folded = pa.concat_arrays([folded, store.flat(taken["chunk_hash"]).cast(pa.string())])
     return folded
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -158,24 +158,37 @@ def rows_for_keys(
     """The rows of table `name` whose `key` is one of `values`, `columns` only: IN-list lookups for a
     few keys, one streamed scan (filtered batch by batch) for many, so a small change reads little and a
     large one reads the table once."""
+    schema = _schema_of(db, name, columns)
+    parts = list(batches_for_keys(db, name, key, values, columns))
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+def batches_for_keys(
+    db: lancedb.DBConnection, name: str, key: str, values: pa.Array | pa.ChunkedArray, columns: list[str]
+) -> Iterator[pa.Table]:
+    """`rows_for_keys` a part at a time (at most SCAN_BATCH rows each), so no caller holds them all."""
     wanted = pc.unique(values)
-    if name not in table_names(db):
-        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    if name not in table_names(db) or len(wanted) == 0:
+        return
     table = db.open_table(name)
-    schema = pa.schema([table.schema.field(c) for c in columns])
-    if len(wanted) == 0:
-        return schema.empty_table()
-    parts: list[pa.Table] = []
     if len(wanted) <= LOOKUP_LIMIT:
         keys = wanted.to_pylist()
         for start in range(0, len(keys), IN_LIST_BATCH):
             literals = ", ".join(sql_literal(k) for k in keys[start : start + IN_LIST_BATCH])
-            query = table.search().where(f"{key} IN ({literals})").select(columns).limit(None)
-            parts.append(query.to_arrow())
-    else:
-        for batch in table.search().select(columns).limit(None).to_batches(SCAN_BATCH):
-            parts.append(pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=wanted)))
-    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+            yield table.search().where(f"{key} IN ({literals})").select(columns).limit(None).to_arrow()
+        return
+    value_set = flat(wanted)
+    for batch in table.search().select(columns).limit(None).to_batches(SCAN_BATCH):
+        found = pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=value_set))
+        if found.num_rows:
+            yield found
+
+
+def _schema_of(db: lancedb.DBConnection, name: str, columns: list[str]) -> pa.Schema:
+    if name not in table_names(db):
+        return pa.schema([(c, pa.string()) for c in columns])
+    table = db.open_table(name)
+    return pa.schema([table.schema.field(c) for c in columns])
 
 
 def upsert(
