@@ -247,3 +247,98 @@ def test_count_reconciliation_blocks_real_damage(project, damage, problem):
         assert project.metadata(rebuilt, "corpus")["docs_added"] == 1
     repaired = _check(project)
     assert repaired.passed, {k: v.value for k, v in repaired.metadata.items()}
+
+
+@pytest.fixture
+def search_service(project):
+    """`embedding-assets serve`'s app on a free loopback port, in a thread of this process."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from embedding_assets.serving.service import SearchService, create_app
+
+    service = SearchService(ServedSearch(project.db(), project.pointer, project.registry()))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def _http(url: str, body: bytes | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_serve_answers_like_search_json_refuses_bad_requests_and_follows_a_promotion(project, search_service):
+    import json
+    import threading
+    from urllib.parse import quote
+
+    from embedding_assets.serving.service import MAX_BODY_BYTES, MAX_K
+
+    status, found = _http(f"{search_service}/search?q={quote('parse command line options')}&k=5")
+    assert status == 200 and found["model_version"] == DEFAULT_VERSION and len(found["hits"]) == 5
+    served_before = project.pointer.require_current().table_version
+    assert found["table_version"] == served_before
+    status, posted = _http(
+        f"{search_service}/search", json.dumps({"query": "parse command line options", "k": 5}).encode()
+    )
+    assert status == 200 and [h["chunk_id"] for h in posted["hits"]] == [h["chunk_id"] for h in found["hits"]]
+    for url, body, code in [
+        (f"{search_service}/search?q=", None, 400),
+        (f"{search_service}/search?q=x&k=0", None, 400),
+        (f"{search_service}/search?q=x&k={MAX_K + 1}", None, 400),
+        (f"{search_service}/search", b"not json", 400),
+        (f"{search_service}/search", json.dumps({"query": "x" * (MAX_BODY_BYTES + 1)}).encode(), 413),
+    ]:
+        assert _http(url, body)[0] == code, url
+
+    # A new table version of the served model is promoted while clients keep querying: every answer
+    # comes from one state, the old until the move and the new after it, without a restart.
+    (project.corpus / "topics/served.md").write_text("# Serving\n\nA search service follows the pointer.\n")
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, body = _http(f"{search_service}/search?q={quote('a search service')}&k=3")
+            assert status == 200
+            answers.append(body["table_version"])
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for thread in clients:
+        thread.start()
+    try:
+        migration = project.migrate(DEFAULT_VERSION)
+        assert migration.promoted, migration.to_json()
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    served_after = project.pointer.require_current().table_version
+    assert served_after != served_before
+    status, after = _http(f"{search_service}/search?q={quote('a search service')}&k=3")
+    assert after["table_version"] == served_after and after["hits"][0]["doc_id"] == "topics/served.md"
+    assert set(answers) <= {served_before, served_after} and served_before in answers
+    _, health = _http(f"{search_service}/health")
+    assert health["model_version"] == DEFAULT_VERSION and health["table_version"] == served_after

@@ -205,6 +205,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from embedding_assets.serving.search import ServedSearch
+    from embedding_assets.serving.service import SearchService, serve
+
+    wired = _wired()
+    served = ServedSearch(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    print(f"serving search on http://{args.host}:{args.port}/search (Ctrl-C stops)", flush=True)
+    serve(SearchService(served), args.host, args.port, args.log_level)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from embedding_assets.serving.status import collect_status
 
@@ -410,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    from embedding_assets.serving.service import DEFAULT_PORT, LOOPBACK
+
+    p = sub.add_parser("serve", help="a long-lived HTTP search service over the served index")
+    p.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="what is served, and row counts per version")
     p.add_argument("--json", action="store_true")
