@@ -32,6 +32,12 @@ def deployment(root: Path, corpus: Path) -> dict:
     if models.is_dir():
         shutil.copytree(models, locations.models_dir(data))
     (root / "dagster_home").mkdir(parents=True)
+    return environment(root)
+
+
+def environment(root: Path) -> dict:
+    """The environment that points every command at the deployment under `root`."""
+    data = root / "data"
     return {
         **os.environ,
         "EMBEDDING_ASSETS_DATA": str(data),

@@ -3,9 +3,10 @@ measured side by side in one run, on this machine, with the numbers behind it; w
 `docs/performance.md` and `docs/performance.json`.
 
 Sections: encoding (raw `SentenceTransformer.encode` vs the project's encoder vs the int8 ONNX version);
-the shipped corpus with MiniLM (full build, a 1% edit, no change) and its migration to the int8 ONNX
-version; scale points with the static version (it fits 2 cores), on synthetic corpora of real text
-(`bench.corpus`: paragraphs of the shipped corpus, and of ../shared/datasets/cranfield when present);
+the shipped corpus with MiniLM (full build, a 1% edit, no change), the search service under 1, 10 and
+50 concurrent clients, and the migration to the int8 ONNX version; scale points with the static version
+(it fits 2 cores), on synthetic corpora of real text (`bench.corpus`: paragraphs of the shipped corpus,
+and of ../shared/datasets/cranfield when present);
 ANN against exact search on a million vectors.
 `--quick` keeps one small scale point and a short encoding run. Benchmarks are not tests.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from embedding_assets import locations
-from embedding_assets.bench import ann, encoding, pipeline
+from embedding_assets.bench import ann, encoding, pipeline, service
 from embedding_assets.bench.corpus import real_paragraphs, write_synthetic_corpus
 from embedding_assets.bench.measure import machine
 from embedding_assets.models.embedders import embedder_for
@@ -114,6 +115,9 @@ def run_suite(settings: dict, out: Path) -> dict:
         if settings["shipped_corpus"]:
             bar.set_postfix_str("shipped corpus")
             built = pipeline.build_and_refresh(out / "shipped", shipped, DEFAULT_VERSION, serve=True)
+            bar.set_postfix_str("search service")
+            report["service"] = service.measure(built["env"], real_paragraphs(shipped))
+            bar.set_postfix_str("migration")
             built["migration"] = pipeline.migrate_to(built.pop("env"), ONNX_INT8_VERSION)
             report["shipped"] = built
             _save(report, out)
@@ -166,6 +170,8 @@ def markdown(report: dict, command: str) -> str:
     ]
     if "shipped" in report:
         lines += _shipped_markdown(report["shipped"])
+    if "service" in report:
+        lines += service.markdown(report["service"])
     lines += _scale_markdown(report["scale"])
     lines += ann.markdown(report["ann"])
     return "\n".join(lines)
