@@ -340,5 +340,10 @@ def test_serve_answers_like_search_json_refuses_bad_requests_and_follows_a_promo
     status, after = _http(f"{search_service}/search?q={quote('a search service')}&k=3")
     assert after["table_version"] == served_after and after["hits"][0]["doc_id"] == "topics/served.md"
     assert set(answers) <= {served_before, served_after} and served_before in answers
+    # The refresh left no rollback path to the table version it replaced: its serving tag is released,
+    # so cleanup may reclaim it; the state now served keeps its own.
+    tags = project.db().open_table(tables.index_table(DEFAULT_VERSION)).tags.list()
+    assert project.pointer.require_current().lance_tag in tags
+    assert f"served-{DEFAULT_VERSION}-v{served_before}" not in tags
     _, health = _http(f"{search_service}/health")
     assert health["model_version"] == DEFAULT_VERSION and health["table_version"] == served_after

@@ -32,14 +32,21 @@ def real_paragraphs(corpus: Path, beir: Path | None = None) -> list[str]:
 
 
 def write_synthetic_corpus(
-    target: Path, documents: int, paragraphs: list[str], *, seed: int = 0, progress: bool = True
+    target: Path,
+    documents: int,
+    paragraphs: list[str],
+    *,
+    per_document: tuple[int, int] = PARAGRAPHS_PER_DOCUMENT,
+    seed: int = 0,
+    progress: bool = True,
 ) -> int:
-    """Write `documents` Markdown files under `target` (a thousand per folder), each a title line and a
-    few paragraphs drawn with `seed`; the bytes written. The same inputs give the same files."""
+    """Write `documents` Markdown files under `target` (a thousand per folder), each a title line and
+    `per_document` (low, high) paragraphs drawn with `seed`; the bytes written. The same inputs give the
+    same files."""
     rng = random.Random(seed)
     written = 0
     for n in tqdm(range(documents), desc="synthetic corpus", unit="doc", disable=not progress):
-        body = "\n\n".join(rng.sample(paragraphs, rng.randint(*PARAGRAPHS_PER_DOCUMENT)))
+        body = "\n\n".join(rng.sample(paragraphs, rng.randint(*per_document)))
         path = target / f"part-{n // FILES_PER_FOLDER:03d}" / f"doc-{n:06d}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = f"# Synthetic document {n}\n\n{body}\n"

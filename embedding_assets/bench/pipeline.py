@@ -82,10 +82,9 @@ def _embedding_metadata(env: dict, version_id: str) -> dict:
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def build_and_refresh(root: Path, corpus: Path, version_id: str, *, serve: bool) -> dict:
-    """Build `version_id` from `corpus` (migrate when `serve`, else a candidate build), edit 1% and
-    refresh, refresh again with nothing changed."""
-    env = deployment(root, corpus)
+def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
+    """Build `version_id` in the deployment `env` (migrate when `serve`, else a candidate build), edit 1%
+    and refresh, refresh again with nothing changed."""
     if serve:
         full, report = cli(env, "migrate", "--to", version_id)
     else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from embedding_assets import locations
 from embedding_assets.bench import ann, encoding, pipeline, service
 from embedding_assets.bench.corpus import real_paragraphs, write_synthetic_corpus
 from embedding_assets.bench.measure import machine
+from embedding_assets.index import store, tables
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import DEFAULT_VERSION, ONNX_INT8_VERSION, STATIC_VERSION, load_registry
 
@@ -36,8 +36,13 @@ FULL = {
     "encoding_chunks": 600,
     "encoding_rounds": 3,
     "shipped_corpus": True,
-    "scale": [31_535, 201_535],
-    "ann_rows": 1_000_000,
+    # Documents in all (the shipped corpus included) and paragraphs per synthetic document: about 250,000
+    # chunks, and about a million (whose own index is then searched).
+    "scale": [
+        {"documents": 201_535, "paragraphs": [2, 6]},
+        {"documents": 101_535, "paragraphs": [16, 40], "ann": True},
+    ],
+    "ann_rows": 250_000,
     # IVF_HNSW_SQ (recall@10 0.50 at 250,000 rows, ef 128) and 8-dimension PQ codes (0.87-0.90) were
     # measured once and left out, to keep the suite under 30 minutes.
     "ann_candidates": ["IVF_PQ (project)", "IVF_RQ"],
@@ -46,7 +51,7 @@ QUICK = {
     "encoding_chunks": 120,
     "encoding_rounds": 1,
     "shipped_corpus": False,
-    "scale": [20_000],
+    "scale": [{"documents": 20_000, "paragraphs": [2, 6]}],
     "ann_rows": 100_000,
     "ann_candidates": [next(iter(ann.CANDIDATES))],
 }
@@ -73,18 +78,18 @@ def shipped_corpus(out: Path) -> Path:
     return target
 
 
-def synthetic_corpus(out: Path, shipped: Path, documents: int) -> Path:
-    """The shipped corpus plus synthetic documents up to `documents` (kept between runs of the bench)."""
-    corpus = out / f"corpus-{documents}"
-    marker = out / f"corpus-{documents}.complete"
-    if not marker.exists():
-        shutil.rmtree(corpus, ignore_errors=True)
-        shutil.copytree(shipped, corpus)
-        extra = documents - sum(1 for p in corpus.rglob("*") if p.is_file())
-        paragraphs = real_paragraphs(shipped, BEIR_TEXT)
-        write_synthetic_corpus(corpus / "synthetic", extra, paragraphs, progress=False)
-        marker.write_text(f"{extra} synthetic documents from {len(paragraphs)} real paragraphs\n")
-    return corpus
+def scale_deployment(out: Path, shipped: Path, point: dict) -> dict:
+    """A fresh deployment for a scale point: the shipped corpus plus synthetic documents up to
+    `point["documents"]`, written straight into its corpus folder (copying a large folder of files costs
+    more here than writing it)."""
+    env = pipeline.deployment(out / f"scale-{point['documents']}", shipped)
+    corpus = locations.corpus_dir(Path(env["EMBEDDING_ASSETS_DATA"]))
+    extra = point["documents"] - sum(1 for p in corpus.rglob("*") if p.is_file())
+    paragraphs = real_paragraphs(shipped, BEIR_TEXT)
+    write_synthetic_corpus(
+        corpus / "synthetic", extra, paragraphs, per_document=tuple(point["paragraphs"]), progress=False
+    )
+    return env
 
 
 def ensure_static_model() -> None:
@@ -101,7 +106,7 @@ def run_suite(settings: dict, out: Path) -> dict:
     """Every section in turn; the report so far is saved after each, so a stopped run keeps its numbers."""
     out.mkdir(parents=True, exist_ok=True)
     steps = ["encoding"] + (["shipped corpus"] if settings["shipped_corpus"] else [])
-    steps += [f"scale {n:,}" for n in settings["scale"]] + ["ann"]
+    steps += [f"scale {p['documents']:,}" for p in settings["scale"]] + ["ann"]
     report: dict = {"machine": machine(), "settings": {k: v for k, v in settings.items()}, "before": BEFORE}
     started = time.perf_counter()
     with tqdm(total=len(steps), desc="bench", unit="section") as bar:
@@ -114,7 +119,8 @@ def run_suite(settings: dict, out: Path) -> dict:
         bar.update()
         if settings["shipped_corpus"]:
             bar.set_postfix_str("shipped corpus")
-            built = pipeline.build_and_refresh(out / "shipped", shipped, DEFAULT_VERSION, serve=True)
+            env = pipeline.deployment(out / "shipped", shipped)
+            built = pipeline.build_and_refresh(env, DEFAULT_VERSION, serve=True)
             bar.set_postfix_str("search service")
             report["service"] = service.measure(built["env"], real_paragraphs(shipped))
             bar.set_postfix_str("migration")
@@ -124,17 +130,23 @@ def run_suite(settings: dict, out: Path) -> dict:
             bar.update()
         ensure_static_model()
         report["scale"] = []
-        for documents in settings["scale"]:
-            bar.set_postfix_str(f"scale {documents:,}")
-            corpus = synthetic_corpus(out, shipped, documents)
-            root = out / f"scale-{documents}"
-            point = pipeline.build_and_refresh(root, corpus, STATIC_VERSION, serve=False)
+        static = embedder_for(load_registry().get(STATIC_VERSION))
+        for spec in settings["scale"]:
+            bar.set_postfix_str(f"scale {spec['documents']:,}")
+            env = scale_deployment(out, shipped, spec)
+            point = {
+                **pipeline.build_and_refresh(env, STATIC_VERSION, serve=False),
+                "paragraphs": spec["paragraphs"],
+            }
+            if spec.get("ann"):  # search the version's own index as the pipeline built and refreshed it
+                db = store.connect(locations.lancedb_dir(Path(env["EMBEDDING_ASSETS_DATA"])))
+                table = db.open_table(tables.index_table(STATIC_VERSION))
+                report["ann_served"] = ann.measure_served(table, static, real_paragraphs(shipped))
             point.pop("env")
             report["scale"].append(point)
             _save(report, out)
             bar.update()
         bar.set_postfix_str(f"ann {settings['ann_rows']:,}")
-        static = embedder_for(load_registry().get(STATIC_VERSION))
         paragraphs = real_paragraphs(shipped, BEIR_TEXT)
         report["ann"] = ann.measure(
             out / "ann", settings["ann_rows"], paragraphs, static, settings["ann_candidates"]
@@ -174,6 +186,8 @@ def markdown(report: dict, command: str) -> str:
         lines += service.markdown(report["service"])
     lines += _scale_markdown(report["scale"])
     lines += ann.markdown(report["ann"])
+    if "ann_served" in report:
+        lines += ann.served_markdown(report["ann_served"])
     return "\n".join(lines)
 
 
@@ -217,13 +231,15 @@ def _scale_markdown(points: list[dict]) -> list[str]:
         "## Scale, static version",
         "",
         f"{STATIC_VERSION} (the static model: a million chunks fit 2 cores). Synthetic corpora of real "
-        "text: the shipped corpus plus documents of 2-6 paragraphs drawn (seed 0) from the shipped corpus"
+        "text: the shipped corpus plus documents of a few paragraphs each (the range per point) drawn "
+        "(seed 0) from the shipped corpus"
         + (" and Cranfield" if BEIR_TEXT.exists() else "")
         + ". The version is built as a candidate beside nothing served (`materialize --no-promote`).",
         "",
-        "| documents | chunks | full build + gates (s) | gates (s) | 1% edit refresh (s) | vs full "
-        "| no-change refresh (s) | peak RSS build / refresh (GiB) | before (issue 10) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| documents | paragraphs per document | chunks | full build + gates (s) | gates (s) "
+        "| 1% edit refresh (s) | vs full | no-change refresh (s) | peak RSS build / refresh (GiB) "
+        "| before (issue 10) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in points:
         full, edit, still = p["full"], p["edit"], p["no_change"]
@@ -235,7 +251,8 @@ def _scale_markdown(points: list[dict]) -> list[str]:
             else "-"
         )
         lines.append(
-            f"| {p['documents']:,} | {p['chunks']:,} | {full['run_seconds']} | {full['gate_seconds']} "
+            f"| {p['documents']:,} | {p['paragraphs'][0]}-{p['paragraphs'][1]} | {p['chunks']:,} "
+            f"| {full['run_seconds']} | {full['gate_seconds']} "
             f"| {edit['run_seconds']} | {_ratio(edit['run_seconds'], full['run_seconds'])} "
             f"| {still['run_seconds']} | {full['peak_rss_gib']} / {edit['peak_rss_gib']} | {was} |"
         )

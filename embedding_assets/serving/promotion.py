@@ -8,6 +8,8 @@ from embedding_assets.index import store, tables
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 
+SERVED_TAG_PREFIX = "served-"
+
 
 def serving_state(
     db: lancedb.DBConnection,
@@ -20,7 +22,7 @@ def serving_state(
     name = tables.index_table(version.id)
     table = db.open_table(name)
     table_version = table.version if table_version is None else table_version
-    tag = f"served-{version.id}-v{table_version}"
+    tag = f"{SERVED_TAG_PREFIX}{version.id}-v{table_version}"
     if tag not in table.tags.list():
         table.tags.create(tag, table_version)
     table.checkout(table_version)
@@ -54,4 +56,34 @@ def promote(
     current = pointer.current()
     if current and (current.table, current.table_version) == (state.table, state.table_version):
         return current  # already served exactly this; a second history entry would make rollback a no-op
-    return pointer.promote(state)
+    served = pointer.promote(state)
+    release_unreachable_tags(db, pointer)
+    return served
+
+
+def reachable_states(pointer: ServingPointer) -> list[ServingState]:
+    """The served state and every state a rollback (repeated) can reach: the chain of states each one
+    replaced. A table version a refresh superseded is on no chain."""
+    history = pointer.history()
+    by_seq = {s.seq: s for s in history}
+    chain: list[ServingState] = []
+    state = pointer.current()
+    while state is not None and state not in chain:
+        chain.append(state)
+        state = by_seq.get(state.supersedes) if state.supersedes is not None else None
+    return chain
+
+
+def release_unreachable_tags(db: lancedb.DBConnection, pointer: ServingPointer) -> list[str]:
+    """Delete the serving tags of table versions no rollback can reach any more, so cleanup after
+    `optimize()` may reclaim them (it never removes a tagged version, nor one younger than its
+    retention); the tags deleted. Every reachable state keeps its tag."""
+    keep = {(s.table, s.lance_tag) for s in reachable_states(pointer)}
+    released = []
+    for name in {s.table for s in pointer.history()} & set(store.table_names(db)):
+        table = db.open_table(name)
+        for tag in list(table.tags.list()):
+            if tag.startswith(SERVED_TAG_PREFIX) and (name, tag) not in keep:
+                table.tags.delete(tag)
+                released.append(f"{name}@{tag}")
+    return released

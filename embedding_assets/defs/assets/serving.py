@@ -20,7 +20,7 @@ from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.serving.live import live_versions
 from embedding_assets.serving.overview import gates_passed, gates_table, history_table, move_summary, roles
 from embedding_assets.serving.pointer import ServingPointer, ServingState
-from embedding_assets.serving.promotion import promote, serving_state
+from embedding_assets.serving.promotion import promote, release_unreachable_tags, serving_state
 
 ROLLBACK_KEYS = ("served_version", "previous_version")  # what a rollback reports
 
@@ -123,6 +123,7 @@ def move_pointer_back(
                 db, registry.get(target.version), verdict.table_version, gates=verdict.history_record()
             )
     now, rolled_back_from = pointer.rollback(run_id=context.run_id, refreshed=refreshed)
+    release_unreachable_tags(db, pointer)
     move = move_summary("rollback", rolled_back_from, now)
     context.log.info(move)
     context.log_event(
