@@ -87,12 +87,24 @@ class DataQualityReport:
 
 
 def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) -> DataQualityReport:
-    """Validate the version's chunks table and index table as stored."""
-    chunks = store.read_columns(db, tables.chunks_table(version.id), [ID, "text", "token_count"])
-    rows = store.read_columns(db, tables.index_table(version.id), [ID, "vector"])
-    return validate_data_quality(
+    """Validate the version's chunks table and index table as stored. Both are read in streamed parts and
+    reduced to what the expectations test (ids, token counts, text lengths, vector stats), so neither the
+    texts nor the vectors of a whole table are held at once."""
+    chunks = _reduced(db, tables.chunks_table(version.id), [ID, "text", "token_count"], chunk_frame)
+    rows = _reduced(db, tables.index_table(version.id), [ID, "vector"], vector_frame)
+    return validate_frames(
         chunks, rows, dimension=version.dimension, max_tokens=version.max_tokens, normalize=version.normalize
     )
+
+
+def _reduced(db: lancedb.DBConnection, name: str, columns: list[str], frame) -> pd.DataFrame:
+    if name not in store.table_names(db):
+        return frame(store.read_columns(db, name, columns))
+    parts = [
+        frame(pa.Table.from_batches([batch]))
+        for batch in db.open_table(name).search().select(columns).limit(None).to_batches(store.SCAN_BATCH)
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else frame(store.read_columns(db, name, columns))
 
 
 def validate_data_quality(
@@ -105,14 +117,34 @@ def validate_data_quality(
     norm_tolerance: float = 1e-3,
 ) -> DataQualityReport:
     """Run the chunks and vectors suites; `max_tokens` is the model limit including special tokens."""
+    return validate_frames(
+        chunk_frame(chunks),
+        vector_frame(rows),
+        dimension=dimension,
+        max_tokens=max_tokens,
+        normalize=normalize,
+        norm_tolerance=norm_tolerance,
+    )
+
+
+def validate_frames(
+    chunks: pd.DataFrame,
+    rows: pd.DataFrame,
+    *,
+    dimension: int,
+    max_tokens: int,
+    normalize: bool,
+    norm_tolerance: float = 1e-3,
+) -> DataQualityReport:
+    """`validate_data_quality` on frames already reduced by `chunk_frame` and `vector_frame`."""
     started = time.perf_counter()
     gx = _gx()
     context = _context(gx)
     datasource = context.data_sources.add_pandas("data_quality")
     outcomes: list[ExpectationOutcome] = []
     for name, frame, expectations in (
-        (CHUNKS_SUITE, chunk_frame(chunks), _chunk_expectations(gx, max_tokens - SPECIAL_TOKENS)),
-        (VECTORS_SUITE, vector_frame(rows), _vector_expectations(gx, dimension, normalize, norm_tolerance)),
+        (CHUNKS_SUITE, chunks, _chunk_expectations(gx, max_tokens - SPECIAL_TOKENS)),
+        (VECTORS_SUITE, rows, _vector_expectations(gx, dimension, normalize, norm_tolerance)),
     ):
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         batch = (
@@ -124,16 +156,17 @@ def validate_data_quality(
         order = {e.id: i for i, e in enumerate(suite.expectations)}
         for r in sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
             outcomes.append(_outcome(name, r))
-    return DataQualityReport(outcomes, chunks.num_rows, rows.num_rows, time.perf_counter() - started)
+    return DataQualityReport(outcomes, len(chunks), len(rows), time.perf_counter() - started)
 
 
 def chunk_frame(chunks: pa.Table) -> pd.DataFrame:
-    """chunk_id, text and token_count, plus the length of the text once whitespace is stripped."""
+    """chunk_id and token_count, whether the text is there, and its length once whitespace is stripped
+    (the text itself is not kept)."""
     text = chunks.column("text").cast(pa.string())
     return pd.DataFrame(
         {
             ID: chunks.column(ID).to_pandas(),
-            "text": text.to_pandas(),
+            "text_present": pc.is_valid(text).to_pandas(),
             "token_count": chunks.column("token_count").cast(pa.int64()).to_pandas(),
             "text_stripped_length": pc.utf8_length(pc.utf8_trim_whitespace(text)).to_pandas(),
         }
@@ -193,7 +226,7 @@ def _chunk_expectations(gx: ModuleType, max_content_tokens: int) -> list[Any]:
     e = gx.expectations
     return [
         *_key_expectations(gx),
-        e.ExpectColumnValuesToNotBeNull(column="text"),
+        e.ExpectColumnValuesToBeInSet(column="text_present", value_set=[True]),
         e.ExpectColumnValuesToBeBetween(column="text_stripped_length", min_value=1),
         e.ExpectColumnValuesToNotBeNull(column="token_count"),
         e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_content_tokens),
