@@ -16,6 +16,11 @@ DOCS_CHANGED = "docs_changed"
 DOCS_DELETED = "docs_deleted"
 CDC_END_LSN = "cdc_end_lsn"
 CORPUS_TABLE_VERSION = "corpus_table_version"  # the documents table version an index run read
+CORPUS_TABLE_STATE = (
+    "corpus_table_state"  # that version @ its commit time (a recreated table repeats numbers)
+)
+INDEX_TABLE_STATE = "index_table_state"  # the index table version a run left, @ its commit time
+GATE_THRESHOLDS = "gate_thresholds"  # the registry's thresholds for the version when its index was built
 
 CHUNKS_WRITTEN = "chunks_written"
 CHUNKS_EMBEDDED = "chunks_embedded"

@@ -51,6 +51,11 @@ def test_nothing_changed_embeds_and_writes_nothing(live):
     assert (report.docs_added, report.docs_changed, report.docs_deleted) == (0, 0, 0)
     assert (report.chunks_embedded, report.rows_upserted, report.rows_deleted) == (0, 0, 0)
     assert [(v["id"], v["role"]) for v in report.versions] == [(MINILM, "served"), (live.static, "candidate")]
+    # MiniLM's index was built from these very documents and gated and served at its table version: its
+    # refresh is skipped, with the reason. The static candidate was built without its gates: it runs.
+    served = _version(report, MINILM)
+    assert served["skipped"].startswith("up to date") and served["served"] and not served["errors"]
+    assert "skipped" not in _version(report, live.static)
 
 
 def test_edit_add_delete_touch_exactly_those_documents_in_every_live_version(live):
@@ -86,6 +91,7 @@ def test_edit_add_delete_touch_exactly_those_documents_in_every_live_version(liv
 
     again = runner.refresh(**live.job())
     assert (again.chunks_embedded, again.rows_upserted, again.rows_deleted) == (0, 0, 0)
+    assert _version(again, MINILM)["skipped"].startswith("up to date")
 
 
 def test_crash_between_embedding_and_writing_loses_nothing_and_duplicates_nothing(live):

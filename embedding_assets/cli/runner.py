@@ -354,7 +354,12 @@ def refresh(**job: Any) -> RefreshReport:
         return execute(job_name, version_id, tags={REFRESH: "1", CLI_DRIVEN: "1"}, **job)
 
     return refresh_live_versions(
-        launch, wired.lancedb, wired.model_registry, wired.serving, wired.corpus_source
+        launch,
+        wired.lancedb,
+        wired.model_registry,
+        wired.serving,
+        wired.corpus_source,
+        job.get("instance") or dagster_instance(),
     )
 
 

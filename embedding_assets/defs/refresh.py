@@ -37,6 +37,7 @@ from embedding_assets.defs.resources import (
     ServingResource,
 )
 from embedding_assets.defs.run_results import RunOutcome, gate_run, materialization_metadata
+from embedding_assets.defs.up_to_date import unchanged_since_gated
 from embedding_assets.serving.live import LiveVersion, live_versions
 
 Launch = Callable[[str, str | None], RunOutcome]
@@ -80,13 +81,19 @@ def refresh_live_versions(
     model_registry: ModelRegistryResource,
     serving: ServingResource,
     corpus_source: CorpusSourceResource,
+    instance: dg.DagsterInstance,
 ) -> RefreshReport:
-    """The whole pass in process: `launch(job, partition)` runs each step and returns its result."""
+    """The whole pass in process: `launch(job, partition)` runs each step and returns its result; a
+    version with nothing to do (`up_to_date`) is reported skipped, with the reason."""
     started = time.perf_counter()
     synced = materialization_metadata(launch(CORPUS_JOB, None), corpus.key)
     report = RefreshReport(synced[md.DOCS_ADDED], synced[md.DOCS_CHANGED], synced[md.DOCS_DELETED])
     pointer = serving.pointer()
     for job_name, live in refresh_plan(lancedb, model_registry, serving):
+        reason = skip_reason(instance, lancedb, model_registry, serving, live)
+        if reason:
+            report.versions.append(_skipped_entry(live, reason))
+            continue
         version_started = time.perf_counter()
         result = launch(job_name, live.id)
         report.versions.append(
@@ -104,6 +111,32 @@ def refresh_live_versions(
             corpus_source.advance(end_lsn)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def skip_reason(
+    instance: dg.DagsterInstance,
+    lancedb: LanceDBResource,
+    model_registry: ModelRegistryResource,
+    serving: ServingResource,
+    live: LiveVersion,
+) -> str | None:
+    """Why `live` needs no refresh run now (see `up_to_date`), or None."""
+    version = model_registry.load().get(live.id)
+    return unchanged_since_gated(instance, lancedb.connect(), version, live, serving.pointer())
+
+
+def _skipped_entry(live: LiveVersion, reason: str) -> dict[str, Any]:
+    return {
+        "id": live.id,
+        "role": live.role,
+        "indexed": True,
+        "gates_passed": True,
+        "served": live.role == "served",
+        "skipped": reason,
+        **dict.fromkeys(COUNTS, 0),
+        **dict.fromkeys(md.LAG_SECONDS.values()),
+        "errors": [],
+    }
 
 
 def _version_entry(live: LiveVersion, result: RunOutcome, run) -> dict[str, Any]:
@@ -139,6 +172,7 @@ def refresh_live_versions_sensor(
     lancedb: LanceDBResource,
     model_registry: ModelRegistryResource,
     serving: ServingResource,
+    corpus_source: CorpusSourceResource,
 ):
     sync = context.dagster_run
     if sync.tags.get(tags.CLI_DRIVEN):
@@ -148,13 +182,21 @@ def refresh_live_versions_sensor(
     plan = refresh_plan(lancedb, model_registry, serving)
     if not plan:
         return dg.SkipReason("no live version: nothing is served and no candidate is built")
-    versions = ",".join(live.id for _, live in plan)
     synced = [
         e.asset_materialization.metadata
         for e in context.instance.all_logs(sync.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
         if e.asset_materialization and e.asset_materialization.asset_key == corpus.key
     ]
     end_lsn = synced[-1][md.CDC_END_LSN].value if synced and md.CDC_END_LSN in synced[-1] else ""
+    skipped = {
+        live.id: skip_reason(context.instance, lancedb, model_registry, serving, live) for _, live in plan
+    }
+    plan = [(job_name, live) for job_name, live in plan if not skipped[live.id]]
+    if not plan:
+        if end_lsn:  # every version already indexes all the batch read: nothing to wait for
+            corpus_source.advance(end_lsn)
+        return dg.SkipReason("; ".join(f"{v}: {reason}" for v, reason in skipped.items()))
+    versions = ",".join(live.id for _, live in plan)
     return [
         dg.RunRequest(
             run_key=f"{sync.run_id}:{live.id}",

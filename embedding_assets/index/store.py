@@ -220,5 +220,14 @@ def version_committed_at(table: lancedb.table.Table, version: int) -> datetime |
     return next((v["timestamp"] for v in table.list_versions() if v["version"] == version), None)
 
 
+def table_state(db: lancedb.DBConnection, name: str) -> str:
+    """A table's state as `version@commit time` ("" if there is no such table): with the time, it names
+    one state even if the table is dropped and recreated (version numbers restart)."""
+    if name not in table_names(db):
+        return ""
+    table = db.open_table(name)
+    return f"{table.version}@{version_committed_at(table, table.version)}"
+
+
 def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"

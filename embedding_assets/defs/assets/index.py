@@ -9,7 +9,7 @@ from embedding_assets import metadata as md
 from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource
-from embedding_assets.index import ann, tables
+from embedding_assets.index import ann, store, tables
 from embedding_assets.index.rows import sync_index
 from embedding_assets.quality.freshness import indexing_lag
 from embedding_assets.quality.gates.sentinels import ensure_sentinels
@@ -31,6 +31,7 @@ def index(
     started = time.perf_counter()
     db = lancedb.connect()
     corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version  # what this run indexes from
+    corpus_state = store.table_state(db, tables.DOCUMENTS_TABLE)
     sync = sync_index(db, version)
     table = db.open_table(tables.index_table(version.id))
     vector_index = ann.ensure_vector_index(table, version.dimension)
@@ -57,6 +58,9 @@ def index(
             md.SECONDS: round(time.perf_counter() - started, 2),
             md.LANCE_TABLE_VERSION: table_version,
             md.CORPUS_TABLE_VERSION: corpus_version,
+            md.CORPUS_TABLE_STATE: corpus_state,
+            md.INDEX_TABLE_STATE: store.table_state(db, tables.index_table(version.id)),
+            md.GATE_THRESHOLDS: version.gates.model_dump_json(),
             "sentinels": sentinels,
             "docs_indexed": len(sync.docs_written),
             **vector_index.to_metadata(),
