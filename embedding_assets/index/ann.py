@@ -34,6 +34,7 @@ REFINE_FACTOR = 10  # re-rank 10x k candidates by their full vectors
 EXACT_FILTER_ROWS = 50_000
 OPTIMIZE_UNINDEXED = 0.05
 RECALL_K = 10
+EXACT_BATCH = 65_536  # rows scored against every query at a time by the exact pass
 RECALL_WARN = 0.95
 
 
@@ -127,23 +128,45 @@ class RecallReport:
 
 
 def measure_recall(table: lancedb.table.Table, vectors: Sequence[np.ndarray], k: int = RECALL_K):
-    """recall@k of the table's ANN index against exact search, over the query `vectors`."""
-    recalls, exact_ms, ann_ms = [], [], []
-    for vector in vectors:
-        started = time.perf_counter()
-        exact = _ids(table.search(vector).distance_type("cosine").bypass_vector_index(), k)
-        exact_ms.append((time.perf_counter() - started) * 1000)
+    """recall@k of the table's ANN index against exact search, over the query `vectors`. The exact top-k
+    of every query comes from one streamed pass over the table's vectors (not one full scan per query)."""
+    exact, exact_seconds = exact_top_k(table, vectors, k)
+    recalls, ann_ms = [], []
+    for vector, truth in zip(vectors, exact, strict=True):
         started = time.perf_counter()
         approximate = _ids(tuned(table.search(vector).distance_type("cosine"), True), k)
         ann_ms.append((time.perf_counter() - started) * 1000)
-        recalls.append(len(set(exact) & set(approximate)) / max(len(exact), 1))
+        recalls.append(len(set(truth) & set(approximate)) / max(len(truth), 1))
     return RecallReport(
         queries=len(recalls),
         recall=round(statistics.mean(recalls), 4) if recalls else 1.0,
         worst=round(min(recalls), 4) if recalls else 1.0,
-        exact_ms_p50=round(statistics.median(exact_ms), 2) if exact_ms else 0.0,
+        exact_ms_p50=round(exact_seconds * 1000 / max(len(recalls), 1), 2),
         ann_ms_p50=round(statistics.median(ann_ms), 2) if ann_ms else 0.0,
     )
+
+
+def exact_top_k(
+    table: lancedb.table.Table, vectors: Sequence[np.ndarray], k: int
+) -> tuple[list[list[str]], float]:
+    """Each query's k nearest chunk ids by cosine similarity over every row, in one pass of batches; and
+    the seconds the pass took."""
+    started = time.perf_counter()
+    queries = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_ids = np.empty((len(queries), 0), dtype=object)
+    for batch in table.search().select(["chunk_id", VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH):
+        matrix = np.asarray(batch[VECTOR_COLUMN].flatten().to_numpy(zero_copy_only=False), np.float32)
+        matrix = matrix.reshape(batch.num_rows, -1)
+        matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        ids = np.asarray(batch["chunk_id"].to_pylist(), dtype=object)
+        scores = np.concatenate([best_scores, queries @ matrix.T], axis=1)
+        every = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, keep, axis=1)
+        best_ids = np.take_along_axis(every, keep, axis=1)
+    return [list(row) for row in best_ids], time.perf_counter() - started
 
 
 def _ids(query, k: int) -> list[str]:

@@ -75,7 +75,7 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     from_shards = pa.array(sorted(set(staged["doc_id"].to_pylist())), pa.string())
     to_cut = store.absent(stale_rows["doc_id"], from_shards)
     table = store.open_table(db, name, store.CHUNKS_SCHEMA)
-    written = _ChunkWrites(table)
+    written = _ChunkWrites(table, existing["chunk_id"])
     written.add(staged)
     for rows in chunk_batches(db, to_cut, chunker, config_hash):
         written.add(rows)
@@ -100,10 +100,12 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
 
 
 class _ChunkWrites:
-    """Chunk rows upserted CHUNK_WRITE_BATCH at a time (a commit each), keeping only their ids."""
+    """Chunk rows written CHUNK_WRITE_BATCH at a time (a commit each), keeping only their ids: new ids
+    appended, ids the table had (`existing`) merged."""
 
-    def __init__(self, table: lancedb.table.Table):
+    def __init__(self, table: lancedb.table.Table, existing: pa.ChunkedArray):
         self.table = table
+        self.existing = store.flat(existing).cast(pa.string())
         self.pending: list[pa.Table] = []
         self.ids: list[pa.ChunkedArray] = []
         self.rows = 0
@@ -120,8 +122,8 @@ class _ChunkWrites:
     def flush(self) -> None:
         if not self.pending:
             return
-        stats = store.upsert(
-            self.table, pa.concat_tables(self.pending), "chunk_id", changed_when=CHUNK_CHANGED
+        stats = store.append_or_upsert(
+            self.table, pa.concat_tables(self.pending), "chunk_id", self.existing, changed_when=CHUNK_CHANGED
         )
         self.rows += stats.inserted + stats.updated
         self.pending = []

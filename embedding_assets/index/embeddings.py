@@ -138,11 +138,9 @@ def encode_into(
                     on_batch=lambda n, _, at=done: (report(at + n), bar.update(at + n - bar.n)),
                 )
                 _check_vectors(vectors, version.dimension, version.id)
-                store.upsert(
-                    table,
-                    _cache_rows(hashes[batch], vectors, embedder.fingerprint, version.dimension),
-                    "chunk_hash",
-                )
+                # Hashes the table lacks, by construction (`unseen_hashes`): appended, not merged.
+                rows = _cache_rows(hashes[batch], vectors, embedder.fingerprint, version.dimension)
+                table.add(rows.cast(table.schema))
                 done += len(vectors)
     return time.perf_counter() - started
 

@@ -53,8 +53,9 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
     wanted = pa.concat_arrays([_stale_chunk_ids(keys, indexed, config_hash, fingerprint), duplicated])
     to_write = store.rows_for_keys(db, tables.chunks_table(version.id), "chunk_id", wanted, CHUNK_COLUMNS)
     written = 0
+    present = store.absent(indexed["chunk_id"], duplicated)  # keys the table still holds
     for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
-        stats = store.upsert(table, rows, "chunk_id")
+        stats = store.append_or_upsert(table, rows, "chunk_id", present)
         written += stats.inserted + stats.updated
     obsolete = store.absent(indexed["chunk_id"], keys["chunk_id"])
     deleted = store.delete_keys(table, "chunk_id", obsolete.to_pylist())

@@ -204,6 +204,27 @@ def upsert(
     return WriteStats(result.num_inserted_rows, result.num_updated_rows, 0, table.version)
 
 
+def append_or_upsert(
+    table: lancedb.table.Table,
+    rows: pa.Table,
+    key: str,
+    existing: pa.Array,
+    *,
+    changed_when: str | None = None,
+) -> WriteStats:
+    """Write `rows`: those whose `key` is not among `existing` (the table's keys, read by the caller) are
+    appended, which costs the rows alone; the rest are merged (`upsert`), which joins against the table.
+    A first build of a large table so appends instead of merging against all it wrote before."""
+    if rows.num_rows == 0:
+        return WriteStats(table_version=table.version)
+    new = pc.invert(pc.is_in(rows[key], value_set=flat(existing)))
+    fresh, known = rows.filter(new), rows.filter(pc.invert(new))
+    if fresh.num_rows:
+        table.add(fresh.cast(table.schema))
+    merged = upsert(table, known, key, changed_when=changed_when)
+    return WriteStats(fresh.num_rows + merged.inserted, merged.updated, 0, table.version)
+
+
 def delete_keys(table: lancedb.table.Table, key: str, values: Iterable[str]) -> int:
     """Delete rows whose `key` is in `values`; call only after the replacements were written."""
     values = sorted(set(values))
