@@ -9,14 +9,13 @@ of the document it covers, so the document can be reconstructed from its chunks.
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedding_assets.models.embedders import PARALLEL_BATCH, tokenizer_threads
 from embedding_assets.models.registry import ChunkingConfig
 
 if TYPE_CHECKING:
@@ -25,24 +24,6 @@ if TYPE_CHECKING:
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or the model's equivalents) count against max_tokens
 SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?:;])\s+|\n\s*\n+|\n(?=\s*(?:[-*+] |\d+\. |#|>>> |\.\. ))")
 LINE_BOUNDARY = re.compile(r"(?<=\n)")
-
-
-PARALLEL_BATCH = 64  # texts per tokenizer call worth spreading over every core
-PARALLELISM_VARIABLE = "TOKENIZERS_PARALLELISM"  # read by the Rust tokenizer at every call
-
-
-@contextlib.contextmanager
-def tokenizer_threads(enabled: bool):
-    """The Rust tokenizer on every core for the calls inside: off by default in this package (a process
-    forked after it ran threads disables them with a warning), on where a large batch pays for it."""
-    previous = os.environ.get(PARALLELISM_VARIABLE)
-    if enabled:
-        os.environ[PARALLELISM_VARIABLE] = "true"
-    try:
-        yield
-    finally:
-        if enabled:
-            os.environ[PARALLELISM_VARIABLE] = previous if previous is not None else "false"
 
 
 @dataclass(frozen=True)

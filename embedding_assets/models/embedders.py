@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -15,15 +17,33 @@ from embedding_assets.models.registry import ModelVersion
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-ENCODE_BATCH_SIZE = 64  # texts per call for encoders that do not pad (a static model)
+ENCODE_BATCH_SIZE = 1024  # texts per call for encoders that do not pad (a static model)
 # A transformer's forward pass pads a batch to its longest text: texts of like token count go together,
 # at most this many padded tokens per pass. On 2 CPU cores small passes of ~1-2k tokens were fastest
-# (bench: 1.55x `SentenceTransformer.encode`, which sorts by characters, a poor stand-in for tokens,
-# and tokenizes in Python once per pass; here the pinned Rust tokenizer feeds the model token ids).
+# (bench: 1.3-1.55x `SentenceTransformer.encode` across runs; it sorts by characters, a poor stand-in
+# for tokens, and tokenizes in Python once per pass; here the pinned Rust tokenizer feeds token ids).
 ENCODE_TOKEN_BUDGET = 2048
 ENCODE_MAX_BATCH = 128
 TOKEN_COUNT_SLICE = 4096  # texts tokenized at a time when counting, so no list of encodings builds up
 QUERY_CACHE_LIMIT = 10_000  # distinct query texts kept per model
+
+
+PARALLEL_BATCH = 64  # texts per tokenizer call worth spreading over every core
+PARALLELISM_VARIABLE = "TOKENIZERS_PARALLELISM"  # read by the Rust tokenizer at every call
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool):
+    """The Rust tokenizer on every core for the calls inside: off by default in this package (a process
+    forked after it ran threads disables them with a warning), on where a large batch pays for it."""
+    previous = os.environ.get(PARALLELISM_VARIABLE)
+    if enabled:
+        os.environ[PARALLELISM_VARIABLE] = "true"
+    try:
+        yield
+    finally:
+        if enabled:
+            os.environ[PARALLELISM_VARIABLE] = previous if previous is not None else "false"
 
 
 def token_batches(lengths: np.ndarray, budget: int = ENCODE_TOKEN_BUDGET, limit: int = ENCODE_MAX_BATCH):
@@ -88,7 +108,8 @@ class Embedder:
         """How many tokens the model reads of each text (special tokens included, at most `max_tokens`)."""
         lengths = np.zeros(len(texts), dtype=np.int32)
         for start in range(0, len(texts), TOKEN_COUNT_SLICE):
-            encodings = self.input_tokenizer.encode_batch(texts[start : start + TOKEN_COUNT_SLICE])
+            with tokenizer_threads(True):
+                encodings = self.input_tokenizer.encode_batch(texts[start : start + TOKEN_COUNT_SLICE])
             lengths[start : start + len(encodings)] = [len(e.ids) for e in encodings]
         return lengths
 
@@ -248,7 +269,8 @@ class Model2VecEmbedder(Embedder):
         return StaticModel.from_pretrained(str(self.weights_path), normalize=self.version.normalize)
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, max_length=self.version.max_tokens, batch_size=len(texts))
+        with tokenizer_threads(len(texts) >= PARALLEL_BATCH):  # tokenizing is most of a static encode
+            return self.model.encode(texts, max_length=self.version.max_tokens, batch_size=len(texts))
 
 
 LOADERS: dict[str, type[Embedder]] = {
