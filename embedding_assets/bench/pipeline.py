@@ -90,6 +90,7 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
     else:
         full, report = cli(env, "materialize", "--version", version_id, "--no-promote")
     build = report.get("build", report)
+    built = _embedding_metadata(env, version_id)  # the full build's encoding, before a refresh replaces it
     edited = edit_documents(locations.corpus_dir(Path(env["EMBEDDING_ASSETS_DATA"])), EDIT_FRACTION, 1)
     edit, edit_report = cli(env, "refresh")
     still, still_report = cli(env, "refresh")
@@ -119,7 +120,7 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
             "chunks_embedded": still_report["chunks_embedded"],
             "peak_rss_gib": still.peak_rss_gib,
         },
-        "embeddings": _embedding_metadata(env, version_id),
+        "embeddings": built,
         "env": env,
     }
 
