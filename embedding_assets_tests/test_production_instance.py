@@ -212,7 +212,8 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
             rollback.returncode == 2 and "replaced nothing" in err
         )  # the launched run's failure, said plainly
 
-        refreshes = [_cli(env, "refresh", "--launch", "--json") for _ in range(2)]
+        # Nothing changed, so a plain refresh would skip the version: --force makes both write and gate.
+        refreshes = [_cli(env, "refresh", "--launch", "--json", "--force") for _ in range(2)]
         reports = []
         for process in refreshes:
             out, err = process.communicate(timeout=WAIT_SECONDS)

@@ -158,7 +158,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     from embedding_assets.cli.runner import refresh
 
-    report = refresh(launch=args.launch)
+    report = refresh(launch=args.launch, force=args.force)
     if args.json:
         _print_json(report.to_json())
     else:
@@ -409,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_checks)
 
     p = sub.add_parser("refresh", help="one incremental pass: sync the corpus, update every live version")
+    p.add_argument(
+        "--force", action="store_true", help="run every live version, even one up to date (re-runs its gates)"
+    )
     _add_run_flags(p)
     p.set_defaults(func=cmd_refresh)
 

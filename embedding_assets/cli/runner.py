@@ -345,9 +345,10 @@ def promote_version(version_id: str, **job: Any) -> dg.ExecuteInProcessResult:
     return run_job(PROMOTE_JOB, version_id, **job)
 
 
-def refresh(**job: Any) -> RefreshReport:
+def refresh(*, force: bool = False, **job: Any) -> RefreshReport:
     """Sync the corpus once, then bring every live version up to date (dual write): the refresh plan the
-    sensors follow in a deployment, with each step a run of its own on this instance, one after another."""
+    sensors follow in a deployment, with each step a run of its own on this instance, one after another.
+    `force` runs every live version, even one that is up to date (its gates run again)."""
     wired = wiring(job.get("defs"))
 
     def launch(job_name: str, version_id: str | None) -> RunOutcome:
@@ -360,6 +361,7 @@ def refresh(**job: Any) -> RefreshReport:
         wired.serving,
         wired.corpus_source,
         job.get("instance") or dagster_instance(),
+        force=force,
     )
 
 

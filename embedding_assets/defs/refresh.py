@@ -82,15 +82,17 @@ def refresh_live_versions(
     serving: ServingResource,
     corpus_source: CorpusSourceResource,
     instance: dg.DagsterInstance,
+    *,
+    force: bool = False,
 ) -> RefreshReport:
     """The whole pass in process: `launch(job, partition)` runs each step and returns its result; a
-    version with nothing to do (`up_to_date`) is reported skipped, with the reason."""
+    version with nothing to do (`up_to_date`) is reported skipped, with the reason, unless `force`."""
     started = time.perf_counter()
     synced = materialization_metadata(launch(CORPUS_JOB, None), corpus.key)
     report = RefreshReport(synced[md.DOCS_ADDED], synced[md.DOCS_CHANGED], synced[md.DOCS_DELETED])
     pointer = serving.pointer()
     for job_name, live in refresh_plan(lancedb, model_registry, serving):
-        reason = skip_reason(instance, lancedb, model_registry, serving, live)
+        reason = None if force else skip_reason(instance, lancedb, model_registry, serving, live)
         if reason:
             report.versions.append(_skipped_entry(live, reason))
             continue
