@@ -33,13 +33,13 @@ def table(tmp_path, monkeypatch):
 
 def test_a_small_table_searches_exactly(table, monkeypatch):
     monkeypatch.setattr(ann, "ANN_MIN_ROWS", ROWS + 1)
-    state = ann.ensure_vector_index(table, DIMENSION)
+    state = ann.ensure_vector_index(table)
     assert (state.action, state.index, state.rows) == ("exact", None, ROWS)
     assert ann.vector_index_name(table) is None
 
 
 def test_the_index_is_created_tuned_and_kept_current(table):
-    state = ann.ensure_vector_index(table, DIMENSION)
+    state = ann.ensure_vector_index(table)
     assert state.action == "created" and state.index == ann.vector_index_name(table) is not None
     assert state.unindexed_rows == 0
     assert "chunk_id" in {c for i in table.list_indices() for c in i.columns}  # the key has its BTREE
@@ -62,13 +62,35 @@ def test_the_index_is_created_tuned_and_kept_current(table):
 
     few = _rows(ROWS, 100, seed=2)  # under OPTIMIZE_UNINDEXED of the table: left to the flat search
     table.add(few)
-    assert ann.ensure_vector_index(table, DIMENSION).action == "current"
+    assert ann.ensure_vector_index(table).action == "current"
     newest = np.asarray(few["vector"][0].as_py(), dtype=np.float32)
     top = ann.tuned(table.search(newest).distance_type("cosine"), True).limit(1).to_list()
     assert top[0]["chunk_id"] == f"c{ROWS}"  # an unindexed row is found all the same
 
     table.add(_rows(ROWS + 100, 200, seed=3))  # now past the share: optimize() folds them in
-    state = ann.ensure_vector_index(table, DIMENSION)
+    state = ann.ensure_vector_index(table)
     assert state.action == "optimized" and state.unindexed_rows == 0 and state.rows == ROWS + 300
     table.checkout(served)  # the served (tagged) version survives compaction
     assert table.count_rows() == ROWS
+
+
+def test_an_index_with_too_many_segments_is_trained_again(table, monkeypatch):
+    monkeypatch.setattr(ann, "MAX_INDEX_SEGMENTS", 2)
+    name = ann.ensure_vector_index(table).index
+    segments, actions, start = [], [], ROWS
+    for seed in range(4, 7):  # each past OPTIMIZE_UNINDEXED: optimize() adds a delta segment
+        table.add(_rows(start, 300, seed=seed))
+        start += 300
+        actions.append(ann.ensure_vector_index(table).action)
+        segments.append(ann.index_segments(table, ann.vector_index_name(table)))
+    assert actions == ["optimized", "retrained", "optimized"] and segments == [2, 1, 2]
+    assert ann.vector_index_name(table) == name and table.index_stats(name).num_unindexed_rows == 0
+
+
+def test_an_index_of_another_type_is_replaced_by_the_chosen_one(table):
+    from lancedb.index import IvfPq
+
+    table.create_index(ann.VECTOR_COLUMN, config=IvfPq(distance_type="cosine", num_partitions=4))
+    assert table.index_stats(ann.vector_index_name(table)).index_type == "IVF_PQ"
+    state = ann.ensure_vector_index(table)
+    assert (state.action, state.index_type, state.unindexed_rows) == ("retrained", ann.INDEX_TYPE, 0)

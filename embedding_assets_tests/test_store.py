@@ -45,6 +45,14 @@ def test_absent_is_an_anti_join_of_distinct_keys():
     assert store.absent(values, pa.array([], pa.string())).to_pylist() == ["a", "b", "c", "d"]
 
 
+def test_small_scan_batches_are_regrouped_into_large_writes():
+    batches = [pa.record_batch({"key": [f"k{b}-{i}" for i in range(10)]}) for b in range(7)]
+    grouped = list(store.regrouped(iter(batches), 25))
+    assert [t.num_rows for t in grouped] == [30, 30, 10]
+    assert pa.concat_tables(grouped)["key"].to_pylist() == [k for b in batches for k in b["key"].to_pylist()]
+    assert list(store.regrouped(iter([]), 25)) == []
+
+
 def test_the_index_stage_writes_the_same_rows_by_lookup_or_by_scan(built_project, tmp_path, monkeypatch):
     project = built_project.copy(tmp_path / "rows")
     db = project.db()

@@ -50,11 +50,10 @@ FULL = {
     ],
     # The index candidates and the 100 refreshes on a table at the ANN threshold (an index build there
     # takes about a minute on 2 cores, at a million rows several); the largest scale point gives the
-    # served figure at a million. IVF_HNSW_SQ (recall@10 0.50 at 250,000 rows, ef 128) and 8-dimension
-    # PQ codes (0.87-0.90) were measured once and left out, to keep the suite near 30 minutes.
+    # served figure at a million.
     "ann_rows": 100_000,
     "churn_rounds": ann.CHURN_ROUNDS,
-    "ann_candidates": ["IVF_PQ (project)", "IVF_RQ"],
+    "ann_candidates": list(ann.CANDIDATES),
 }
 QUICK = {
     "encoding_chunks": 120,

@@ -112,8 +112,8 @@ def _index_row_batches(
         yield _index_rows(version, chunks, vectors, fingerprint, config_hash)
         return
     _refuse_missing(version, chunks, store.read_columns(db, cache, ["chunk_hash"])["chunk_hash"])
-    for batch in db.open_table(cache).search().select(VECTOR_COLUMNS).limit(None).to_batches(WRITE_BATCH):
-        vectors = pa.Table.from_batches([batch])
+    scan = db.open_table(cache).search().select(VECTOR_COLUMNS).limit(None).to_batches(WRITE_BATCH)
+    for vectors in store.regrouped(scan, WRITE_BATCH):
         matching = chunks.filter(pc.is_in(chunks["chunk_hash"], value_set=store.flat(vectors["chunk_hash"])))
         if matching.num_rows:
             yield _index_rows(version, matching, vectors, fingerprint, config_hash)

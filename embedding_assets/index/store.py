@@ -184,6 +184,21 @@ def batches_for_keys(
             yield found
 
 
+def regrouped(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """`batches` gathered into tables of at least `rows` rows (the last may hold fewer): a scan yields a
+    batch per data file at most, and a table written in small commits has many small files."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, held = [], 0
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
 def _schema_of(db: lancedb.DBConnection, name: str, columns: list[str]) -> pa.Schema:
     if name not in table_names(db):
         return pa.schema([(c, pa.string()) for c in columns])

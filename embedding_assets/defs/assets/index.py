@@ -34,7 +34,7 @@ def index(
     corpus_state = store.table_state(db, tables.DOCUMENTS_TABLE)
     sync = sync_index(db, version)
     table = db.open_table(tables.index_table(version.id))
-    vector_index = ann.ensure_vector_index(table, version.dimension)
+    vector_index = ann.ensure_vector_index(table)
     if vector_index.action in ("created", "optimized"):
         context.log.info(
             f"vector index {vector_index.index} {vector_index.action} on {vector_index.rows} rows in "

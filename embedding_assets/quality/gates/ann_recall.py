@@ -26,6 +26,8 @@ def ann_recall(db: lancedb.DBConnection, embedder: Embedder, queries: list[str])
             "index_type": str(stats.index_type) if stats else "",
             "unindexed_rows": int(stats.num_unindexed_rows) if stats else rows,
             "nprobes": ann.NPROBES,
+            "ef": ann.EF,
+            "index_segments": ann.index_segments(table, name),
             "refine_factor": ann.REFINE_FACTOR,
             "queries": report.queries,
             "recall@10": report.recall,
