@@ -94,3 +94,13 @@ def test_an_index_of_another_type_is_replaced_by_the_chosen_one(table):
     assert table.index_stats(ann.vector_index_name(table)).index_type == "IVF_PQ"
     state = ann.ensure_vector_index(table)
     assert (state.action, state.index_type, state.unindexed_rows) == ("retrained", ann.INDEX_TYPE, 0)
+
+
+def test_a_deep_search_asks_the_graph_for_enough_candidates(table):
+    ann.ensure_vector_index(table)
+    query = np.asarray(_rows(0, 1, seed=5)["vector"][0].as_py(), dtype=np.float32)
+    deep = 500  # a golden-set evaluation ranks documents from hundreds of chunks
+    found = ann.tuned(table.search(query).distance_type("cosine"), True, k=deep).limit(deep).to_list()
+    exact = table.search(query).distance_type("cosine").bypass_vector_index().limit(deep).to_list()
+    assert len(found) == deep
+    assert len({r["chunk_id"] for r in found} & {r["chunk_id"] for r in exact}) >= 0.9 * deep

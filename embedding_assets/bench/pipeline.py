@@ -82,6 +82,17 @@ def _embedding_metadata(env: dict, version_id: str) -> dict:
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
+class BenchRunFailed(RuntimeError):
+    """A command the bench times did not do what it was timed for (a gate failed or errored)."""
+
+
+def _require(ok: bool, what: str, report: dict) -> None:
+    if not ok:
+        raise BenchRunFailed(
+            f"{what} did not succeed, so its timing means nothing: {json.dumps(report)[:3000]}"
+        )
+
+
 def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
     """Build `version_id` in the deployment `env` (migrate when `serve`, else a candidate build), edit 1%
     and refresh, refresh again with nothing changed."""
@@ -90,10 +101,13 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
     else:
         full, report = cli(env, "materialize", "--version", version_id, "--no-promote")
     build = report.get("build", report)
+    _require(all(_gates(report).values()) and (report.get("promoted") or not serve), "the build", report)
     built = _embedding_metadata(env, version_id)  # the full build's encoding, before a refresh replaces it
     edited = edit_documents(locations.corpus_dir(Path(env["EMBEDDING_ASSETS_DATA"])), EDIT_FRACTION, 1)
     edit, edit_report = cli(env, "refresh")
     still, still_report = cli(env, "refresh")
+    for what, done in (("the 1% edit refresh", edit_report), ("the no-change refresh", still_report)):
+        _require(all(v["gates_passed"] for v in done["versions"]), what, done)
     db = store.connect(locations.lancedb_dir(Path(env["EMBEDDING_ASSETS_DATA"])))
     return {
         "version": version_id,
