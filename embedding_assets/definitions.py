@@ -35,6 +35,7 @@ from embedding_assets.defs.resources import (
 )
 from embedding_assets.defs.schedules import build_schedules
 from embedding_assets.defs.sensors import SENSORS, build_shards_landed_sensor
+from embedding_assets.memory import cap_malloc_arenas
 
 DEFAULT_SHARDS = 4
 
@@ -110,6 +111,7 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
     shard_vectors = build_shard_vectors(int(_choice("EMBEDDING_ASSETS_CORPUS_SHARDS", str(DEFAULT_SHARDS))))
     backfill_shards_job = build_backfill_shards_job(shard_vectors)
     production = _choice("EMBEDDING_ASSETS_ENV", "local") == "production"
+    cap_malloc_arenas()  # every process that runs steps loads these Definitions before its first step
     ingest, indexed = corpus, index
     if production:  # the SLO assumes the refresh schedule runs, as it does only in production
         policy = freshness_policy(resources["serving"].freshness_slo)

@@ -12,6 +12,7 @@ from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.assets.shards import SHARD_VECTORS
 from embedding_assets.defs.checks.freshness import SERVED_FRESHNESS
 from embedding_assets.defs.checks.gates import INDEX_CHECKS
+from embedding_assets.defs.hooks import STEP_HOOKS
 from embedding_assets.defs.partitions import SHARD_DIMENSION, VERSION_DIMENSION, model_versions
 from embedding_assets.defs.resources import LanceDBResource, S3StorageResource
 from embedding_assets.defs.sensors import _refresh_in_flight, model_registry_sensor
@@ -169,3 +170,9 @@ def test_a_refresh_counts_as_in_flight_until_it_ends(status):
         busy = _refresh_in_flight(context)
     ended = status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
     assert busy == (not ended and status not in (dg.DagsterRunStatus.MANAGED, dg.DagsterRunStatus.SUSPENDED))
+
+
+@pytest.mark.parametrize("name", sorted(set(JOBS) - {"rollback_serving"}) + ["backfill_shards"])
+def test_each_asset_job_gives_memory_back_after_every_step(name):
+    """An in-process run's steps share one process: each hands what it freed back before the next."""
+    assert defs.resolve_job_def(name).hook_defs >= STEP_HOOKS

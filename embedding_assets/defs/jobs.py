@@ -9,6 +9,7 @@ from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import move_pointer_back, serving_index
 from embedding_assets.defs.checks.freshness import served_freshness
+from embedding_assets.defs.hooks import STEP_HOOKS
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.tags import LAUNCHPAD
 
@@ -33,6 +34,7 @@ build_index_job = dg.define_asset_job(
     selection=BUILD_ASSETS.without_checks(),
     partitions_def=model_versions,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Sync the corpus, then chunk, embed and index one model version beside serving; its gates "
     "run next in a check_index run of their own (gates_after_build_sensor), so a build that fails never "
     "plans them.",
@@ -49,6 +51,7 @@ promote_job = dg.define_asset_job(
     selection=SERVING,
     config=PER_VERSION,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Point serving at one model version, if every gate passed on its latest index build.",
 )
 
@@ -57,6 +60,7 @@ migrate_job = dg.define_asset_job(
     selection=BUILD_ASSETS.without_checks(),
     partitions_def=model_versions,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Build one model version beside serving; then gates_after_build_sensor runs its gates in a "
     "check_index run, and promote_after_gates_sensor promotes it in a promote_index run when every gate "
     "passed. A blocked or failed migration leaves serving untouched; blocked_promotion_sensor records why "
@@ -69,6 +73,7 @@ check_index_job = dg.define_asset_job(
     selection=dg.AssetSelection.checks_for_assets(index),
     config=PER_VERSION,  # a job of checks alone drops `partitions_def` too
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Re-run the gates on one model version's index as it is now, without building or promoting.",
 )
 
@@ -86,6 +91,7 @@ corpus_job = dg.define_asset_job(
     CORPUS_JOB,
     selection=dg.AssetSelection.assets(corpus),
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Mirror the source into the documents table and record what was added, changed, deleted.",
 )
 
@@ -94,6 +100,7 @@ refresh_version_job = dg.define_asset_job(
     selection=VERSION_ASSETS,
     partitions_def=model_versions,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Bring one version's chunks, vectors and rows up to date with the corpus, and gate them.",
 )
 
@@ -102,6 +109,7 @@ refresh_served_job = dg.define_asset_job(
     selection=VERSION_ASSETS | SERVING,
     partitions_def=model_versions,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Refresh the served version and serve its new table version if the gates pass.",
 )
 
@@ -109,6 +117,7 @@ served_freshness_job = dg.define_asset_job(
     SERVED_FRESHNESS_JOB,
     selection=dg.AssetSelection.checks(served_freshness),
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="How far the served table lags the corpus.",
 )
 
@@ -117,6 +126,7 @@ prepare_shards_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(corpus, model_weights),
     partitions_def=model_versions,
     tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
     description="Sync the corpus and verify (or build) one version's weights: what every shard of a "
     "sharded backfill reads, done once before the shards fan out.",
 )
@@ -129,6 +139,7 @@ def build_backfill_shards_job(shard_vectors: dg.AssetsDefinition) -> dg.JobDefin
         selection=dg.AssetSelection.assets(shard_vectors),
         partitions_def=shard_vectors.partitions_def,
         tags=LAUNCHPAD,
+        hooks=STEP_HOOKS,
         description="Cut and encode one corpus shard of one model version into staging tables of its "
         "own. Backfill every shard of a version (after prepare_shards) and the runs fan out through the "
         "queue; when the last succeeds, shards_landed_sensor requests build_index, which folds them in, "

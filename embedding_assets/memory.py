@@ -1,0 +1,57 @@
+"""Giving memory back between the stages of a run.
+
+A run's steps share one process (the in-process executor), and what a stage freed is not always returned
+to the operating system: LanceDB's Rust threads allocate through glibc malloc, which keeps freed pages in
+per-thread arenas, and Arrow keeps freed buffers in its pool. Measured on one HNSW build of 248,232 rows:
+the process held 0.65 GiB after the table was closed, 0.41 GiB once trimmed; with two arenas it peaked at
+0.50 GiB. Left alone, each stage starts on top of what the last one kept, and at 882,205 chunks a build
+peaked at 6.17 GiB while no stage alone needed 3.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+from functools import cache
+
+import pyarrow as pa
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter: how many malloc arenas threads may create
+MALLOC_ARENAS = 2  # one per core of the machines this runs on: fewer, so less freed memory sits idle
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, where the process runs on it (malloc_trim and mallopt are glibc's); None elsewhere."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name)
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Let threads share at most `arenas` malloc arenas from now on; whether glibc took the setting."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def release_unused() -> None:
+    """Collect garbage and hand freed memory back to the operating system (Arrow's pool, then malloc's
+    arenas): what the next stage then sees is what is still in use."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def resident_gib() -> float | None:
+    """What this process holds in memory now (its resident set), in GiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return round(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30, 2)
+    except (OSError, ValueError):
+        return None

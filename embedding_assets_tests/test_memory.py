@@ -1,0 +1,30 @@
+"""Memory a step freed goes back to the operating system before the next step of the same process."""
+
+import threading
+
+import pytest
+
+from embedding_assets.memory import _glibc, release_unused, resident_gib
+
+pytestmark = pytest.mark.skipif(_glibc() is None, reason="malloc_trim is glibc's")
+BLOCKS = 200_000
+BLOCK_BYTES = 2048  # above pymalloc's limit: each block comes from malloc
+
+
+def _fragment(kept: list) -> None:
+    """Fill a malloc arena with blocks and free all but every 100th: the arena keeps the freed pages."""
+    blocks = [bytearray(BLOCK_BYTES) for _ in range(BLOCKS)]
+    kept.extend(blocks[::100])
+
+
+def test_freed_heap_memory_is_returned_to_the_system():
+    kept: list = []
+    worker = threading.Thread(target=_fragment, args=(kept,))  # a thread of its own: its own arena
+    worker.start()
+    worker.join()
+    held = resident_gib()
+    release_unused()
+    released = resident_gib()
+    assert held is not None and released is not None
+    assert held - released >= 0.5 * BLOCKS * BLOCK_BYTES / 2**30, (held, released)
+    assert len(kept) == BLOCKS // 100
