@@ -104,3 +104,13 @@ def test_a_deep_search_asks_the_graph_for_enough_candidates(table):
     exact = table.search(query).distance_type("cosine").bypass_vector_index().limit(deep).to_list()
     assert len(found) == deep
     assert len({r["chunk_id"] for r in found} & {r["chunk_id"] for r in exact}) >= 0.9 * deep
+
+
+@pytest.mark.parametrize("batch", [700, 5_000])  # several batches (each's top k merged), or one
+def test_exact_top_k_is_the_brute_force_top_k(table, monkeypatch, batch):
+    monkeypatch.setattr(ann, "EXACT_BATCH", batch)
+    queries = _rows(0, 7, seed=1)["vector"].to_numpy(zero_copy_only=False)
+    matrix = np.stack(table.to_arrow()["vector"].to_numpy(zero_copy_only=False))
+    expected = [[f"c{i}" for i in np.argsort(-(matrix @ q))[:10]] for q in queries]
+    found, _ = ann.exact_top_k(table, list(queries), 10)
+    assert found == expected

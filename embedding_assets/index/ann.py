@@ -190,7 +190,8 @@ def exact_top_k(
     table: lancedb.table.Table, vectors: Sequence[np.ndarray], k: int
 ) -> tuple[list[list[str]], float]:
     """Each query's k nearest chunk ids by cosine similarity over every row, in one pass of batches; and
-    the seconds the pass took."""
+    the seconds the pass took. Each batch gives up only its own top k per query (a partial sort), merged
+    with the best so far."""
     started = time.perf_counter()
     queries = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
@@ -200,13 +201,22 @@ def exact_top_k(
         matrix = np.asarray(batch[VECTOR_COLUMN].flatten().to_numpy(zero_copy_only=False), np.float32)
         matrix = matrix.reshape(batch.num_rows, -1)
         matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        scores = queries @ matrix.T
+        top = _top_columns(scores, k)
         ids = np.asarray(batch["chunk_id"].to_pylist(), dtype=object)
-        scores = np.concatenate([best_scores, queries @ matrix.T], axis=1)
-        every = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+        every = np.concatenate([best_ids, ids[top]], axis=1)
         keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         best_scores = np.take_along_axis(scores, keep, axis=1)
         best_ids = np.take_along_axis(every, keep, axis=1)
     return [list(row) for row in best_ids], time.perf_counter() - started
+
+
+def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the k highest scores (in no particular order): a partial sort."""
+    if scores.shape[1] <= k:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
 def _ids(query, k: int) -> list[str]:
