@@ -1,7 +1,15 @@
 import pytest
 
 from embedding_assets import locations
-from embedding_assets.quality.evaluation import load_judged, ndcg_at_k, rank_documents, recall_at_k
+from embedding_assets.quality.evaluation import (
+    JudgedQueries,
+    load_judged,
+    ndcg_at_k,
+    rank_documents,
+    recall_at_k,
+)
+from embedding_assets.quality.gates import golden
+from embedding_assets.serving.pointer import ServingState
 
 
 @pytest.mark.parametrize(
@@ -34,3 +42,43 @@ def test_shipped_judged_queries_point_at_seeded_documents(full_corpus):
     missing = sorted(d for d in judged_docs if not (full_corpus / d).is_file())
     assert not missing, f"judged documents the seed no longer writes: {missing[:5]}"
     assert all(max(rel.values()) == 2 for rel in judged.qrels.values())
+
+
+SCORES = {"ndcg@10": 0.5, "recall@10": 0.6, "recall@100": 0.9}
+
+
+@pytest.mark.parametrize(
+    ("record", "reused"),
+    [
+        ({**SCORES, golden.TABLE_VERSION: 7, golden.JUDGED_SET: 42}, True),
+        ({**SCORES, golden.TABLE_VERSION: 6, golden.JUDGED_SET: 42}, False),  # another table version
+        ({**SCORES, golden.TABLE_VERSION: 7, golden.JUDGED_SET: 41}, False),  # other judged queries
+        ({"ndcg@10": 0.5, golden.TABLE_VERSION: 7, golden.JUDGED_SET: 42}, False),  # scores missing
+        (None, False),  # recorded before the gate kept what it measured on
+    ],
+)
+def test_the_served_state_is_scored_from_its_own_gate_only_when_measured_alike(record, reused):
+    served = ServingState(
+        version="v",
+        model_fingerprint="f",
+        pipeline_config_hash="p",
+        table="index__v",
+        table_version=7,
+        lance_tag="served-7",
+        rows=1,
+        gates={"golden_quality": record} if record else {},
+    )
+    assert golden.recorded_scores(served, "golden_quality", 42) == (SCORES if reused else None)
+
+
+def test_the_judged_set_digest_follows_queries_and_judgments():
+    judged = JudgedQueries({"q1": "a query"}, {"q1": {"d1": 1}})
+    assert golden.judged_digest(judged) == golden.judged_digest(
+        JudgedQueries(dict(judged.queries), {"q1": {"d1": 1}})
+    )
+    assert golden.judged_digest(judged) != golden.judged_digest(
+        JudgedQueries(judged.queries, {"q1": {"d1": 2}})
+    )
+    assert golden.judged_digest(judged) != golden.judged_digest(
+        JudgedQueries({"q1": "another"}, judged.qrels)
+    )

@@ -6,11 +6,12 @@ import pyarrow.compute as pc
 import pytest
 
 from embedding_assets.cli import runner
-from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION
+from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GOLDEN_QUALITY
 from embedding_assets.defs.sensors import corpus_folder_sensor
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.quality.freshness import served_lag
 from embedding_assets.quality.gates.counts import reconcile
+from embedding_assets.quality.gates.golden import SERVED_SCORES_RECORDED, TABLE_VERSION
 from embedding_assets.serving.search import searcher_for_state
 from embedding_assets_tests.project import BUILD
 
@@ -80,6 +81,8 @@ def test_edit_add_delete_touch_exactly_those_documents_in_every_live_version(liv
         assert reconcile(live.db(), live.resources["model_registry"].version(version)).passed
     served = live.pointer.require_current()
     assert _version(report, MINILM)["served"] and served.action == "refresh"
+    # a judged document was deleted, so the judged set changed: the served state was scored again
+    assert served.gates[GOLDEN_QUALITY][SERVED_SCORES_RECORDED] is False
     hits = (
         searcher_for_state(served, live.db(), live.registry())
         .search("quokka-lantern zebra-striped marker", 3)
@@ -109,9 +112,15 @@ def test_crash_between_embedding_and_writing_loses_nothing_and_duplicates_nothin
     request = _sensor(live)
     assert isinstance(request, dg.RunRequest) and request.tags["embedding_assets/trigger"] == "folder-retry"
 
+    served_before = live.pointer.require_current()
     report = runner.refresh(**live.job())
     entry = _version(report, MINILM)
     assert entry["chunks_embedded"] == 0 and entry["rows_upserted"] >= embedded  # vectors came from cache
+    # the same judged set: golden quality scored one table, the served state's scores its gate recorded
+    golden = live.pointer.require_current().gates[GOLDEN_QUALITY]
+    assert golden[SERVED_SCORES_RECORDED] is True
+    assert golden["served_ndcg@10"] == served_before.gates[GOLDEN_QUALITY]["ndcg@10"]
+    assert golden[TABLE_VERSION] == live.pointer.require_current().table_version
     rows = live.index_rows()
     assert len(set(rows["chunk_id"].to_pylist())) == rows.num_rows
     gates = live.gates()

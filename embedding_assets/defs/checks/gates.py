@@ -220,7 +220,9 @@ neighbour_stability_check = gate_check(
 golden_quality_check = gate_check(
     GOLDEN_QUALITY,
     "nDCG@10 and recall@10 on judged queries: above the floors and within a margin of the served version.",
-    lambda g: golden_quality(g.db, g.version, g.pointer, g.registry, g.golden.judged(), g.thresholds),
+    lambda g: golden_quality(
+        g.db, g.version, g.pointer, g.registry, g.golden.judged(), g.thresholds, GOLDEN_QUALITY
+    ),
 )
 data_quality_check = gate_check(
     DATA_QUALITY,
