@@ -39,6 +39,17 @@ def test_rows_for_keys_finds_exactly_the_keys_asked(keyed, monkeypatch, limit):
     assert missing.num_rows == 0
 
 
+@pytest.mark.parametrize("limit", [store.LOOKUP_LIMIT, 10])
+def test_batches_for_keys_hold_at_most_the_rows_asked_for(keyed, monkeypatch, limit):
+    """Parts of large rows (document texts) are kept small: each part holds at most `batch_rows`."""
+    db, _ = keyed
+    monkeypatch.setattr(store, "LOOKUP_LIMIT", limit)
+    wanted = pa.array([f"k-{i:05d}'" for i in range(0, KEYS, 2)])
+    parts = list(store.batches_for_keys(db, "keyed", "key", wanted, ["key", "value"], batch_rows=100))
+    assert max(p.num_rows for p in parts) <= 100
+    assert sorted(v for p in parts for v in p["value"].to_pylist()) == list(range(0, KEYS, 2))
+
+
 def test_absent_is_an_anti_join_of_distinct_keys():
     values = pa.chunked_array([["a", "b", "a"], ["c", "d"]])
     assert sorted(store.absent(values, pa.chunked_array([["b"], ["d", "x"]])).to_pylist()) == ["a", "c"]

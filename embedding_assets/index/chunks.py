@@ -144,9 +144,12 @@ def chunk_batches(
     db: lancedb.DBConnection, doc_ids: pa.Array, chunker: Chunker, config_hash: str
 ) -> Iterator[pa.Table]:
     """Chunk rows of the documents `doc_ids`, CHUNK_DOC_BATCH documents at a time: their texts are read
-    from the documents table in streamed parts and tokenized a batch per call."""
+    from the documents table in parts of that many (a part of long documents is large) and tokenized a
+    batch per call."""
     columns = ["doc_id", "text", "source_uri", "doc_checksum"]
-    for docs in store.batches_for_keys(db, tables.DOCUMENTS_TABLE, "doc_id", doc_ids, columns):
+    for docs in store.batches_for_keys(
+        db, tables.DOCUMENTS_TABLE, "doc_id", doc_ids, columns, batch_rows=CHUNK_DOC_BATCH
+    ):
         for start in range(0, docs.num_rows, CHUNK_DOC_BATCH):
             yield _chunk_rows(docs.slice(start, CHUNK_DOC_BATCH), chunker, config_hash)
 

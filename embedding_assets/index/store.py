@@ -164,21 +164,29 @@ def rows_for_keys(
 
 
 def batches_for_keys(
-    db: lancedb.DBConnection, name: str, key: str, values: pa.Array | pa.ChunkedArray, columns: list[str]
+    db: lancedb.DBConnection,
+    name: str,
+    key: str,
+    values: pa.Array | pa.ChunkedArray,
+    columns: list[str],
+    batch_rows: int | None = None,
 ) -> Iterator[pa.Table]:
-    """`rows_for_keys` a part at a time (at most SCAN_BATCH rows each), so no caller holds them all."""
+    """`rows_for_keys` a part at a time (at most `batch_rows` rows each, default SCAN_BATCH), so no
+    caller holds them all: rows of large values (document texts) want fewer per part."""
+    batch_rows = batch_rows or SCAN_BATCH
     wanted = pc.unique(values)
     if name not in table_names(db) or len(wanted) == 0:
         return
     table = db.open_table(name)
     if len(wanted) <= LOOKUP_LIMIT:
         keys = wanted.to_pylist()
-        for start in range(0, len(keys), IN_LIST_BATCH):
-            literals = ", ".join(sql_literal(k) for k in keys[start : start + IN_LIST_BATCH])
+        per_lookup = min(IN_LIST_BATCH, batch_rows)
+        for start in range(0, len(keys), per_lookup):
+            literals = ", ".join(sql_literal(k) for k in keys[start : start + per_lookup])
             yield table.search().where(f"{key} IN ({literals})").select(columns).limit(None).to_arrow()
         return
     value_set = flat(wanted)
-    for batch in table.search().select(columns).limit(None).to_batches(SCAN_BATCH):
+    for batch in table.search().select(columns).limit(None).to_batches(batch_rows):
         found = pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=value_set))
         if found.num_rows:
             yield found
