@@ -12,6 +12,7 @@ from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResour
 from embedding_assets.index import ann, store, tables
 from embedding_assets.index.rows import sync_index
 from embedding_assets.quality.freshness import indexing_lag
+from embedding_assets.quality.gates.data_quality import preload_expectations
 from embedding_assets.quality.gates.sentinels import ensure_sentinels
 
 
@@ -28,6 +29,7 @@ def index(
 
     Metadata includes the lag from source change to indexed for the documents this run wrote."""
     version = model_registry.version(context.partition_key)
+    preload_expectations()  # its gates follow: the data-quality gate's library loads while this works
     started = time.perf_counter()
     db = lancedb.connect()
     corpus_version = db.open_table(tables.DOCUMENTS_TABLE).version  # what this run indexes from

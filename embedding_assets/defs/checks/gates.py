@@ -28,7 +28,7 @@ from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
 from embedding_assets.quality.gates.ann_recall import ann_recall
 from embedding_assets.quality.gates.counts import count_gate
-from embedding_assets.quality.gates.data_quality import check_version_data_quality
+from embedding_assets.quality.gates.data_quality import check_version_data_quality, preload_expectations
 from embedding_assets.quality.gates.golden import golden_quality
 from embedding_assets.quality.gates.outcome import GateOutcome, Markdown
 from embedding_assets.quality.gates.sentinels import sentinel_drift
@@ -155,6 +155,7 @@ def gate_check(
         serving: ServingResource,
         golden_set: GoldenSetResource,
     ) -> dg.AssetCheckResult:
+        preload_expectations()  # a run of gates alone: the data-quality gate's library loads meanwhile
         registry = model_registry.load()
         version = registry.get(context.partition_key)
         overrides = _overrides(config)
