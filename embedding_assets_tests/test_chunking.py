@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from embedding_assets.index.chunking import SPECIAL_TOKENS, Chunker
+from embedding_assets.index.chunking import SPECIAL_TOKENS, Chunker, _units
 from embedding_assets.models.registry import ChunkingConfig
 
 DOCS = [
@@ -85,3 +85,29 @@ def test_a_huge_unbroken_token_run_is_still_cut_within_the_limit(minilm_embedder
     chunks = chunker.chunk("blob.md", text)
     assert max(len(chunker.tokenizer.encode(c.text).ids) for c in chunks) <= 64
     assert chunks[-1].text.endswith("tail sentence.")
+
+
+def _tokens(chunker: Chunker, text: str) -> int:
+    return len(chunker.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def test_token_counts_are_what_the_tokenizer_counts(chunker, full_corpus):
+    """Counts summed from the pieces (WordPiece splits words apart) equal a count of the chunk's text, on
+    a sample of the shipped corpus, prose and code, and where one word is longer than a piece may be."""
+    paths = sorted(p for p in full_corpus.rglob("*") if p.is_file())[::10]
+    documents = [(p.relative_to(full_corpus).as_posix(), p.read_text()) for p in paths]
+    word = "".join(f"{c}{i}" for i, c in enumerate("qzxjvkwy" * 4))  # one 86-character word: 64 tokens
+    documents.append(("long-word.md", f"# Long word\n\nBefore it {word} and after it.\n"))
+    chunks = [c for doc_chunks in chunker.chunk_many(documents) for c in doc_chunks]
+    assert chunker.additive and len(chunks) > 200
+    assert [c.token_count for c in chunks] == [_tokens(chunker, c.text) for c in chunks]
+
+
+def test_a_word_cut_in_two_is_not_counted_by_summing(minilm_embedder):
+    """Only a word longer than a unit's limit is cut inside; such units are flagged, and their chunks'
+    counts come from the tokenizer, not from a sum of the pieces' counts."""
+    word = "".join(f"{c}{i}" for i, c in enumerate("qzxjvkwy" * 4))  # 64 tokens, one word
+    encoding = minilm_embedder.tokenizer.encode(f"tail {word}", add_special_tokens=False)
+    units = _units([(0, len(word) + 5)], [encoding], 20)
+    assert [whole for *_, whole in units] == [True] + [False] * (len(units) - 1)
+    assert sum(tokens for _, _, tokens, _ in units) == len(encoding.ids)

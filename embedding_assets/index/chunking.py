@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] (or the model's equivalents) count against max_tokens
 SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?:;])\s+|\n\s*\n+|\n(?=\s*(?:[-*+] |\d+\. |#|>>> |\.\. ))")
 LINE_BOUNDARY = re.compile(r"(?<=\n)")
+WORD_SPLITTING_PRE_TOKENIZERS = {"BertPreTokenizer", "Whitespace"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Chunker:
         self.config = config
         self.budget = min(config.chunk_tokens, max_tokens - SPECIAL_TOKENS)
         self.overlap = min(config.overlap_tokens, self.budget // 2)
+        self.additive = _splits_words_apart(tokenizer)
 
     def chunk(self, doc_id: str, text: str) -> list[Chunk]:
         return self.chunk_many([(doc_id, text)])[0]
@@ -75,20 +77,23 @@ class Chunker:
         context_tokens = iter(len(e.ids) for e in self._encode(contexts))
         spans_per_doc = []
         for (_, text), segments in zip(documents, plans, strict=True):
-            spans: list[tuple[int, int, str]] = []
+            spans: list[tuple[int, int, str, int | None]] = []
             for segment in segments:
                 piece_encodings = [next(encodings) for _ in segment.pieces]
                 spans.extend(self._pack(text, segment, piece_encodings, next(context_tokens)))
             spans_per_doc.append(spans)
         texts = [
-            _chunk_text(text, *span)
+            _chunk_text(text, start, end, header)
             for (_, text), spans in zip(documents, spans_per_doc, strict=True)
-            for span in spans
+            for start, end, header, _ in spans
         ]
-        counts = iter(len(e.ids) for e in self._encode(texts))
+        summed = [tokens for spans in spans_per_doc for *_, tokens in spans]
+        recount = [t for t, tokens in zip(texts, summed, strict=True) if tokens is None]
+        recounted = iter(len(e.ids) for e in self._encode(recount))
+        counts = iter([next(recounted) if tokens is None else tokens for tokens in summed])
         bodies = iter(texts)
         return [
-            [Chunk(i, next(bodies), start, end, next(counts)) for i, (start, end, _) in enumerate(spans)]
+            [Chunk(i, next(bodies), start, end, next(counts)) for i, (start, end, *_) in enumerate(spans)]
             for spans in spans_per_doc
         ]
 
@@ -117,30 +122,36 @@ class Chunker:
 
     def _pack(
         self, text: str, segment: _Segment, encodings: list, context_tokens: int
-    ) -> Iterable[tuple[int, int, str]]:
+    ) -> Iterable[tuple[int, int, str, int | None]]:
         """Greedy packing of boundary-aligned units into spans of at most the token budget.
 
-        Yields (start, end, header): the header is the segment's context line, given to every span
-        but the first (which already begins with it).
+        Yields (start, end, header, tokens): the header is the segment's context line, given to every
+        span but the first (which already begins with it); tokens is the chunk's token count, summed from
+        its units where the tokenizer splits words apart and no unit cuts a word, else None (count it).
         """
         context = segment.context
         header_tokens = context_tokens + 1 if context else 0
         if header_tokens > self.budget // 2:
             context, header_tokens = "", 0
         budget = self.budget - header_tokens
-        current: list[tuple[int, int, int]] = []
+        current: list[_Unit] = []
         header = ""
         for unit in _units(segment.pieces, encodings, max(budget // 2, 8)):
             if current and sum(u[2] for u in current) + unit[2] > budget:
-                yield current[0][0], current[-1][1], header
+                yield self._span(current, header, context_tokens)
                 current = self._overlap_tail(current, budget - unit[2])
                 header = context
             current.append(unit)
         if current:
-            yield current[0][0], current[-1][1], header
+            yield self._span(current, header, context_tokens)
 
-    def _overlap_tail(self, units: list[tuple[int, int, int]], room: int) -> list[tuple[int, int, int]]:
-        tail: list[tuple[int, int, int]] = []
+    def _span(self, units: list[_Unit], header: str, context_tokens: int) -> tuple[int, int, str, int | None]:
+        exact = self.additive and all(whole for *_, whole in units)
+        tokens = sum(u[2] for u in units) + (context_tokens if header else 0) if exact else None
+        return units[0][0], units[-1][1], header, tokens
+
+    def _overlap_tail(self, units: list[_Unit], room: int) -> list[_Unit]:
+        tail: list[_Unit] = []
         used = 0
         for unit in reversed(units[1:]):
             if used + unit[2] > min(self.overlap, room):
@@ -163,12 +174,16 @@ def _chunk_text(text: str, start: int, end: int, header: str) -> str:
     return f"{header}\n{body}" if header else body
 
 
-def _units(pieces: list[tuple[int, int]], encodings: list, limit: int) -> list[tuple[int, int, int]]:
-    """(start, end, tokens) of each piece; a piece over `limit` tokens is cut between words."""
-    units: list[tuple[int, int, int]] = []
+_Unit = tuple[int, int, int, bool]  # start, end, tokens, whether it holds whole words only
+
+
+def _units(pieces: list[tuple[int, int]], encodings: list, limit: int) -> list[_Unit]:
+    """(start, end, tokens, whole words) of each piece; a piece over `limit` tokens is cut between words
+    (inside a word only when one word is longer than `limit`)."""
+    units: list[_Unit] = []
     for (a, b), encoding in zip(pieces, encodings, strict=True):
         if len(encoding.ids) <= limit:
-            units.append((a, b, len(encoding.ids)))
+            units.append((a, b, len(encoding.ids), True))
             continue
         starts = _word_starts(encoding.tokens)
         lo_token = 0
@@ -176,9 +191,18 @@ def _units(pieces: list[tuple[int, int]], encodings: list, limit: int) -> list[t
             hi_token = _cut_before(starts, lo_token, lo_token + limit, len(encoding.ids))
             lo = a if lo_token == 0 else a + encoding.offsets[lo_token][0]
             hi = b if hi_token >= len(encoding.ids) else a + encoding.offsets[hi_token][0]
-            units.append((lo, hi, hi_token - lo_token))
+            whole = starts[lo_token] and (hi_token >= len(encoding.ids) or starts[hi_token])
+            units.append((lo, hi, hi_token - lo_token, whole))
             lo_token = hi_token
     return units
+
+
+def _splits_words_apart(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer cuts text into words at whitespace and punctuation before it splits each
+    word into tokens (BERT's WordPiece): then a chunk of whole words has the summed token count of its
+    pieces, and need not be tokenized again. Byte-level BPE and SentencePiece fold the space into the
+    next token, so their chunks are counted."""
+    return type(tokenizer.pre_tokenizer).__name__ in WORD_SPLITTING_PRE_TOKENIZERS
 
 
 def _word_starts(tokens: list[str]) -> list[bool]:
