@@ -7,9 +7,11 @@ import pytest
 
 from embedding_assets.index import rows as index_rows
 from embedding_assets.index import store, tables
+from embedding_assets.index.chunking import chunk_hash
 from embedding_assets.index.rows import sync_index
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.quality.gates.counts import reconcile
+from embedding_assets.quality.gates.sentinels import ensure_sentinels
 
 KEYS = 3_000
 
@@ -81,3 +83,38 @@ def test_the_index_stage_writes_the_same_rows_by_lookup_or_by_scan(built_project
     assert reconcile(db, version).passed
     again = sync_index(db, version)
     assert (again.rows_upserted, again.rows_deleted, again.docs_written) == (0, 0, [])
+
+
+def test_sentinels_are_the_lowest_hashes_with_their_cached_vectors(tmp_path, minilm, monkeypatch):
+    """The sample is the distinct chunk hashes that sort first, each with its cached vector, read by key
+    (no table of texts or vectors is loaded whole); a hash shared by two chunks appears once."""
+    monkeypatch.setattr(store, "LOOKUP_LIMIT", 3)  # the chosen rows found by one streamed scan, too
+    db = store.connect(tmp_path)
+    texts = [f"chunk text {i}" for i in range(40)] + ["chunk text 7"]  # the last repeats a hash
+    hashes = [chunk_hash(t) for t in texts]
+    chunks = pa.table(
+        {
+            "chunk_id": [f"doc#{i:02d}" for i in range(len(texts))],
+            "chunk_hash": hashes,
+            "text": texts,
+            "token_count": pa.array([3] * len(texts), pa.int32()),
+        }
+    )
+    db.create_table(tables.chunks_table(minilm.id), chunks)
+    distinct = sorted(set(hashes))
+    vectors = {h: [float(i)] * minilm.dimension for i, h in enumerate(distinct)}
+    cache = pa.table(
+        {
+            "chunk_hash": distinct,
+            "vector": pa.array(list(vectors.values()), store.vector_type(minilm.dimension)),
+            "model_fingerprint": ["fp"] * len(distinct),
+        }
+    )
+    db.create_table(tables.cache_table(minilm.encoder_key()), cache)
+    version = minilm.model_copy(update={"gates": minilm.gates.model_copy(update={"sentinel_count": 5})})
+    assert ensure_sentinels(db, version) == (5, True)
+    stored = db.open_table(tables.sentinels_table(minilm.id)).to_arrow()
+    assert stored["chunk_hash"].to_pylist() == distinct[:5]
+    assert stored["vector"].to_pylist() == [vectors[h] for h in distinct[:5]]
+    assert [chunk_hash(t) for t in stored["text"].to_pylist()] == distinct[:5]
+    assert ensure_sentinels(db, version) == (5, False)  # stored once

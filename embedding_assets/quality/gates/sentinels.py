@@ -11,6 +11,7 @@ from typing import Protocol
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding_assets.index import store, tables
 from embedding_assets.models.registry import GateThresholds, ModelVersion
@@ -21,6 +22,14 @@ WORST_SHOWN = 5
 
 class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _one_per_hash(rows: pa.Table, hashes: pa.Array) -> pa.Table:
+    """One row of `rows` per hash of `hashes`, in that order: the first of `rows` holding it."""
+    first: dict[str, int] = {}
+    for i, h in enumerate(rows["chunk_hash"].to_pylist()):
+        first.setdefault(h, i)
+    return rows.take(pa.array([first[h] for h in hashes.to_pylist()], pa.int64()))
 
 
 def sentinel_schema(dimension: int) -> pa.Schema:
@@ -47,21 +56,23 @@ def ensure_sentinels(db: lancedb.DBConnection, version: ModelVersion) -> tuple[i
     name = tables.sentinels_table(version.id)
     if name in store.table_names(db) and (n := db.open_table(name).count_rows()):
         return n, False
-    chunks = store.read_columns(
-        db, tables.chunks_table(version.id), ["chunk_hash", "chunk_id", "text", "token_count"]
-    )
-    first: dict[str, int] = {}
-    for i, h in enumerate(chunks["chunk_hash"].to_pylist()):
-        first.setdefault(h, i)
-    chosen = sorted(first)[: version.gates.sentinel_count]
-    if not chosen:
+    hashes = store.read_columns(db, tables.chunks_table(version.id), ["chunk_hash"])["chunk_hash"]
+    distinct = pc.unique(hashes)
+    chosen = distinct.take(pc.sort_indices(distinct)[: version.gates.sentinel_count])
+    if not len(chosen):
         return 0, False
-    sample = chunks.take(pa.array([first[h] for h in chosen], pa.int64()))
-    cache = store.read_columns(
-        db, tables.cache_table(version.encoder_key()), ["chunk_hash", "vector", "model_fingerprint"]
+    # Only the chosen hashes' rows are read (no table of texts or vectors); per hash, its lowest chunk id.
+    columns = ["chunk_hash", "chunk_id", "text", "token_count"]
+    found = store.rows_for_keys(db, tables.chunks_table(version.id), "chunk_hash", chosen, columns)
+    sample = _one_per_hash(found.sort_by("chunk_id"), chosen)
+    cached = store.rows_for_keys(
+        db,
+        tables.cache_table(version.encoder_key()),
+        "chunk_hash",
+        chosen,
+        ["chunk_hash", "vector", "model_fingerprint"],
     )
-    position = {h: i for i, h in enumerate(cache["chunk_hash"].to_pylist())}
-    vectors = cache.take(pa.array([position[h] for h in chosen], pa.int64()))
+    vectors = _one_per_hash(cached, chosen)
     n = len(chosen)
     rows = pa.table(
         {
