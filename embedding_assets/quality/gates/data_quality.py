@@ -160,6 +160,7 @@ def validate_frames(
         order = {e.id: i for i, e in enumerate(suite.expectations)}
         for r in sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
             outcomes.append(_outcome(name, r))
+    context.data_sources.delete(datasource.name)  # GX keeps its last context, and so the frames, alive
     return DataQualityReport(outcomes, len(chunks), len(rows), time.perf_counter() - started)
 
 
