@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import lancedb
@@ -306,15 +307,12 @@ def _json_safe(value: Any) -> Any:
     return None if value is pd.NA or value is pd.NaT else str(value)
 
 
-_preload: list[threading.Thread] = []
-
-
+@cache
 def preload_expectations() -> None:
     """Start importing great_expectations in a background thread (once per process), so the gate finds
     it imported; the gate's own import waits for this one if it has not finished."""
-    if not _preload and "great_expectations" not in sys.modules:
-        _preload.append(threading.Thread(target=_gx, name="import great_expectations", daemon=True))
-        _preload[0].start()
+    if "great_expectations" not in sys.modules:
+        threading.Thread(target=_gx, name="import great_expectations", daemon=True).start()
 
 
 def _gx() -> ModuleType:
