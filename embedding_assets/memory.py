@@ -6,6 +6,10 @@ per-thread arenas, and Arrow keeps freed buffers in its pool. Measured on one HN
 the process held 0.65 GiB after the table was closed, 0.41 GiB once trimmed; with two arenas it peaked at
 0.50 GiB. Left alone, each stage starts on top of what the last one kept, and at 882,205 chunks a build
 peaked at 6.17 GiB while no stage alone needed 3.
+
+A full garbage collection walks every object the process holds: 0.58 s once Dagster and
+great-expectations are loaded, paid after every step. So what survives a collection is frozen
+(`gc.freeze`): reference counting still frees it, and the next collection walks only what is new.
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 def release_unused() -> None:
     """Collect garbage and hand freed memory back to the operating system (Arrow's pool, then malloc's
-    arenas): what the next stage then sees is what is still in use."""
+    arenas): what the next stage then sees is what is still in use. The survivors are frozen, so later
+    collections skip them (only a reference cycle among them would wait for the process to end)."""
     gc.collect()
+    gc.freeze()
     pa.default_memory_pool().release_unused()
     libc = _glibc()
     if libc is not None:

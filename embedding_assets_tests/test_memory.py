@@ -28,3 +28,23 @@ def test_freed_heap_memory_is_returned_to_the_system():
     assert held is not None and released is not None
     assert held - released >= 0.5 * BLOCKS * BLOCK_BYTES / 2**30, (held, released)
     assert len(kept) == BLOCKS // 100
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_collections_after_a_release_walk_only_new_objects_and_still_free_new_cycles():
+    import gc
+    import weakref
+
+    release_unused()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0  # what survived is out of later collections' way
+    garbage = _Cycle()
+    alive = weakref.ref(garbage)
+    del garbage  # only the collector can free a cycle
+    release_unused()
+    assert alive() is None
+    assert gc.get_freeze_count() >= frozen
