@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -193,6 +195,21 @@ def test_empty_tables_fail_on_row_count() -> None:
     }
     assert all(o.observed["observed_value"] == 0 for o in report.failures())
     assert "**no**" in report.table()
+
+
+def test_the_gate_validates_in_a_worker_process_and_never_imports_the_library_here(tmp_path: Path) -> None:
+    """A run's own process never imports great_expectations (its import held the interpreter lock beside
+    the stages): the validator process imports it and sends back the report."""
+    script = (
+        "import sys, lancedb\n"
+        "from embedding_assets.models.registry import DEFAULT_VERSION, load_registry\n"
+        "from embedding_assets.quality.gates.data_quality import check_version_data_quality\n"
+        f"db = lancedb.connect({str(tmp_path)!r})\n"
+        "report = check_version_data_quality(db, load_registry().get(DEFAULT_VERSION))\n"
+        "assert not report.passed and report.validator_peak_rss_gib > 0, report\n"
+        "assert 'great_expectations' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=600)
 
 
 def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelVersion) -> None:

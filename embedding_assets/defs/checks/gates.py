@@ -195,6 +195,7 @@ def _data_quality(inputs: GateInputs) -> GateOutcome:
             "rows": report.rows,
             "expectations": len(report.outcomes),
             "failed_expectations": len(failures),
+            "validator_peak_rss_gib": report.validator_peak_rss_gib,
             "results": report.table(),
             "failures": [{"expectation": f.expectation, "column": f.column, **f.observed} for f in failures],
         },

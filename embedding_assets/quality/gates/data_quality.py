@@ -1,18 +1,21 @@
 """Data-quality gate: great-expectations suites over a version's chunks and its index vectors.
 
-great-expectations takes seconds to import (7 to 13 s on 2 cores: scipy.stats, altair, sqlalchemy), so
-it is imported on first use, with analytics off, and a run about to be judged starts that import in the
-background (`preload_expectations`) while its stages work; an ephemeral context costs milliseconds, so
-each validation builds its own.
+great-expectations takes seconds to import (7 to 13 s on 2 cores: scipy.stats, altair, sqlalchemy). A
+thread importing it beside a run's stages held the interpreter lock and slowed them as much as it saved,
+so the gate validates in a worker process of its own (`validator`): a run about to be judged starts it
+(`preload_expectations`), it imports the library on the other core while the stages work, and the gate
+sends it only the reduced frames. An ephemeral context costs milliseconds, so each validation builds its
+own, with analytics off.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import sys
-import threading
+import resource
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +72,7 @@ class DataQualityReport:
     chunks: int
     rows: int
     seconds: float
+    validator_peak_rss_gib: float | None = None  # the worker process's own peak, when one validated
 
     @property
     def passed(self) -> bool:
@@ -97,9 +101,20 @@ def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) 
     texts nor the vectors of a whole table are held at once."""
     chunks = _reduced(db, tables.chunks_table(version.id), [ID, "text", "token_count"], chunk_frame)
     rows = _reduced(db, tables.index_table(version.id), [ID, "vector"], vector_frame)
-    return validate_frames(
-        chunks, rows, dimension=version.dimension, max_tokens=version.max_tokens, normalize=version.normalize
+    started = time.perf_counter()
+    report, peak = (
+        validator()
+        .submit(
+            _validate_in_worker,
+            chunks,
+            rows,
+            dimension=version.dimension,
+            max_tokens=version.max_tokens,
+            normalize=version.normalize,
+        )
+        .result()
     )
+    return replace(report, seconds=time.perf_counter() - started, validator_peak_rss_gib=peak)
 
 
 def _reduced(db: lancedb.DBConnection, name: str, columns: list[str], frame) -> pd.DataFrame:
@@ -308,11 +323,28 @@ def _json_safe(value: Any) -> Any:
 
 
 @cache
+def validator() -> ProcessPoolExecutor:
+    """The process that runs `validate_frames` for this one (started once, on first use): it imports
+    great_expectations as it starts, so the import runs beside this process's work, not inside it."""
+    return ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_expectations
+    )
+
+
+@cache
 def preload_expectations() -> None:
-    """Start importing great_expectations in a background thread (once per process), so the gate finds
-    it imported; the gate's own import waits for this one if it has not finished."""
-    if "great_expectations" not in sys.modules:
-        threading.Thread(target=_gx, name="import great_expectations", daemon=True).start()
+    """Start the validator now (once per process): the gate then finds great_expectations imported."""
+    validator().submit(_load_expectations)
+
+
+def _load_expectations() -> None:
+    _gx()
+
+
+def _validate_in_worker(chunks: pd.DataFrame, rows: pd.DataFrame, **settings) -> tuple:
+    """`validate_frames` in the validator process, with that process's peak resident memory in GiB."""
+    report = validate_frames(chunks, rows, **settings)
+    return report, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def _gx() -> ModuleType:
