@@ -1,11 +1,14 @@
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from embedding_assets import locations
+from embedding_assets.index import store
 from embedding_assets.quality.evaluation import (
     JudgedQueries,
+    documents_by_best_chunk,
     load_judged,
     ndcg_at_k,
-    rank_documents,
     recall_at_k,
 )
 from embedding_assets.quality.gates import golden
@@ -30,9 +33,19 @@ def test_recall_at_k(k, expected):
     assert recall_at_k(["a", "x", "b"], {"a": 1, "b": 1}, k) == expected
 
 
-def test_documents_rank_by_their_best_chunk():
-    hits = [{"doc_id": "a"}, {"doc_id": "b"}, {"doc_id": "a"}, {"doc_id": "c"}]
-    assert rank_documents(hits, 2) == ["a", "b"]
+def test_documents_rank_by_their_best_chunk_over_the_whole_table(tmp_path):
+    """Exact, in one pass: each document appears once, where its best chunk ranks."""
+    vectors = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [-1, 0]], dtype=np.float32)
+    rows = pa.table(
+        {
+            "chunk_id": ["a#0", "b#0", "a#1", "c#0", "d#0"],
+            "doc_id": ["a", "b", "a", "c", "d"],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 2),
+        }
+    )
+    table = store.connect(tmp_path).create_table("index__test", rows)
+    ranked = documents_by_best_chunk(table, [np.array([1, 0]), np.array([0, 1])], limit=3)
+    assert ranked == [["a", "b", "c"], ["c", "a", "b"]]  # a by its second chunk, above b
 
 
 def test_shipped_judged_queries_point_at_seeded_documents(full_corpus):

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass
 
 import lancedb
 import numpy as np
+import pyarrow.compute as pc
 from lancedb.index import BTree, HnswSq
+from tqdm.auto import tqdm
 
 VECTOR_COLUMN = "vector"
 KEY_COLUMNS = ("chunk_id", "doc_id")  # BTREE indexes: merges find keys, filters find their rows fast
@@ -190,28 +192,39 @@ def measure_recall(table: lancedb.table.Table, vectors: Sequence[np.ndarray], k:
 
 
 def exact_top_k(
-    table: lancedb.table.Table, vectors: Sequence[np.ndarray], k: int
+    table: lancedb.table.Table,
+    vectors: Sequence[np.ndarray],
+    k: int,
+    id_column: str = "chunk_id",
+    *,
+    progress: bool = False,
 ) -> tuple[list[list[str]], float]:
-    """Each query's k nearest chunk ids by cosine similarity over every row, in one pass of batches; and
-    the seconds the pass took. Each batch gives up only its own top k per query (a partial sort), merged
-    with the best so far."""
+    """Each query's k nearest rows by cosine similarity over every row (their `id_column`, best first),
+    in one pass of batches; and the seconds the pass took. Each batch gives up only its own top k per
+    query (a partial sort), merged with the best so far."""
     started = time.perf_counter()
     queries = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_ids = np.empty((len(queries), 0), dtype=object)
-    for batch in table.search().select(["chunk_id", VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH):
-        matrix = np.asarray(batch[VECTOR_COLUMN].flatten().to_numpy(zero_copy_only=False), np.float32)
-        matrix = matrix.reshape(batch.num_rows, -1)
-        matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        scores = queries @ matrix.T
-        top = _top_columns(scores, k)
-        ids = np.asarray(batch["chunk_id"].to_pylist(), dtype=object)
-        scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
-        every = np.concatenate([best_ids, ids[top]], axis=1)
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(scores, keep, axis=1)
-        best_ids = np.take_along_axis(every, keep, axis=1)
+    scan = table.search().select([id_column, VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH)
+    with tqdm(
+        total=table.count_rows() if progress else None, desc="exact search", unit="rows", disable=not progress
+    ) as bar:
+        for batch in scan:
+            bar.update(batch.num_rows)
+            batch = batch.filter(pc.is_valid(batch[VECTOR_COLUMN]))  # a row without a vector ranks nowhere
+            matrix = np.asarray(batch[VECTOR_COLUMN].flatten().to_numpy(zero_copy_only=False), np.float32)
+            matrix = matrix.reshape(batch.num_rows, -1)
+            matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            scores = queries @ matrix.T
+            top = _top_columns(scores, k)
+            ids = np.asarray(batch[id_column].to_pylist(), dtype=object)
+            scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+            every = np.concatenate([best_ids, ids[top]], axis=1)
+            keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(scores, keep, axis=1)
+            best_ids = np.take_along_axis(every, keep, axis=1)
     return [list(row) for row in best_ids], time.perf_counter() - started
 
 

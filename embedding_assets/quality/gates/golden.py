@@ -9,7 +9,7 @@ import lancedb
 
 from embedding_assets.index import store, tables
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelVersion
-from embedding_assets.quality.evaluation import JudgedQueries, evaluate, restrict_to
+from embedding_assets.quality.evaluation import RANKING, JudgedQueries, evaluate, restrict_to
 from embedding_assets.quality.gates.outcome import GateOutcome, markdown_table
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 from embedding_assets.serving.search import Searcher, searcher_for_state
@@ -21,9 +21,10 @@ SERVED_SCORES_RECORDED = "served_scores_recorded"  # the served state's scores c
 
 
 def judged_digest(judged: JudgedQueries) -> int:
-    """A digest of the queries and their judgments (60 bits, a number so the serving history keeps it):
-    two scores are comparable only if theirs match."""
-    canonical = json.dumps([sorted(judged.queries.items()), sorted(judged.qrels.items())], sort_keys=True)
+    """A digest of the queries, their judgments and how results are ranked (60 bits, a number so the
+    serving history keeps it): two scores are comparable only if theirs match."""
+    parts = [sorted(judged.queries.items()), sorted(judged.qrels.items()), RANKING]
+    canonical = json.dumps(parts, sort_keys=True)
     return int(hashlib.sha256(canonical.encode()).hexdigest()[:15], 16)
 
 
