@@ -29,18 +29,20 @@ ANN_MIN_ROWS = 100_000
 INDEX_TYPE = "IVF_HNSW_SQ"
 # Measured at 882,205 static vectors (256-d) on 2 cores, query encode included: IVF_PQ (940 partitions,
 # one code per 4 dimensions) with nprobes 40 and refine 10 gave recall@10 0.92 at 26 ms, and needed refine
-# 30 for 0.98 (29 ms); IVF_HNSW_SQ with 4 partitions, ef 256 and refine 5 gave 0.981 at 12.9 ms (ef 128:
-# 0.963 at 10.6 ms), and 0.993 at 7.7 ms on 100,000 rows. On the 119 judged queries, whose answers are
-# the shipped documents' few chunks among 880,000 synthetic ones, ef 256 found 0.942 (two queries missed
-# all ten: the walk never reached their region), ef 512 0.982 and ef 768 0.994; refine 20 at ef 256 did
-# not help. So the walk keeps 512 candidates (16.1 ms against 12.9 ms at ef 256, measured as above).
-ROWS_PER_PARTITION = 250_000  # one HNSW graph per partition, every partition probed
+# 30 for 0.98 (29 ms). On the 119 judged queries, whose answers are the shipped documents' few chunks among
+# 880,000 synthetic ones, a walk of 256 candidates missed whole regions (two queries found none of their
+# ten). A walk's cost hardly depends on its candidates (ef 128 to 1,024 within 1 ms), but each graph
+# searched costs its own: on the same 882,205 rows (219 queries, no AVX-512, refine 5), four graphs of
+# 220,000 gave recall@10 0.971 at 24.0 ms (ef 512) after a 263 s build; one graph gave 0.967 at 12.8 ms
+# (ef 512), 0.972 at 13.1 ms (ef 768) and 0.977 at 14.0 ms (ef 1,024) after a 460 s build. So one graph
+# per million rows, walked with 768 candidates: half the latency for 200 s more of build at a million.
+ROWS_PER_PARTITION = 1_000_000  # one HNSW graph per partition, every partition probed
 # Graph build: 16 links per node and 120 candidates while linking built 100,000 rows 4.4x faster than
 # LanceDB's defaults (20, 300) with the same recall@10 (0.993 at ef 256) and latency.
 GRAPH_LINKS = 16
 GRAPH_BUILD_EF = 120
-NPROBES = 8  # at least the partitions of 2,000,000 rows; LanceDB probes only those a table has
-EF = 512  # HNSW candidates kept while walking each graph
+NPROBES = 8  # at least the partitions of 8,000,000 rows; LanceDB probes only those a table has
+EF = 768  # HNSW candidates kept while walking each graph
 REFINE_FACTOR = 5  # re-rank 5x k candidates by their full vectors (SQ codes are 8-bit)
 # Every segment is searched, and the data files of each are kept apart by compaction: at 100,000 rows 13
 # segments searched 2.5x slower than a fresh index. One delta is allowed; the next optimize retrains.
