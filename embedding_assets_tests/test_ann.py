@@ -114,3 +114,42 @@ def test_exact_top_k_is_the_brute_force_top_k(table, monkeypatch, batch):
     expected = [[f"c{i}" for i in np.argsort(-(matrix @ q))[:10]] for q in queries]
     found, _ = ann.exact_top_k(table, list(queries), 10)
     assert found == expected
+
+
+def test_ann_recall_is_measured_once_per_state_of_the_index(tmp_path, monkeypatch, minilm_embedder):
+    """A refresh that leaves the index as it was reports the last measurement; one that changes the
+    index (optimize, retrain) or the queries is measured again."""
+    from embedding_assets.index import store, tables
+    from embedding_assets.quality.gates.ann_recall import INDEX_STATE, MEASURED_AGAIN, ann_recall
+
+    monkeypatch.setattr(ann, "ANN_MIN_ROWS", 2_000)
+    dimension = minilm_embedder.version.dimension
+    vectors = np.random.default_rng(5).normal(size=(ROWS + 400, dimension)).astype(np.float32)
+
+    def rows(start: int, count: int) -> pa.Table:
+        values = pa.array(vectors[start : start + count].ravel())
+        ids = [f"c{i}" for i in range(start, start + count)]
+        return pa.table({"chunk_id": ids, "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})
+
+    table = store.connect(tmp_path).create_table(
+        tables.index_table(minilm_embedder.version.id), rows(0, ROWS)
+    )
+    ann.ensure_vector_index(table)
+    db = store.connect(tmp_path)
+    queries = [f"ann recall probe {i}" for i in range(20)]
+    first = ann_recall(db, minilm_embedder, queries)
+    assert first.metadata[MEASURED_AGAIN] and first.metadata["queries"] == 20
+
+    table.add(rows(ROWS, 50))  # under the optimize share: the index stays as it was
+    assert ann.ensure_vector_index(table).action == "current"
+    again = ann_recall(db, minilm_embedder, queries, first.metadata)
+    assert not again.metadata[MEASURED_AGAIN] and again.metadata["recall@10"] == first.metadata["recall@10"]
+    assert again.level == first.level
+
+    other = ann_recall(db, minilm_embedder, queries[:-1], first.metadata)  # other queries: measured
+    assert other.metadata[MEASURED_AGAIN] and other.metadata[INDEX_STATE] != first.metadata[INDEX_STATE]
+
+    table.add(rows(ROWS + 50, 350))
+    assert ann.ensure_vector_index(table).action == "optimized"
+    changed = ann_recall(db, minilm_embedder, queries, first.metadata)
+    assert changed.metadata[MEASURED_AGAIN] and changed.metadata[INDEX_STATE] != first.metadata[INDEX_STATE]

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from embedding_assets import metadata as md
 from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.dagster_private import latest_check_evaluations
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import (
     GoldenSetResource,
@@ -117,6 +118,7 @@ class GateInputs:
     pointer: ServingPointer
     golden: GoldenSetResource
     thresholds: GateThresholds
+    previous: dict  # this check's metadata from its last completed run on the version ({} if none)
 
 
 def _overrides(config: GateOverride) -> dict:
@@ -160,7 +162,12 @@ def gate_check(
         version = registry.get(context.partition_key)
         overrides = _overrides(config)
         thresholds = GateThresholds.model_validate({**version.gates.model_dump(), **overrides})
-        inputs = GateInputs(lancedb.connect(), version, registry, serving.pointer(), golden_set, thresholds)
+        key = dg.AssetCheckKey(index.key, name)
+        last = latest_check_evaluations(context.instance, [key], context.partition_key)[key]
+        previous = {k: v.value for k, v in last.metadata.items()} if last else {}
+        inputs = GateInputs(
+            lancedb.connect(), version, registry, serving.pointer(), golden_set, thresholds, previous
+        )
         started = time.perf_counter()
         try:
             outcome = evaluate(inputs)
@@ -236,7 +243,7 @@ ann_recall_check = gate_check(
     ANN_RECALL,
     "recall@10 of the ANN index against exact search on the judged queries; warns below 0.95, never "
     "blocks (a table under the ANN threshold searches exactly and passes).",
-    lambda g: ann_recall(g.db, current_encoder(g.version), g.golden.fixed_queries()),
+    lambda g: ann_recall(g.db, current_encoder(g.version), g.golden.fixed_queries(), g.previous),
     blocking=False,
 )
 
