@@ -15,20 +15,20 @@ from embedding_assets.index import ann, tables
 from embedding_assets.models.embedders import Embedder
 from embedding_assets.quality.gates.outcome import GateOutcome
 
-INDEX_STATE = "index_state"  # what the measurement was taken on: index, build, search settings, queries
+INDEX_STATE = "index_state"  # what the measurement was taken on: the index build, search settings, queries
 MEASURED_AGAIN = "measured_again"
 CARRIED = ("queries", "recall@10", "worst_query_recall@10", "exact_ms_per_query", "ann_ms_p50")
 
 
 def index_state(table: lancedb.table.Table, name: str, queries: list[str]) -> str:
-    """A digest of the index as built (name, type, rows it indexed, segments), the search settings and
-    the queries: two recall measurements with the same digest measure the same thing."""
-    stats = table.index_stats(name)
+    """A digest of the index as built (its uuid, creation time and segments: an optimize adds a segment,
+    a retrain makes a new index), the search settings and the queries: two recall measurements with the
+    same digest measure the same thing. Rows deleted or added since do not change it."""
+    config = next(c for c in table.list_indices() if c.name == name)
     parts = [
-        name,
-        str(stats.index_type) if stats else "",
-        int(stats.num_indexed_rows) if stats else 0,
-        ann.index_segments(table, name),
+        str(config.index_uuid),
+        str(config.created_at),
+        config.num_segments,
         [ann.NPROBES, ann.EF, ann.REFINE_FACTOR],
         queries,
     ]
