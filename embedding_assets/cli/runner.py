@@ -23,6 +23,7 @@ import dagster as dg
 
 from embedding_assets import locations
 from embedding_assets.defs.assets.serving import ROLLBACK_KEYS, serving_index
+from embedding_assets.defs.checks.gates import DATA_QUALITY
 from embedding_assets.defs.jobs import (
     BACKFILL_SHARDS_JOB,
     BUILD_INDEX_JOB,
@@ -47,6 +48,7 @@ from embedding_assets.defs.tags import (
     run_tags,
 )
 from embedding_assets.models.registry import ModelRegistry
+from embedding_assets.quality.gates.data_quality import preload_expectations
 from embedding_assets.wiring import project_definitions, wiring
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -107,7 +109,10 @@ def run_job(
     defs = defs or project_definitions()
     instance = instance or dagster_instance()
     _known_partition(instance, version_id, defs)
-    return defs.resolve_job_def(job_name).execute_in_process(
+    job_def = defs.resolve_job_def(job_name)
+    if DATA_QUALITY in {key.name for key in job_def.asset_layer.asset_graph.asset_check_keys}:
+        preload_expectations()  # the gate's validator starts with the run, not three steps in
+    return job_def.execute_in_process(
         instance=instance,
         run_config=_run_config(ops_config),
         raise_on_error=raise_on_error,
