@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import signal
 import subprocess
 import sys
 import weakref
@@ -210,6 +212,15 @@ def test_the_gate_validates_in_a_worker_process_and_never_imports_the_library_he
         "assert 'great_expectations' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=600)
+
+
+def test_a_validator_that_died_is_replaced_and_the_gate_still_answers(tmp_path: Path, minilm) -> None:
+    """The worker killed outright (as the kernel's OOM killer would): the next validation starts another."""
+    worker = dq.validator().submit(os.getpid).result(timeout=600)
+    os.kill(worker, signal.SIGKILL)
+    report = check_version_data_quality(lancedb.connect(tmp_path), minilm)  # no tables: a report, no error
+    assert not report.passed and report.validator_peak_rss_gib
+    assert dq.validator().submit(os.getpid).result(timeout=600) != worker
 
 
 def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelVersion) -> None:

@@ -1,6 +1,6 @@
 """Data-quality gate: great-expectations suites over a version's chunks and its index vectors.
 
-great-expectations takes seconds to import (7 to 13 s on 2 cores: scipy.stats, altair, sqlalchemy). A
+great-expectations takes seconds to import (7 to 21 s on 2 cores: scipy.stats, altair, sqlalchemy). A
 thread importing it beside a run's stages held the interpreter lock and slowed them as much as it saved,
 so the gate validates in a worker process of its own (`validator`): a run about to be judged starts it
 (`preload_expectations`), it imports the library on the other core while the stages work, and the gate
@@ -15,6 +15,7 @@ import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -102,18 +103,17 @@ def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) 
     chunks = _reduced(db, tables.chunks_table(version.id), [ID, "text", "token_count"], chunk_frame)
     rows = _reduced(db, tables.index_table(version.id), [ID, "vector"], vector_frame)
     started = time.perf_counter()
-    report, peak = (
-        validator()
-        .submit(
-            _validate_in_worker,
-            chunks,
-            rows,
-            dimension=version.dimension,
-            max_tokens=version.max_tokens,
-            normalize=version.normalize,
-        )
-        .result()
-    )
+    settings = {
+        "dimension": version.dimension,
+        "max_tokens": version.max_tokens,
+        "normalize": version.normalize,
+    }
+    try:
+        report, peak = validator().submit(_validate_in_worker, chunks, rows, **settings).result()
+    except BrokenProcessPool:  # the worker died (killed, out of memory): a new one validates once more
+        validator.cache_clear()
+        preload_expectations.cache_clear()
+        report, peak = validator().submit(_validate_in_worker, chunks, rows, **settings).result()
     return replace(report, seconds=time.perf_counter() - started, validator_peak_rss_gib=peak)
 
 
