@@ -25,7 +25,7 @@ from embedding_assets.serving.search import Searcher
 
 Qrels = dict[str, dict[str, int]]
 CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so 100 distinct documents surface
-RANKING = "exact"  # how `ranked_documents` ranks: scores measured another way are not comparable
+RANKING = "exact"  # how `evaluate` ranks (documents_by_best_chunk): scores ranked otherwise differ
 
 
 @dataclass(frozen=True)
