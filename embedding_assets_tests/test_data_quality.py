@@ -201,17 +201,29 @@ def test_empty_tables_fail_on_row_count() -> None:
 
 def test_the_gate_validates_in_a_worker_process_and_never_imports_the_library_here(tmp_path: Path) -> None:
     """A run's own process never imports great_expectations (its import held the interpreter lock beside
-    the stages): the validator process imports it and sends back the report."""
-    script = (
-        "import sys, lancedb\n"
+    the stages): the validator process imports it and sends back the report. The run is a process that
+    multiprocessing started, as a code server starts a launched run: it still exits when its work is done
+    (its exit joins child processes, the validator among them, which is shut down first)."""
+    script = tmp_path / "judge.py"
+    script.write_text(
+        "import multiprocessing, sys, lancedb\n"
         "from embedding_assets.models.registry import DEFAULT_VERSION, load_registry\n"
         "from embedding_assets.quality.gates.data_quality import check_version_data_quality\n"
-        f"db = lancedb.connect({str(tmp_path)!r})\n"
-        "report = check_version_data_quality(db, load_registry().get(DEFAULT_VERSION))\n"
-        "assert not report.passed and report.validator_peak_rss_gib > 0, report\n"
-        "assert 'great_expectations' not in sys.modules\n"
+        "def judge():\n"
+        f"    db = lancedb.connect({str(tmp_path)!r})\n"
+        "    report = check_version_data_quality(db, load_registry().get(DEFAULT_VERSION))\n"
+        "    assert not report.passed and report.validator_peak_rss_gib > 0, report\n"
+        "    assert 'great_expectations' not in sys.modules\n"
+        "if __name__ == '__main__':\n"
+        "    run = multiprocessing.get_context('spawn').Process(target=judge)\n"
+        "    run.start()\n"
+        "    run.join(timeout=300)\n"
+        "    ended = run.exitcode\n"
+        "    run.kill()\n"
+        "    assert ended == 0, f'the run process ended {ended} (None: still running)'\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_a_validator_that_died_is_replaced_and_the_gate_still_answers(tmp_path: Path, minilm) -> None:

@@ -11,6 +11,7 @@ own, with analytics off.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 import resource
 import time
@@ -47,6 +48,9 @@ RESULT_FORMAT = {
 }
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
 NOT_THRESHOLDS = {"batch_id", "column"}
+# multiprocessing's exit runs finalizers of priority >= 0, highest first, before it joins children; its
+# queues close their feeder threads at priority 10, and the worker's exit order must pass through one.
+EXIT_PRIORITY = 20
 
 
 @dataclass(frozen=True)
@@ -326,9 +330,18 @@ def _json_safe(value: Any) -> Any:
 def validator() -> ProcessPoolExecutor:
     """The process that runs `validate_frames` for this one (started once, on first use): it imports
     great_expectations as it starts, so the import runs beside this process's work, not inside it."""
-    return ProcessPoolExecutor(
+    executor = ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_expectations
     )
+    # Shut the worker down before exit joins child processes. A process that multiprocessing started
+    # (a run launched by a code server, a step of the multiprocess executor) joins its children before
+    # concurrent.futures would stop the worker, and without this waits for it forever.
+    multiprocessing.util.Finalize(None, _shutdown, args=(executor,), exitpriority=EXIT_PRIORITY)
+    return executor
+
+
+def _shutdown(executor: ProcessPoolExecutor) -> None:
+    executor.shutdown(wait=True, cancel_futures=True)
 
 
 @cache
