@@ -49,7 +49,7 @@ RESULT_FORMAT = {
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
 NOT_THRESHOLDS = {"batch_id", "column"}
 # multiprocessing's exit runs finalizers of priority >= 0, highest first, before it joins children; its
-# queues close their feeder threads at priority 10, and the worker's exit order must pass through one.
+# queues stop their feeder threads at priority 10, and the worker's stop message travels through one.
 EXIT_PRIORITY = 20
 
 
