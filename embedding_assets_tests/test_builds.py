@@ -3,10 +3,12 @@ a rebuild is a new artifact of the same recipe that the sentinel drift gate judg
 
 import json
 
+import numpy as np
 import pytest
 
 from embedding_assets.defs.checks.gates import SENTINEL_DRIFT
 from embedding_assets.models.builds import build_static_model, read_record, recipe, recipe_fingerprint
+from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import (
     FingerprintMismatchError,
     ModelRegistryError,
@@ -89,3 +91,23 @@ def test_a_build_inside_a_run_draws_no_terminal_bar(static, registry, tmp_path, 
     record = build_static_model(elsewhere, registry, progress=False)
     assert "Encoding tokens" not in capfd.readouterr().err  # model2vec's own tqdm bar
     assert elsewhere.verified_weights_path() and record["recipe_fingerprint"] == static.fingerprint
+
+
+def test_the_static_encoder_gives_model2vecs_vectors(static, small_corpus):
+    """The project sums a static model's token vectors as one sparse product; model2vec averages them
+    text by text. Both round to float16, so the vectors agree to one float16 step."""
+    embedder = embedder_for(static)
+    texts = [
+        p.read_text(encoding="utf-8")[:3000] for p in sorted(small_corpus.rglob("*"))[:40] if p.is_file()
+    ]
+    first_empty = len(texts)
+    texts += ["", "   ", "🙂🙃", "naïve café ☕ 🙂 über", "word " * 2000]  # empty, unknown tokens, truncation
+    ours = embedder.encode(texts)
+    theirs = embedder.model.encode(texts, max_length=static.max_tokens).astype(np.float32)
+    assert ours.shape == theirs.shape == (len(texts), static.dimension)
+    assert np.abs(ours - theirs).max() <= 1e-3
+    empty = np.linalg.norm(theirs, axis=1) == 0
+    assert empty[first_empty] and (np.linalg.norm(ours[empty], axis=1) == 0).all()
+    a, b = ours[~empty], theirs[~empty]
+    cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert (cosine > 0.99999).all(), cosine.min()
