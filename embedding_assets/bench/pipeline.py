@@ -82,6 +82,22 @@ def _embedding_metadata(env: dict, version_id: str) -> dict:
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
+def _validator_peak_gib(env: dict, version_id: str) -> float | None:
+    """The data-quality validator's own peak RSS in the latest gate run of `version_id` (the validator is
+    a process of its own, so the command's peak RSS leaves it out)."""
+    import dagster as dg
+
+    from embedding_assets.defs.assets.index import index
+    from embedding_assets.defs.checks.gates import DATA_QUALITY
+    from embedding_assets.defs.dagster_private import latest_check_evaluations
+
+    key = dg.AssetCheckKey(index.key, DATA_QUALITY)
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    evaluation = latest_check_evaluations(instance, [key], version_id)[key]
+    peak = evaluation.metadata.get("validator_peak_rss_gib") if evaluation else None
+    return peak.value if peak is not None else None
+
+
 class BenchRunFailed(RuntimeError):
     """A command the bench times did not do what it was timed for (a gate failed or errored)."""
 
@@ -103,8 +119,10 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
     build = report.get("build", report)
     _require(all(_gates(report).values()) and (report.get("promoted") or not serve), "the build", report)
     built = _embedding_metadata(env, version_id)  # the full build's encoding, before a refresh replaces it
+    built_validator = _validator_peak_gib(env, version_id)
     edited = edit_documents(locations.corpus_dir(Path(env["EMBEDDING_ASSETS_DATA"])), EDIT_FRACTION, 1)
     edit, edit_report = cli(env, "refresh")
+    edit_validator = _validator_peak_gib(env, version_id)
     still, still_report = cli(env, "refresh")
     for what, done in (("the 1% edit refresh", edit_report), ("the no-change refresh", still_report)):
         _require(all(v["gates_passed"] for v in done["versions"]), what, done)
@@ -118,6 +136,7 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
             "run_seconds": round(build["seconds"], 1),
             "gate_seconds": build["gate_seconds"],
             "peak_rss_gib": full.peak_rss_gib,
+            "validator_peak_rss_gib": built_validator,
             "gates": _gates(report),
             "promoted": report.get("promoted"),
         },
@@ -127,6 +146,7 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
             "run_seconds": round(edit_report["seconds"], 1),
             "chunks_embedded": edit_report["chunks_embedded"],
             "peak_rss_gib": edit.peak_rss_gib,
+            "validator_peak_rss_gib": edit_validator,
         },
         "no_change": {
             "wall_seconds": still.wall_seconds,

@@ -313,7 +313,11 @@ def cmd_build_model(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from embedding_assets.bench import suite
 
-    return suite.main(["--quick"] if args.quick else [])
+    argv = ["--quick"] if args.quick else []
+    for option in ("out", "doc"):
+        if getattr(args, option):
+            argv += [f"--{option}", str(getattr(args, option))]
+    return suite.main(argv)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -470,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="the performance suite: ratios measured side by side; writes docs/performance.md"
     )
     p.add_argument("--quick", action="store_true", help="a short run (under 5 minutes), kept in data/scratch")
+    p.add_argument("--out", type=Path, help="working folder (default: data/scratch/bench)")
+    p.add_argument("--doc", type=Path, help="report path (default: docs/performance.md; --quick: in --out)")
     p.set_defaults(func=cmd_bench)
     return parser
 
