@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
 from embedding_assets.index.chunking import SPECIAL_TOKENS
 from embedding_assets.models.registry import ModelVersion
@@ -235,11 +236,10 @@ def test_a_validator_that_died_is_replaced_and_the_gate_still_answers(tmp_path: 
     assert dq.validator().submit(os.getpid).result(timeout=600) != worker
 
 
-def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelVersion) -> None:
-    db = lancedb.connect(tmp_path)
-    missing = check_version_data_quality(db, minilm)
-    assert {o.expectation for o in missing.failures()} == {"expect_table_row_count_to_be_between"}
-
+def stored_rows(
+    version: ModelVersion, ids: list[str], texts: list[str], vectors: np.ndarray
+) -> tuple[pa.Table, pa.Table]:
+    """Chunk rows and index rows as the pipeline stores them."""
     now = datetime.now(UTC)
     chunk_records = [
         {
@@ -248,27 +248,36 @@ def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelV
             "source_uri": f"file:///{cid.split('#')[0]}",
             "doc_checksum": "c0ffee",
             "chunk_ordinal": int(cid.split("#")[1]),
-            "chunk_hash": f"h{i}",
+            "chunk_hash": f"h{cid}",
             "text": text,
             "char_start": 0,
             "char_end": len(text),
             "token_count": len(text.split()),
             "pipeline_config_hash": "p",
         }
-        for i, (cid, text) in enumerate(zip(IDS, SENTENCES, strict=True))
+        for cid, text in zip(ids, texts, strict=True)
     ]
-    vectors = unit_vectors(len(IDS), minilm.dimension)
-    vectors[2] *= 2.0
-    provenance = {"model_version": minilm.id, "model_fingerprint": minilm.fingerprint}
+    provenance = {"model_version": version.id, "model_fingerprint": version.fingerprint}
     index_records = [
         {**c, **provenance, "embedded_at": now, "indexed_at": now, "vector": v.tolist()}
         for c, v in zip(chunk_records, vectors, strict=True)
     ]
-    db.create_table(
-        tables.chunks_table(minilm.id), pa.Table.from_pylist(chunk_records, schema=store.CHUNKS_SCHEMA)
+    return (
+        pa.Table.from_pylist(chunk_records, schema=store.CHUNKS_SCHEMA),
+        pa.Table.from_pylist(index_records, schema=store.index_schema(version.dimension)),
     )
-    index_schema = store.index_schema(minilm.dimension)
-    db.create_table(tables.index_table(minilm.id), pa.Table.from_pylist(index_records, schema=index_schema))
+
+
+def test_check_version_data_quality_reads_lancedb(tmp_path: Path, minilm: ModelVersion) -> None:
+    db = lancedb.connect(tmp_path)
+    missing = check_version_data_quality(db, minilm)
+    assert {o.expectation for o in missing.failures()} == {"expect_table_row_count_to_be_between"}
+
+    vectors = unit_vectors(len(IDS), minilm.dimension)
+    vectors[2] *= 2.0
+    chunk_rows, index_rows = stored_rows(minilm, IDS, SENTENCES, vectors)
+    db.create_table(tables.chunks_table(minilm.id), chunk_rows)
+    db.create_table(tables.index_table(minilm.id), index_rows)
 
     report = check_version_data_quality(db, minilm)
     assert (report.chunks, report.rows) == (len(IDS), len(IDS))
@@ -291,3 +300,55 @@ def test_the_validated_frames_are_not_kept_after_the_report() -> None:
     del chunk_frame, vector_frame
     gc.collect()
     assert report.passed and [ref() for ref in alive] == [None, None]
+
+
+def test_after_a_validation_that_passed_only_rows_written_since_are_read_and_their_damage_is_found(
+    tmp_path: Path, minilm: ModelVersion
+) -> None:
+    """A refresh reads what it wrote: rows past the last validated fragment, with every row sharing a key
+    with one of them, so a damaged rewrite and a duplicated key are both still found."""
+    db = lancedb.connect(tmp_path)
+    chunk_rows, index_rows = stored_rows(minilm, IDS, SENTENCES, unit_vectors(len(IDS), minilm.dimension))
+    chunks = db.create_table(tables.chunks_table(minilm.id), chunk_rows)
+    index = db.create_table(tables.index_table(minilm.id), index_rows)
+
+    def after(report: DataQualityReport) -> dict:
+        return {md.GATE_LEVEL: "pass" if report.passed else "block", **report.to_metadata()}
+
+    first = check_version_data_quality(db, minilm)
+    assert first.passed and (first.chunks, first.rows) == (len(IDS), len(IDS))
+    assert first.since == {dq.CHUNKS_SUITE: None, dq.VECTORS_SUITE: None}
+
+    unchanged = check_version_data_quality(db, minilm, after(first))
+    assert unchanged.passed and unchanged.outcomes == [] and (unchanged.chunks, unchanged.rows) == (0, 0)
+
+    # One document edited: its chunk and index rows rewritten, the vector damaged (norm 2).
+    damaged = unit_vectors(1, minilm.dimension, seed=7) * 2.0
+    new_chunk, new_row = stored_rows(minilm, [IDS[3]], ["An edited sentence about JSON."], damaged)
+    chunks.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(new_chunk)
+    index.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(new_row)
+    edited = check_version_data_quality(db, minilm, after(unchanged))
+    assert (edited.chunks, edited.rows) == (1, 1)  # the rewritten rows, not the table
+    assert failing(edited) == {("vectors", "expect_column_values_to_be_between", "vector_norm")}
+    assert edited.failures()[0].observed["partial_unexpected_list"] == [IDS[3]]
+    assert edited.to_metadata()["vectors_read"].startswith("rows written since table version")
+
+    # The gate that failed is no ground to skip rows: the next validation reads every row again.
+    assert check_version_data_quality(db, minilm, after(edited)).rows == len(IDS)
+
+    # A row appended under a key the table already holds: it and the row it duplicates are read.
+    repaired = stored_rows(minilm, [IDS[3]], [SENTENCES[3]], unit_vectors(1, minilm.dimension))[1]
+    index.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(repaired)
+    clean = check_version_data_quality(db, minilm)
+    assert clean.passed
+    clean_state = after(clean)
+    index.add(stored_rows(minilm, [IDS[0]], [SENTENCES[0]], unit_vectors(1, minilm.dimension, seed=9))[1])
+    duplicated = check_version_data_quality(db, minilm, clean_state)
+    assert duplicated.rows == 2
+    assert failing(duplicated) == {("vectors", "expect_column_values_to_be_unique", "chunk_id")}
+
+    # A table dropped and made again restarts its versions and fragments: every row is read.
+    db.drop_table(tables.index_table(minilm.id))
+    db.create_table(tables.index_table(minilm.id), index_rows)
+    remade = check_version_data_quality(db, minilm, clean_state)
+    assert remade.rows == len(IDS) and remade.since[dq.VECTORS_SUITE] is None

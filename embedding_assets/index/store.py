@@ -173,11 +173,22 @@ def batches_for_keys(
 ) -> Iterator[pa.Table]:
     """`rows_for_keys` a part at a time (at most `batch_rows` rows each, default SCAN_BATCH), so no
     caller holds them all: rows of large values (document texts) want fewer per part."""
+    if name in table_names(db):
+        yield from table_batches_for_keys(db.open_table(name), key, values, columns, batch_rows)
+
+
+def table_batches_for_keys(
+    table: lancedb.table.Table,
+    key: str,
+    values: pa.Array | pa.ChunkedArray,
+    columns: list[str],
+    batch_rows: int | None = None,
+) -> Iterator[pa.Table]:
+    """`batches_for_keys` on a table already open (at the version it has checked out)."""
     batch_rows = batch_rows or SCAN_BATCH
     wanted = pc.unique(values)
-    if name not in table_names(db) or len(wanted) == 0:
+    if len(wanted) == 0:
         return
-    table = db.open_table(name)
     if len(wanted) <= LOOKUP_LIMIT:
         keys = wanted.to_pylist()
         per_lookup = min(IN_LIST_BATCH, batch_rows)

@@ -187,13 +187,16 @@ def gate_check(
 
 
 def _data_quality(inputs: GateInputs) -> GateOutcome:
-    report = check_version_data_quality(inputs.db, inputs.version)
+    report = check_version_data_quality(inputs.db, inputs.version, inputs.previous)
     failures = report.failures()
-    summary = (
-        f"{len(report.outcomes)} expectations met on {report.chunks} chunks and {report.rows} vectors"
-        if report.passed
-        else "; ".join(f"{f.suite}.{f.column}: {f.expectation}" for f in failures)
-    )
+    if not report.outcomes and report.passed:
+        summary = "no chunk or vector written since the last validation, which passed"
+    elif report.passed:
+        summary = (
+            f"{len(report.outcomes)} expectations met on {report.chunks} chunks and {report.rows} vectors"
+        )
+    else:
+        summary = "; ".join(f"{f.suite}.{f.column}: {f.expectation}" for f in failures)
     return GateOutcome(
         "pass" if report.passed else "block",
         summary,
@@ -203,6 +206,7 @@ def _data_quality(inputs: GateInputs) -> GateOutcome:
             "expectations": len(report.outcomes),
             "failed_expectations": len(failures),
             "validator_peak_rss_gib": report.validator_peak_rss_gib,
+            **report.to_metadata(),
             "results": report.table(),
             "failures": [{"expectation": f.expectation, "column": f.column, **f.observed} for f in failures],
         },

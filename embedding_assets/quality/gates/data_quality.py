@@ -17,7 +17,7 @@ import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
 from embedding_assets.index.chunking import SPECIAL_TOKENS
 from embedding_assets.metadata import EXAMPLES
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 
 CHUNKS_SUITE = "chunks"
 VECTORS_SUITE = "vectors"
+SUITES = (CHUNKS_SUITE, VECTORS_SUITE)
+ADDRESS = "_rowaddr"  # a Lance row's address: its fragment id << FRAGMENT_SHIFT | its offset there
+FRAGMENT_SHIFT = 32
+MARK = "validated_through"  # metadata: `chunks_validated_through`, `vectors_validated_through`
+SETTINGS = "settings"
 ID = "chunk_id"
 TABLE = ""  # the `column` of a table-level expectation
 BLOCK_ROWS = 16_384  # vectors are reduced this many rows at a time, bounding float64 scratch memory
@@ -78,6 +84,20 @@ class DataQualityReport:
     rows: int
     seconds: float
     validator_peak_rss_gib: float | None = None  # the worker process's own peak, when one validated
+    marks: dict[str, TableMark | None] = field(default_factory=dict)  # how far each table was read
+    since: dict[str, TableMark | None] = field(default_factory=dict)  # read past these (None: all rows)
+    settings: dict = field(default_factory=dict)  # what the vectors and chunks were held to
+
+    def to_metadata(self) -> dict:
+        """The marks, the scope of each table's read and the settings, for the next validation."""
+        metadata: dict = {SETTINGS: self.settings}
+        for suite in SUITES:
+            mark, since = self.marks.get(suite), self.since.get(suite)
+            metadata[f"{suite}_{MARK}"] = mark.to_metadata() if mark else {}
+            metadata[f"{suite}_read"] = (
+                "every row" if since is None else f"rows written since table version {since.version}"
+            )
+        return metadata
 
     @property
     def passed(self) -> bool:
@@ -100,35 +120,131 @@ class DataQualityReport:
         return markdown_table(["suite", "expectation", "column", "passed", "unexpected", "thresholds"], rows)
 
 
-def check_version_data_quality(db: lancedb.DBConnection, version: ModelVersion) -> DataQualityReport:
-    """Validate the version's chunks table and index table as stored. Both are read in streamed parts and
+@dataclass(frozen=True)
+class TableMark:
+    """How far a validation read one table: the table version, when it was committed (a number alone
+    repeats once a table is dropped and made again), and the newest data fragment it held. Lance writes
+    each new or rewritten row into a new fragment of a higher id, so the rows past the mark are exactly
+    those written since (a compaction rewrites old rows too: they are validated again, never skipped)."""
+
+    version: int
+    committed_at: str
+    fragment: int  # -1: no data fragment yet
+
+    def to_metadata(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_metadata(cls, value: Any) -> TableMark | None:
+        try:
+            return cls(int(value["version"]), str(value["committed_at"]), int(value["fragment"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def still_names(self, table: lancedb.table.Table) -> bool:
+        """Whether `table` is the one this mark was taken on (its version is in the history, same commit)."""
+        return str(store.version_committed_at(table, self.version)) == self.committed_at
+
+
+@dataclass(frozen=True)
+class ValidatedRows:
+    """The reduced frame of one table to validate (None: nothing written since its mark), and its new mark."""
+
+    frame: pd.DataFrame | None
+    mark: TableMark | None
+    since: TableMark | None  # the mark the rows were read past; None: every row was read
+
+
+def check_version_data_quality(
+    db: lancedb.DBConnection, version: ModelVersion, previous: dict | None = None
+) -> DataQualityReport:
+    """Validate the version's chunks table and index table as stored. Rows are read in streamed parts and
     reduced to what the expectations test (ids, token counts, text lengths, vector stats), so neither the
-    texts nor the vectors of a whole table are held at once."""
-    chunks = _reduced(db, tables.chunks_table(version.id), [ID, "text", "token_count"], chunk_frame)
-    rows = _reduced(db, tables.index_table(version.id), [ID, "vector"], vector_frame)
-    started = time.perf_counter()
+    texts nor the vectors of a whole table are held at once.
+
+    `previous` is this gate's last metadata on the version: when it passed under the same settings and its
+    marks still name versions of the same tables, only the rows written since are validated, with every
+    row that shares a chunk id with one of them (a duplicate key is still found). A refresh then reads
+    what it changed, not the whole table."""
     settings = {
         "dimension": version.dimension,
         "max_tokens": version.max_tokens,
         "normalize": version.normalize,
     }
+    marks = _trusted_marks(previous or {}, settings)
+    chunks = _rows_since(
+        db, tables.chunks_table(version.id), [ID, "text", "token_count"], chunk_frame, marks.get(CHUNKS_SUITE)
+    )
+    rows = _rows_since(
+        db, tables.index_table(version.id), [ID, "vector"], vector_frame, marks.get(VECTORS_SUITE)
+    )
+    started = time.perf_counter()
+    new_marks = {CHUNKS_SUITE: chunks.mark, VECTORS_SUITE: rows.mark}
+    since = {CHUNKS_SUITE: chunks.since, VECTORS_SUITE: rows.since}
+    if chunks.frame is None and rows.frame is None:  # nothing written since a validation that passed
+        report = DataQualityReport([], 0, 0, 0.0)
+        return replace(report, marks=new_marks, since=since, settings=settings)
     try:
-        report, peak = validator().submit(_validate_in_worker, chunks, rows, **settings).result()
+        report, peak = validator().submit(_validate_in_worker, chunks.frame, rows.frame, **settings).result()
     except BrokenProcessPool:  # the worker died (killed, out of memory): a new one validates once more
         validator.cache_clear()
         preload_expectations.cache_clear()
-        report, peak = validator().submit(_validate_in_worker, chunks, rows, **settings).result()
-    return replace(report, seconds=time.perf_counter() - started, validator_peak_rss_gib=peak)
+        report, peak = validator().submit(_validate_in_worker, chunks.frame, rows.frame, **settings).result()
+    return replace(
+        report,
+        seconds=time.perf_counter() - started,
+        validator_peak_rss_gib=peak,
+        marks=new_marks,
+        since=since,
+        settings=settings,
+    )
 
 
-def _reduced(db: lancedb.DBConnection, name: str, columns: list[str], frame) -> pd.DataFrame:
+def _trusted_marks(previous: dict, settings: dict) -> dict[str, TableMark]:
+    """The marks of a previous validation that passed under the same settings ({} otherwise)."""
+    if previous.get(md.GATE_LEVEL) != "pass" or previous.get(SETTINGS) != settings:
+        return {}
+    found = {suite: TableMark.from_metadata(previous.get(f"{suite}_{MARK}")) for suite in SUITES}
+    return {suite: mark for suite, mark in found.items() if mark is not None}
+
+
+def _rows_since(
+    db: lancedb.DBConnection, name: str, columns: list[str], frame, mark: TableMark | None
+) -> ValidatedRows:
+    """The reduced rows of table `name` written after `mark` (every row without a usable mark), read at
+    one table version throughout, and the mark to validate from next time."""
     if name not in store.table_names(db):
-        return frame(store.read_columns(db, name, columns))
-    parts = [
-        frame(pa.Table.from_batches([batch]))
-        for batch in db.open_table(name).search().select(columns).limit(None).to_batches(store.SCAN_BATCH)
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else frame(store.read_columns(db, name, columns))
+        return ValidatedRows(frame(store.read_columns(db, name, columns)), None, None)
+    table = db.open_table(name)
+    table.checkout(table.version)  # one version throughout, whatever another writer commits meanwhile
+    committed = str(store.version_committed_at(table, table.version))
+    if mark is None or not mark.still_names(table):
+        parts, fragment = [], -1
+        for batch in table.search().select([*columns, ADDRESS]).limit(None).to_batches(store.SCAN_BATCH):
+            parts.append(frame(pa.Table.from_batches([batch])))
+            fragment = max(fragment, _newest_fragment(batch[ADDRESS]))
+        reduced = (
+            pd.concat(parts, ignore_index=True) if parts else frame(store.read_columns(db, name, columns))
+        )
+        return ValidatedRows(reduced, TableMark(table.version, committed, fragment), None)
+    written = (
+        table.search()
+        .where(f"{ADDRESS} >= {(mark.fragment + 1) << FRAGMENT_SHIFT}")
+        .select([ID, ADDRESS])
+        .limit(None)
+        .to_arrow()
+    )
+    fragment = max(mark.fragment, _newest_fragment(written[ADDRESS]))
+    new_mark = TableMark(table.version, committed, fragment)
+    if written.num_rows == 0:
+        return ValidatedRows(None, new_mark, mark)
+    parts = [frame(part) for part in store.table_batches_for_keys(table, ID, written[ID], columns)]
+    return ValidatedRows(pd.concat(parts, ignore_index=True), new_mark, mark)
+
+
+def _newest_fragment(addresses: pa.Array | pa.ChunkedArray) -> int:
+    newest = pc.max(pc.shift_right(addresses, FRAGMENT_SHIFT)).as_py()
+    return -1 if newest is None else int(newest)
 
 
 def validate_data_quality(
@@ -152,15 +268,16 @@ def validate_data_quality(
 
 
 def validate_frames(
-    chunks: pd.DataFrame,
-    rows: pd.DataFrame,
+    chunks: pd.DataFrame | None,
+    rows: pd.DataFrame | None,
     *,
     dimension: int,
     max_tokens: int,
     normalize: bool,
     norm_tolerance: float = 1e-3,
 ) -> DataQualityReport:
-    """`validate_data_quality` on frames already reduced by `chunk_frame` and `vector_frame`."""
+    """`validate_data_quality` on frames already reduced by `chunk_frame` and `vector_frame`; a suite
+    whose frame is None (nothing of its table to validate) is left out."""
     started = time.perf_counter()
     gx = _gx()
     context = _context(gx)
@@ -170,6 +287,8 @@ def validate_frames(
         (CHUNKS_SUITE, chunks, _chunk_expectations(gx, max_tokens - SPECIAL_TOKENS)),
         (VECTORS_SUITE, rows, _vector_expectations(gx, dimension, normalize, norm_tolerance)),
     ):
+        if frame is None:
+            continue
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         batch = (
             datasource.add_dataframe_asset(name)
@@ -181,7 +300,8 @@ def validate_frames(
         for r in sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
             outcomes.append(_outcome(name, r))
     context.data_sources.delete(datasource.name)  # GX keeps its last context, and so the frames, alive
-    return DataQualityReport(outcomes, len(chunks), len(rows), time.perf_counter() - started)
+    sizes = [0 if frame is None else len(frame) for frame in (chunks, rows)]
+    return DataQualityReport(outcomes, *sizes, time.perf_counter() - started)
 
 
 def chunk_frame(chunks: pa.Table) -> pd.DataFrame:
