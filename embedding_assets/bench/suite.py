@@ -266,7 +266,7 @@ def _scale_markdown(points: list[dict]) -> list[str]:
         + ". The version is migrated to and served (`migrate`), with the golden floors at 0: the judged "
         "documents have many synthetic near-copies there; every other gate as shipped. Peak RSS is the "
         "command's own process; the data-quality gate validates in a worker process of its own, whose peak "
-        "is the next column (both are resident at once at the gate).",
+        "is the next column (the two peaks need not coincide: their sum bounds the pair).",
         "",
         "| documents | paragraphs per document | chunks | full build + gates (s) | gates (s) "
         "| 1% edit refresh (s) | vs full | no-change refresh (s) | peak RSS build / refresh (GiB) "
