@@ -280,14 +280,9 @@ class Model2VecEmbedder(Embedder):
                 return model.encode(texts, max_length=self.version.max_tokens, batch_size=len(texts))
         from scipy.sparse import csr_matrix
 
-        model.tokenizer.enable_truncation(self.version.max_tokens)
-        try:
-            with tokenizer_threads(len(texts) >= PARALLEL_BATCH):
-                ids = [e.ids for e in model.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-        finally:
-            model.tokenizer.enable_truncation(model.max_length) if model.max_length else (
-                model.tokenizer.no_truncation()
-            )
+        with tokenizer_threads(len(texts) >= PARALLEL_BATCH):
+            encodings = self._static_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         rows = np.repeat(np.arange(len(ids)), lengths)
@@ -303,6 +298,16 @@ class Model2VecEmbedder(Embedder):
             out32 = out.astype(np.float32)
             out = (out32 / (np.linalg.norm(out32, axis=1, keepdims=True) + 1e-32)).astype(out.dtype)
         return out
+
+    @functools.cached_property
+    def _static_tokenizer(self) -> Tokenizer:
+        """A copy of the model's tokenizer truncating at `max_tokens`, as model2vec's encode sets its own
+        (a copy, so no caller's tokenizer changes under another thread)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.model.tokenizer.to_str())
+        tokenizer.enable_truncation(self.version.max_tokens)
+        return tokenizer
 
     @functools.cached_property
     def _float_table(self) -> np.ndarray:
