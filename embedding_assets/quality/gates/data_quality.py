@@ -141,9 +141,10 @@ class TableMark:
         except (TypeError, KeyError, ValueError):
             return None
 
-    def still_names(self, table: lancedb.table.Table) -> bool:
-        """Whether `table` is the one this mark was taken on (its version is in the history, same commit)."""
-        return str(store.version_committed_at(table, self.version)) == self.committed_at
+    def still_names(self, history: dict[int, str]) -> bool:
+        """Whether the table whose `history` (version: commit time) is given is the one this mark was taken
+        on: its version is still there, committed at the same time."""
+        return history.get(self.version) == self.committed_at
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,7 @@ def check_version_data_quality(
     new_marks = {CHUNKS_SUITE: chunks.mark, VECTORS_SUITE: rows.mark}
     since = {CHUNKS_SUITE: chunks.since, VECTORS_SUITE: rows.since}
     if chunks.frame is None and rows.frame is None:  # nothing written since a validation that passed
-        report = DataQualityReport([], 0, 0, 0.0)
-        return replace(report, marks=new_marks, since=since, settings=settings)
+        return DataQualityReport([], 0, 0, 0.0, marks=new_marks, since=since, settings=settings)
     try:
         report, peak = validator().submit(_validate_in_worker, chunks.frame, rows.frame, **settings).result()
     except BrokenProcessPool:  # the worker died (killed, out of memory): a new one validates once more
@@ -217,8 +217,9 @@ def _rows_since(
         return ValidatedRows(frame(store.read_columns(db, name, columns)), None, None)
     table = db.open_table(name)
     table.checkout(table.version)  # one version throughout, whatever another writer commits meanwhile
-    committed = str(store.version_committed_at(table, table.version))
-    if mark is None or not mark.still_names(table):
+    history = {v["version"]: str(v["timestamp"]) for v in table.list_versions()}  # read once
+    committed = history[table.version]
+    if mark is None or not mark.still_names(history):
         parts, fragment = [], -1
         for batch in table.search().select([*columns, ADDRESS]).limit(None).to_batches(store.SCAN_BATCH):
             parts.append(frame(pa.Table.from_batches([batch])))
