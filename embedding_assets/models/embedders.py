@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedding_assets.models.registry import ModelVersion
+from embedding_assets.models.registry import FLOAT_ACTIVATIONS, ModelVersion
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -229,7 +229,10 @@ class SentenceTransformerEmbedder(Embedder):
 
 class OnnxEmbedder(Embedder):
     """A transformer exported to ONNX (token states out), run on onnxruntime's CPU provider with the
-    version's pinned tokenizer; the sentence vector is the mean of the token states under the mask."""
+    version's pinned tokenizer; the sentence vector is the mean of the token states under the mask.
+
+    With int8 activations its products run in integers (models/onnx_int8.py), each token's activations
+    quantized on their own, so a text's vector does not depend on the texts beside it in a pass."""
 
     loader = "onnx"
 
@@ -244,7 +247,12 @@ class OnnxEmbedder(Embedder):
             raise FileNotFoundError(
                 f"model version {self.version.id!r}: no .onnx file in {self.weights_path}"
             )
-        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        if self.version.activations == FLOAT_ACTIVATIONS:
+            return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        from embedding_assets.models.onnx_int8 import integer_matmul_model
+
+        graph = integer_matmul_model(model)
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         ids, types, mask = padded_ids(self.input_tokenizer.encode_batch(texts))

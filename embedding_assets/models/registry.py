@@ -103,6 +103,8 @@ class StaticBuild(BaseModel):
 
 Loader = Literal["sentence-transformers", "onnx", "model2vec"]
 LOADER_NAMES = list(get_args(Loader))
+Activations = Literal["float", "int8"]
+FLOAT_ACTIVATIONS = "float"
 
 
 class TokenizerSource(BaseModel):
@@ -150,10 +152,21 @@ class ModelVersion(BaseModel):
     dimension: int = Field(gt=0)
     normalize: bool = True
     max_tokens: int = Field(gt=8, description="model input limit including special tokens")
+    activations: Activations = Field(
+        FLOAT_ACTIVATIONS,
+        description="onnx only: int8 multiplies int8 weights by activations quantized to 8 bits per text "
+        "(onnxruntime's DynamicQuantizeMatMul) instead of weights turned back to float",
+    )
     chunking: ChunkingConfig = ChunkingConfig()
     gates: GateThresholds = GateThresholds()
     description: str = ""
     models_dir: str | None = Field(None, exclude=True, description="artifact folder, set by the registry")
+
+    @model_validator(mode="after")
+    def _int8_activations_need_onnx(self) -> ModelVersion:
+        if self.activations != FLOAT_ACTIVATIONS and self.loader != "onnx":
+            raise ValueError(f"version {self.id!r}: activations {self.activations!r} needs the onnx loader")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -219,6 +232,8 @@ class ModelVersion(BaseModel):
                 "loader": self.loader,
                 "max_tokens": self.max_tokens,
                 "normalize": self.normalize,
+                # another arithmetic, other vectors; float versions keep the key they always had
+                **({"activations": self.activations} if self.activations != FLOAT_ACTIVATIONS else {}),
             }
         )
 
