@@ -154,8 +154,8 @@ class ModelVersion(BaseModel):
     max_tokens: int = Field(gt=8, description="model input limit including special tokens")
     activations: Activations = Field(
         FLOAT_ACTIVATIONS,
-        description="onnx only: int8 multiplies int8 weights by activations quantized to 8 bits per text "
-        "(onnxruntime's DynamicQuantizeMatMul) instead of weights turned back to float",
+        description="onnx only: int8 multiplies int8 weights by activations quantized to 8 bits per token "
+        "(MatMulInteger, models/onnx_int8.py) instead of weights turned back to float",
     )
     chunking: ChunkingConfig = ChunkingConfig()
     gates: GateThresholds = GateThresholds()
