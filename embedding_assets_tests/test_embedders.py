@@ -18,6 +18,7 @@ from embedding_assets.models.registry import (
     DEFAULT_VERSION,
     ONNX_INT8_VERSION,
     FingerprintMismatchError,
+    ModelVersion,
     TokenizerSource,
     WeightsSource,
 )
@@ -95,9 +96,7 @@ def test_int8_products_give_a_text_the_same_vector_in_any_company(registry):
     floats = version.model_copy(update={"activations": "float"})
     assert floats.encoder_key() != version.encoder_key()  # other arithmetic: never one cache
     with pytest.raises(ValueError, match="needs the onnx loader"):
-        registry.get(DEFAULT_VERSION).model_validate(
-            {**registry.get(DEFAULT_VERSION).model_dump(), "activations": "int8"}
-        )
+        ModelVersion.model_validate({**registry.get(DEFAULT_VERSION).model_dump(), "activations": "int8"})
 
 
 def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def integer_matmul_model(model_path: Path) -> bytes:
     cast to float and scaled per column (or as a whole) multiplied in integers on the int8 bytes, its left
     operand quantized row by row. The pinned file is only read."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(model_path))
     graph = model.graph
@@ -43,12 +43,9 @@ def integer_matmul_model(model_path: Path) -> bytes:
     constants = {
         "int8/levels": np.array(LEVELS, np.float32),
         "int8/tiny": np.array(1e-12, np.float32),
-        "int8/offset": np.array(float(ZERO_POINT), np.float32),
         "int8/zero_point": np.array(ZERO_POINT, np.uint8),
         "int8/last_axis": np.array([-1], np.int64),
         "int8/start": np.array([0], np.int64),
-        "int8/end": np.array([np.iinfo(np.int64).max], np.int64),
-        "int8/rows_first": np.array([-1], np.int64),
     }
     nodes, added = [], {}
     for node in graph.node:
@@ -61,7 +58,10 @@ def integer_matmul_model(model_path: Path) -> bytes:
             scale = numpy_helper.to_array(initializers[scale_name]).reshape(-1).astype(np.float32)
             added[scale_name] = f"{scale_name}/flat"
             constants[added[scale_name]] = scale
-        nodes += _row_quantized_matmul(helper, node, weight_name, added[scale_name], opset)
+        depth, width = initializers[weight_name].dims
+        for name, value in ((f"int8/rows/{depth}", [-1, depth]), (f"int8/width/{width}", [width])):
+            constants[name] = np.array(value, np.int64)
+        nodes += _row_quantized_matmul(node, weight_name, added[scale_name], (depth, width), opset)
     if not added:
         raise NoInt8WeightsError(f"{model_path}: no MatMul reads int8 weights cast to float and scaled")
     del graph.node[:]
@@ -70,11 +70,13 @@ def integer_matmul_model(model_path: Path) -> bytes:
     return model.SerializeToString()
 
 
-def _row_quantized_matmul(helper, node, weights: str, column_scales: str, opset: int) -> list:
-    """Nodes computing `node`'s output as x @ W with x quantized per row: x as rows (n, k), step =
-    max|row| / 127, QuantizeLinear to uint8 around 128 (one pass), MatMulInteger by W, then times step
-    and the column scale, back in x's leading shape."""
-    from onnx import TensorProto
+def _row_quantized_matmul(node, weights: str, column_scales: str, shape: tuple[int, int], opset: int) -> list:
+    """Nodes computing `node`'s output as x @ W (W of `shape`, depth by width) with x quantized per row:
+    x as rows (n, depth), step = max|row| / 127, QuantizeLinear to uint8 around 128 (one pass),
+    MatMulInteger by W, then times step and the column scale, back in x's leading shape."""
+    from onnx import TensorProto, helper
+
+    depth, width = shape
 
     x, name = node.input[0], node.name or node.output[0]
 
@@ -87,10 +89,7 @@ def _row_quantized_matmul(helper, node, weights: str, column_scales: str, opset:
         largest = helper.make_node("ReduceMax", [at("abs")], [at("max")], keepdims=0, axes=[-1])
     return [
         helper.make_node("Shape", [x], [at("shape")]),
-        helper.make_node("Shape", [weights], [at("weight_shape")]),
-        helper.make_node("Slice", [at("shape"), "int8/last_axis", "int8/end"], [at("depth")]),
-        helper.make_node("Concat", ["int8/rows_first", at("depth")], [at("rows_shape")], axis=0),
-        helper.make_node("Reshape", [x, at("rows_shape")], [at("rows")]),
+        helper.make_node("Reshape", [x, f"int8/rows/{depth}"], [at("rows")]),
         helper.make_node("Abs", [at("rows")], [at("abs")]),
         largest,
         helper.make_node("Max", [at("max"), "int8/tiny"], [at("max_or_tiny")]),
@@ -106,8 +105,7 @@ def _row_quantized_matmul(helper, node, weights: str, column_scales: str, opset:
         helper.make_node("Mul", [at("float_sums"), at("step_column")], [at("row_scaled")]),
         helper.make_node("Mul", [at("row_scaled"), column_scales], [at("products")]),
         helper.make_node("Slice", [at("shape"), "int8/start", "int8/last_axis"], [at("leading")]),
-        helper.make_node("Slice", [at("weight_shape"), "int8/last_axis", "int8/end"], [at("width")]),
-        helper.make_node("Concat", [at("leading"), at("width")], [at("out_shape")], axis=0),
+        helper.make_node("Concat", [at("leading"), f"int8/width/{width}"], [at("out_shape")], axis=0),
         helper.make_node("Reshape", [at("products"), at("out_shape")], list(node.output)),
     ]
 
