@@ -23,6 +23,7 @@ from embedding_assets.defs.assets.shards import build_shard_vectors
 from embedding_assets.defs.checks.freshness import freshness_policy, served_freshness
 from embedding_assets.defs.checks.gates import index_checks
 from embedding_assets.defs.jobs import JOBS, build_backfill_shards_job
+from embedding_assets.defs.maintenance import optimize_after_refresh_sensor, optimize_index_job
 from embedding_assets.defs.refresh import REFRESH_SENSORS
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
@@ -120,11 +121,16 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
     return dg.Definitions(
         assets=[ingest, model_weights, shard_vectors, chunks, embeddings, indexed, serving_index],
         asset_checks=[*index_checks, served_freshness],
-        jobs=[*JOBS, backfill_shards_job],
+        jobs=[*JOBS, backfill_shards_job, optimize_index_job],
         schedules=build_schedules(
             refresh_cron=_choice("EMBEDDING_ASSETS_REFRESH_CRON", "*/15 * * * *"), running=production
         ),
-        sensors=[*SENSORS, build_shards_landed_sensor(backfill_shards_job), *REFRESH_SENSORS],
+        sensors=[
+            *SENSORS,
+            build_shards_landed_sensor(backfill_shards_job),
+            *REFRESH_SENSORS,
+            optimize_after_refresh_sensor,
+        ],
         resources=resources,
         # Steps of one version run share a loaded model: in one process on 2 cores, not one process per
         # step. Scale out across versions and shards with runs (the queue), or swap in the k8s executor.

@@ -33,6 +33,7 @@ JOBS = {
     "check_served_freshness": (set(), False, False),
     "rollback_serving": (set(), False, False),
     "prepare_shards": ({corpus.key, model_weights.key}, False, True),
+    "optimize_index": (set(), False, True),  # an op: index maintenance, no materialization of its own
 }
 
 
@@ -83,6 +84,8 @@ def test_schedules_and_sensors_resolve_to_their_jobs():
     # After a sync, one run per live version; after the last of a batch, the change-capture commit.
     for name in ("model_registry_sensor", "refresh_live_versions_sensor", "change_capture_commit_sensor"):
         assert defs.resolve_sensor_def(name).description, name
+    # After a version's refresh, its index maintenance.
+    assert defs.resolve_sensor_def("optimize_after_refresh_sensor").job_name == "optimize_index"
 
 
 def test_every_asset_has_a_group_and_description():

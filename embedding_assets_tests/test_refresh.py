@@ -7,11 +7,15 @@ import pytest
 
 from embedding_assets.cli import runner
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GOLDEN_QUALITY
+from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
+from embedding_assets.defs.maintenance import optimize_after_refresh_sensor, unindexed_rows
 from embedding_assets.defs.sensors import corpus_folder_sensor
+from embedding_assets.index import ann, tables
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.quality.freshness import served_lag
 from embedding_assets.quality.gates.counts import reconcile
 from embedding_assets.quality.gates.golden import SERVED_SCORES_RECORDED, TABLE_VERSION
+from embedding_assets.serving.maintenance import rows_digest
 from embedding_assets.serving.search import searcher_for_state
 from embedding_assets_tests.project import BUILD
 
@@ -126,6 +130,69 @@ def test_crash_between_embedding_and_writing_loses_nothing_and_duplicates_nothin
     gates = live.gates()
     assert next(c for c in gates.checks if c["name"] == COUNT_RECONCILIATION)["passed"]
     assert not served_lag(live.db(), live.pointer.require_current()).pending_documents
+
+
+def _unindexed_after_refresh_asks_for_maintenance(live, run_id: str) -> dg.RunRequest | dg.SkipReason:
+    """What optimize_after_refresh_sensor says after the (launchpad-style, not CLI-driven) run `run_id`."""
+    run = live.instance.get_run_by_id(run_id)
+    success = live.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)[0].dagster_event
+    with dg.build_run_status_sensor_context(
+        sensor_name=optimize_after_refresh_sensor.name,
+        dagster_event=success,
+        dagster_instance=live.instance,
+        dagster_run=run,
+        resources={"lancedb": live.resources["lancedb"]},
+    ) as context:
+        return optimize_after_refresh_sensor(context)
+
+
+def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_serving_follows(live, monkeypatch):
+    """A served table with an ANN index (the row threshold lowered to this corpus): a refresh's new rows
+    are searched beside the index until optimize_index folds them in; the pointer then moves to the
+    maintained table version, the same rows with the refreshed state's gates and way back."""
+    monkeypatch.setattr(ann, "ANN_MIN_ROWS", 50)
+    table = live.db().open_table(tables.index_table(MINILM))
+    assert ann.ensure_vector_index(table).action == "created"
+    edited = live.corpus / "library/csv/Dialect.md"
+    edited.write_text(edited.read_text() + "\nA dialect groups the formatting parameters of a file.\n")
+
+    # In a deployment: the sync, the served version's refresh, then the sensor asks for maintenance.
+    assert runner.execute(CORPUS_JOB, None, **live.job()).success
+    refreshed_run = runner.execute(REFRESH_SERVED_JOB, MINILM, **live.job())
+    refreshed = live.pointer.require_current()
+    assert refreshed_run.success and refreshed.action == "refresh"
+    assert unindexed_rows(live.resources["lancedb"], MINILM) >= 1  # below OPTIMIZE_UNINDEXED: left
+    request = _unindexed_after_refresh_asks_for_maintenance(live, refreshed_run.run_id)
+    assert isinstance(request, dg.RunRequest) and request.partition_key == MINILM
+
+    [done] = runner.optimize(MINILM, **live.job())
+    now = live.pointer.require_current()
+    assert done["ok"] and done["served"] and done["index_action"] in ("optimized", "retrained")
+    assert (now.action, now.seq, now.table_version) == (
+        "optimize",
+        refreshed.seq + 1,
+        done["table_version_after"],
+    )
+    assert now.table_version > refreshed.table_version and now.rows == refreshed.rows
+    assert (now.gates, now.supersedes, now.serving_since) == (
+        refreshed.gates,
+        refreshed.supersedes,
+        refreshed.serving_since,
+    )
+    assert rows_digest(table, now.table_version) == rows_digest(table, refreshed.table_version)
+    assert unindexed_rows(live.resources["lancedb"], MINILM) == 0
+    assert isinstance(
+        _unindexed_after_refresh_asks_for_maintenance(live, refreshed_run.run_id), dg.SkipReason
+    )
+    hits = searcher_for_state(now, live.db(), live.registry()).search("dialect formatting parameters", 3).hits
+    assert "library/csv/Dialect.md" in {h["doc_id"] for h in hits}
+
+    # The CLI's refresh maintains the versions it wrote itself, after the refresh (timed apart).
+    edited.write_text(edited.read_text() + "\nEvery reader and writer takes a dialect.\n")
+    report = runner.refresh(**live.job())
+    assert [m["id"] for m in report.maintenance] == [MINILM]  # the static candidate has no ANN index
+    assert report.maintenance[0]["served"] and report.maintenance_seconds > 0
+    assert live.pointer.require_current().action == "optimize"
 
 
 def test_rollback_serves_the_previous_version_as_refreshed_by_dual_writes(live):

@@ -144,6 +144,8 @@ def build_and_refresh(env: dict, version_id: str, *, serve: bool) -> dict:
             "documents_edited": len(edited),
             "wall_seconds": edit.wall_seconds,
             "run_seconds": round(edit_report["seconds"], 1),
+            "maintenance_seconds": round(edit_report.get("maintenance_seconds", 0.0), 1),
+            "maintenance": edit_report.get("maintenance", []),
             "chunks_embedded": edit_report["chunks_embedded"],
             "peak_rss_gib": edit.peak_rss_gib,
             "validator_peak_rss_gib": edit_validator,

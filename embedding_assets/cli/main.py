@@ -171,7 +171,21 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             mark = CHECK if v["indexed"] and v["gates_passed"] else CROSS
             rows = f"+{v['rows_upserted']} -{v['rows_deleted']} rows"
             print(f"  {mark} {v['id']:<26} {v['role']:<9} {rows}{', served' if v['served'] else ''}")
+        for m in report.maintenance:
+            print(f"  {CHECK if m['ok'] else CROSS} {m.get('summary') or m['id']}")
     return 0 if report.ok else 1
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import optimize
+
+    done = optimize(args.version, launch=args.launch)
+    if args.json:
+        _print_json({"versions": done})
+    else:
+        for entry in done:
+            print(f"{CHECK} {entry.get('summary', entry['id'])}")
+    return 0
 
 
 def _parse_override(text: str) -> tuple[str, float]:
@@ -418,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_flags(p)
     p.set_defaults(func=cmd_refresh)
+
+    p = sub.add_parser(
+        "optimize",
+        help="fold rows a refresh left outside the vector index into it (every live version, or one); "
+        "serving follows to the maintained table version",
+    )
+    p.add_argument("--version", help="one model version (default: every live version)")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("rollback", help="serve again the state the current one replaced (instant)")
     _add_run_flags(p)

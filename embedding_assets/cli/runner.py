@@ -22,6 +22,7 @@ from typing import Any
 import dagster as dg
 
 from embedding_assets import locations
+from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.serving import ROLLBACK_KEYS, serving_index
 from embedding_assets.defs.checks.gates import DATA_QUALITY
 from embedding_assets.defs.jobs import (
@@ -29,13 +30,20 @@ from embedding_assets.defs.jobs import (
     BUILD_INDEX_JOB,
     CHECK_JOB,
     MIGRATE_JOB,
+    OPTIMIZE_JOB,
     PREPARE_SHARDS_JOB,
     PROMOTE_JOB,
     ROLLBACK_JOB,
 )
 from embedding_assets.defs.partitions import model_versions, shard_partition, shards_of
-from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions
-from embedding_assets.defs.run_results import GateRun, RunOutcome, gate_run, materialization_metadata
+from embedding_assets.defs.refresh import RefreshReport, refresh_live_versions, refresh_plan
+from embedding_assets.defs.run_results import (
+    GateRun,
+    RunOutcome,
+    gate_run,
+    materialization_metadata,
+    observation_metadata,
+)
 from embedding_assets.defs.tags import (
     BUILD,
     CLI_DRIVEN,
@@ -368,6 +376,26 @@ def refresh(*, force: bool = False, **job: Any) -> RefreshReport:
         job.get("instance") or dagster_instance(),
         force=force,
     )
+
+
+def optimize(version_id: str | None = None, **job: Any) -> list[dict[str, Any]]:
+    """An optimize_index run for `version_id`, or for every live version: unindexed rows folded into the
+    vector index, and serving moved to the maintained table version when it served the one maintained."""
+    wired = wiring(job.get("defs"))
+    if version_id is None:
+        versions = [v.id for _, v in refresh_plan(wired.lancedb, wired.model_registry, wired.serving)]
+    else:
+        versions = [wired.model_registry.load().get(version_id).id]
+    done = []
+    for version in versions:
+        outcome = execute(OPTIMIZE_JOB, version, **job)
+        observed = observation_metadata(outcome, index.key)
+        done.append({"id": version, "run_id": outcome.run_id, "ok": outcome.success, **observed})
+        if not outcome.success:
+            raise RuntimeError(
+                f"optimize_index run {outcome.run_id[:8]} failed: " + "; ".join(outcome.errors())
+            )
+    return done
 
 
 @dataclass

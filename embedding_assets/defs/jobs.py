@@ -24,6 +24,7 @@ REFRESH_SERVED_JOB = "refresh_served"
 SERVED_FRESHNESS_JOB = "check_served_freshness"
 PREPARE_SHARDS_JOB = "prepare_shards"
 BACKFILL_SHARDS_JOB = "backfill_shards"
+OPTIMIZE_JOB = "optimize_index"
 
 VERSION_ASSETS = dg.AssetSelection.assets(model_weights, chunks, embeddings, index)
 BUILD_ASSETS = dg.AssetSelection.assets(corpus) | VERSION_ASSETS

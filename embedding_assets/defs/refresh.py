@@ -24,24 +24,32 @@ from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.jobs import (
     CORPUS_JOB,
+    OPTIMIZE_JOB,
     REFRESH_SERVED_JOB,
     REFRESH_VERSION_JOB,
     corpus_job,
     refresh_served_job,
     refresh_version_job,
 )
+from embedding_assets.defs.maintenance import unindexed_rows
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
     ModelRegistryResource,
     ServingResource,
 )
-from embedding_assets.defs.run_results import RunOutcome, gate_run, materialization_metadata
+from embedding_assets.defs.run_results import (
+    RunOutcome,
+    gate_run,
+    materialization_metadata,
+    observation_metadata,
+)
 from embedding_assets.defs.up_to_date import unchanged_since_gated
 from embedding_assets.serving.live import LiveVersion, live_versions
 
 Launch = Callable[[str, str | None], RunOutcome]
 COUNTS = (md.CHUNKS_EMBEDDED, "chunks_reused", md.ROWS_UPSERTED, md.ROWS_DELETED)
+MAINTENANCE_KEYS = ("index_action", "unindexed_rows_before", "served", "seconds", "summary")
 
 
 @dataclass
@@ -55,9 +63,11 @@ class RefreshReport:
     chunks_reused: int = 0
     rows_upserted: int = 0
     rows_deleted: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the refresh itself; index maintenance after it is counted apart
     versions: list[dict[str, Any]] = field(default_factory=list)
     cdc: dict[str, Any] = field(default_factory=dict)
+    maintenance: list[dict[str, Any]] = field(default_factory=list)
+    maintenance_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -112,7 +122,28 @@ def refresh_live_versions(
         if report.ok:
             corpus_source.advance(end_lsn)
     report.seconds = time.perf_counter() - started
+    maintain_indexes(launch, lancedb, report)
     return report
+
+
+def maintain_indexes(launch: Launch, lancedb: LanceDBResource, report: RefreshReport) -> None:
+    """After the refresh: an optimize_index run for each version it wrote that left rows outside its
+    vector index (what optimize_after_refresh_sensor requests in a deployment)."""
+    started = time.perf_counter()
+    for entry in report.versions:
+        if entry["indexed"] and unindexed_rows(lancedb, entry["id"]):
+            outcome = launch(OPTIMIZE_JOB, entry["id"])
+            done = observation_metadata(outcome, index.key)
+            report.maintenance.append(
+                {
+                    "id": entry["id"],
+                    "run_id": outcome.run_id,
+                    "ok": outcome.success,
+                    **{k: done.get(k) for k in MAINTENANCE_KEYS},
+                    "errors": outcome.errors(),
+                }
+            )
+    report.maintenance_seconds = time.perf_counter() - started
 
 
 def skip_reason(

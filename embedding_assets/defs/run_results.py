@@ -127,3 +127,13 @@ def materialization_metadata(outcome: RunOutcome, asset_key: dg.AssetKey) -> dic
         if event.asset_key == asset_key:
             found = {k: v.value for k, v in event.materialization.metadata.items()}
     return found
+
+
+def observation_metadata(outcome: RunOutcome, asset_key: dg.AssetKey) -> dict[str, Any]:
+    """The metadata values of the asset's last observation in the run ({} when it logged none)."""
+    found: dict[str, Any] = {}
+    for event in outcome.events:
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION and event.asset_key == asset_key:
+            observation = event.event_specific_data.asset_observation
+            found = {k: v.value for k, v in observation.metadata.items()}
+    return found

@@ -245,10 +245,10 @@ def blocked_promotion_sensor(context: dg.RunFailureSensorContext, serving: Servi
 def gates_after_build_sensor(context: dg.RunStatusSensorContext):
     run = context.dagster_run
     migration = {tags.MIGRATION: run.run_id} if run.job_name == MIGRATE_JOB else {}
-    return _next_step(run, "gates", "build", {tags.BUILD: run.run_id, **migration})
+    return next_step(run, "gates", "build", {tags.BUILD: run.run_id, **migration})
 
 
-def _next_step(run: dg.DagsterRun, step: str, trigger: str, step_tags: dict[str, str]):
+def next_step(run: dg.DagsterRun, step: str, trigger: str, step_tags: dict[str, str]):
     """The run request for the step after `run` for the same version, unless the CLI that started `run`
     runs that step itself (or `run` names no version)."""
     version = run.tags.get(tags.PARTITION)
@@ -274,7 +274,7 @@ def promote_after_gates_sensor(context: dg.RunStatusSensorContext):
     migration = run.tags.get(tags.MIGRATION)
     if not migration:
         return dg.SkipReason(f"run {run.run_id[:8]} re-checked a version; it is no migration's gates run")
-    return _next_step(run, "promote", "migration", {tags.MIGRATION: migration})
+    return next_step(run, "promote", "migration", {tags.MIGRATION: migration})
 
 
 def shards_waiting(

@@ -1,6 +1,6 @@
 """Approximate nearest-neighbour search for large versions.
 
-A version's index table gets an IVF_HNSW_SQ vector index once it holds ANN_MIN_ROWS rows; below that,
+A version's index table gets an IVF_RQ vector index once it holds ANN_MIN_ROWS rows; below that,
 exact search is fast enough and always right. Rows written after the index was trained are searched
 exactly beside it (LanceDB merges both), so results stay correct as a table grows; `optimize()` folds
 them into the index (and compacts the table) once they are more than OPTIMIZE_UNINDEXED of it. Each
@@ -12,6 +12,7 @@ index type and its parameters come from the measurements in docs/performance.md 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,32 +21,26 @@ from dataclasses import asdict, dataclass
 import lancedb
 import numpy as np
 import pyarrow.compute as pc
-from lancedb.index import BTree, HnswSq
+from lancedb.index import BTree, IvfRq
 from tqdm.auto import tqdm
 
 VECTOR_COLUMN = "vector"
 KEY_COLUMNS = ("chunk_id", "doc_id")  # BTREE indexes: merges find keys, filters find their rows fast
 ANN_MIN_ROWS = 100_000
-INDEX_TYPE = "IVF_HNSW_SQ"
-# Measured at 882,205 static vectors (256-d) on 2 cores, query encode included: IVF_PQ (940 partitions,
-# one code per 4 dimensions) with nprobes 40 and refine 10 gave recall@10 0.92 at 26 ms, and needed refine
-# 30 for 0.98 (29 ms). On the 119 judged queries, whose answers are the shipped documents' few chunks among
-# 880,000 synthetic ones, a walk of 256 candidates missed whole regions (two queries found none of their
-# ten). A walk's cost hardly depends on its candidates (ef 128 to 1,024 within 1 ms), but each graph
-# searched costs its own: on the same 882,205 rows (219 queries, no AVX-512, refine 5), four graphs of
-# 220,000 gave recall@10 0.971 at 24.0 ms (ef 512) after a 263 s build; one graph gave 0.967 at 12.8 ms
-# (ef 512), 0.972 at 13.1 ms (ef 768) and 0.977 at 14.0 ms (ef 1,024) after a 460 s build. So one graph
-# per million rows, walked with 768 candidates: half the latency for 200 s more of build at a million.
-ROWS_PER_PARTITION = 1_000_000  # one HNSW graph per partition, every partition probed
-# Graph build: 16 links per node and 120 candidates while linking built 100,000 rows 4.4x faster than
-# LanceDB's defaults (20, 300) with the same recall@10 (0.993 at ef 256) and latency.
-GRAPH_LINKS = 16
-GRAPH_BUILD_EF = 120
-NPROBES = 8  # at least the partitions of 8,000,000 rows; LanceDB probes only those a table has
-EF = 768  # HNSW candidates kept while walking each graph
-REFINE_FACTOR = 5  # re-rank 5x k candidates by their full vectors (SQ codes are 8-bit)
-# Every segment is searched, and the data files of each are kept apart by compaction: at 100,000 rows 13
-# segments searched 2.5x slower than a fresh index. One delta is allowed; the next optimize retrains.
+INDEX_TYPE = "IVF_RQ"
+# Measured at 882,205 static vectors (256-d) on 2 cores, 60 queries, query encode included. IVF_HNSW_SQ
+# (one graph, ef 768, refine 5) gave recall@10 0.97 at 10-13 ms after a 460 s build, but any deleted row
+# in its fragments (one was enough) made every walk 7 ms slower, each index segment 4 ms more, and a 1%
+# edit left it at 38-45 ms until a compaction and a new 460 s build. IVF_RQ (RaBitQ codes of 4 bits per
+# dimension, about sqrt(rows) partitions) built in 38 s and, with 9,810 rows deleted, gave recall@10 0.982
+# at 10.5 ms probing 80 partitions with refine 5 (0.94 with 40 probes; 1-bit codes needed refine 20 and 80
+# probes for 0.96 at 15 ms). After a 1% edit (8,723 rows rewritten) it searched in 16-17 ms, and 9-11.5 ms
+# once `optimize()` (11 s) folded them in, recall 0.992.
+RQ_BITS = 4
+NPROBES = 80
+REFINE_FACTOR = 5  # re-rank 5x k candidates by their full vectors
+# Every segment is searched: on the 882,205 rows a second segment cost 2.5 ms. One delta is allowed; the
+# next optimize trains the index again (from all rows, so its partitions follow the table's growth).
 MAX_INDEX_SEGMENTS = 2
 # A filter matching at most this many rows is searched exactly over those rows (through the BTREE on the
 # key): an IVF probe of a few partitions misses most of a selective filter's rows (recall 0.79-0.90).
@@ -79,19 +74,23 @@ def vector_index_name(table: lancedb.table.Table) -> str | None:
     return None
 
 
-def index_config(rows: int) -> HnswSq:
-    """The vector index for `rows` vectors: one HNSW graph per ROWS_PER_PARTITION rows, cosine."""
-    return HnswSq(
-        distance_type="cosine",
-        num_partitions=max(1, round(rows / ROWS_PER_PARTITION)),
-        m=GRAPH_LINKS,
-        ef_construction=GRAPH_BUILD_EF,
-    )
+def index_config(rows: int) -> IvfRq:
+    """The vector index for `rows` vectors: about sqrt(rows) IVF partitions of RQ_BITS-bit RaBitQ codes,
+    cosine."""
+    return IvfRq(distance_type="cosine", num_partitions=partitions_for(rows), num_bits=RQ_BITS)
 
 
-def ensure_vector_index(table: lancedb.table.Table) -> VectorIndexState:
+def partitions_for(rows: int) -> int:
+    """IVF partitions for `rows` vectors: about sqrt(rows), so a probe scans a few hundred to a few
+    thousand codes."""
+    return max(1, round(math.sqrt(rows)))
+
+
+def ensure_vector_index(
+    table: lancedb.table.Table, fold_share: float = OPTIMIZE_UNINDEXED
+) -> VectorIndexState:
     """Create the vector index once the table is large enough; fold unindexed rows in when they are more
-    than OPTIMIZE_UNINDEXED of the table; train it again once it has more than MAX_INDEX_SEGMENTS."""
+    than `fold_share` of the table (0: any); train it again once it has more than MAX_INDEX_SEGMENTS."""
     started = time.perf_counter()
     rows = table.count_rows()
     name = vector_index_name(table)
@@ -106,7 +105,7 @@ def ensure_vector_index(table: lancedb.table.Table) -> VectorIndexState:
         name, action = vector_index_name(table), "created"
     else:
         action = "current"
-        if _unindexed(table, name) > OPTIMIZE_UNINDEXED * rows:
+        if _unindexed(table, name) > fold_share * rows:
             table.optimize()
             action = "optimized"
         if index_segments(table, name) > MAX_INDEX_SEGMENTS or _index_type(table, name) != INDEX_TYPE:
@@ -151,16 +150,15 @@ def _unindexed(table: lancedb.table.Table, name: str) -> int:
     return int(stats.num_unindexed_rows) if stats else table.count_rows()
 
 
-def tuned(query, has_index: bool, filtered_rows: int | None = None, k: int = RECALL_K):
-    """A vector query for the top `k` with the measured search parameters when the table has an ANN
+def tuned(query, has_index: bool, filtered_rows: int | None = None):
+    """A vector query with the measured search parameters when the table has an ANN
     index; a filter that matches `filtered_rows` <= EXACT_FILTER_ROWS is searched exactly over its rows
-    instead. HNSW keeps at least as many candidates as it is asked for (k times the refine factor): a
-    golden-set evaluation asks for hundreds."""
+    instead."""
     if not has_index:
         return query
     if filtered_rows is not None and filtered_rows <= EXACT_FILTER_ROWS:
         return query.bypass_vector_index()
-    return query.nprobes(NPROBES).ef(max(EF, k * REFINE_FACTOR)).refine_factor(REFINE_FACTOR)
+    return query.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def measure_recall(table: lancedb.table.Table, vectors: Sequence[np.ndarray], k:
     recalls, ann_ms = [], []
     for vector, truth in zip(vectors, exact, strict=True):
         started = time.perf_counter()
-        approximate = _ids(tuned(table.search(vector).distance_type("cosine"), True, k=k), k)
+        approximate = _ids(tuned(table.search(vector).distance_type("cosine"), True), k)
         ann_ms.append((time.perf_counter() - started) * 1000)
         recalls.append(len(set(truth) & set(approximate)) / max(len(truth), 1))
     return RecallReport(

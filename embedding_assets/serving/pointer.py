@@ -33,7 +33,11 @@ class ServingState(BaseModel):
     table_committed_at: datetime | None = Field(None, description="commit time of that table version")
     lance_tag: str
     rows: int
-    action: str = Field("promote", description="promote, refresh (same version, newer table) or rollback")
+    action: str = Field(
+        "promote",
+        description="promote, refresh (same version, newer table), optimize (same rows, maintained index) "
+        "or rollback",
+    )
     run_id: str | None = None
     gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
     overrides: dict = Field(default_factory=dict, description="threshold overrides in force, with reasons")
@@ -110,6 +114,18 @@ class ServingPointer:
             else:
                 update = {"supersedes": current.seq if current else None, "since": state.at}
             return self._append(state.model_copy(update=update))
+
+    def follow(self, expected: ServingState, state: ServingState, action: str) -> bool:
+        """Serve `state`, the same rows as `expected` at another table version of the same version (an
+        optimized one), if `expected` is still what serves; it keeps expected's gate record, overrides,
+        serving start and way back. Whether the pointer moved."""
+        with self.locked():
+            current = self.current()
+            if current is None or current.seq != expected.seq:
+                return False
+            kept = {k: getattr(current, k) for k in ("gates", "overrides", "supersedes")}
+            self._append(state.model_copy(update={**kept, "since": current.serving_since, "action": action}))
+            return True
 
     def rollback(
         self, run_id: str | None = None, refreshed: ServingState | None = None

@@ -29,7 +29,7 @@ def index_state(table: lancedb.table.Table, name: str, queries: list[str]) -> st
         str(config.index_uuid),
         str(config.created_at),
         config.num_segments,
-        [ann.NPROBES, ann.EF, ann.REFINE_FACTOR],
+        [ann.NPROBES, ann.REFINE_FACTOR],
         queries,
     ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
@@ -55,7 +55,6 @@ def ann_recall(
             "index_type": str(stats.index_type) if stats else "",
             "unindexed_rows": int(stats.num_unindexed_rows) if stats else rows,
             "nprobes": ann.NPROBES,
-            "ef": ann.EF,
             "index_segments": ann.index_segments(table, name),
             "refine_factor": ann.REFINE_FACTOR,
             INDEX_STATE: state,

@@ -1,0 +1,98 @@
+"""Index maintenance after a refresh, in a run of its own: `optimize_index` folds a version's unindexed
+rows into its vector index and, when that version serves the table version it started from, moves the
+pointer to the maintained table version (same rows; see serving/maintenance.py). After a refresh run
+that a sensor or schedule started, `optimize_after_refresh_sensor` requests it; the CLI's `refresh` runs
+it itself. A run per version partition, so the queue keeps it apart from that version's other writers."""
+
+import dagster as dg
+
+from embedding_assets.defs import pools, tags
+from embedding_assets.defs.assets.index import index
+from embedding_assets.defs.assets.serving import serving_index, serving_overview
+from embedding_assets.defs.hooks import STEP_HOOKS
+from embedding_assets.defs.jobs import OPTIMIZE_JOB, refresh_served_job, refresh_version_job
+from embedding_assets.defs.partitions import model_versions
+from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
+from embedding_assets.defs.sensors import next_step
+from embedding_assets.defs.tags import LAUNCHPAD
+from embedding_assets.index import ann, store, tables
+from embedding_assets.serving.maintenance import MAINTAIN_ACTION, maintain
+from embedding_assets.serving.overview import move_summary
+
+
+@dg.op(
+    description="Fold the version's unindexed rows into its vector index (optimize(), or a new training "
+    "past the segment limit); serve the maintained table version if it served the one this started from.",
+    pool=pools.SERVING_POINTER,
+)
+def optimize_index_table(
+    context: dg.OpExecutionContext,
+    lancedb: LanceDBResource,
+    model_registry: ModelRegistryResource,
+    serving: ServingResource,
+) -> dict:
+    registry = model_registry.load()
+    version = registry.get(context.partition_key)
+    db = lancedb.connect()
+    pointer = serving.pointer()
+    before = pointer.current()
+    done = maintain(db, version, pointer, run_id=context.run_id)
+    context.log.info(done.summary)
+    metadata = {**done.to_metadata(), tags.VERSION: version.id}
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=index.key, partition=version.id, description=done.summary, metadata=metadata
+        )
+    )
+    moved = done.served and done.table_version_after != done.table_version_before
+    if moved:
+        now = pointer.require_current()
+        move = move_summary(MAINTAIN_ACTION, before, now)
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=serving_index.key,
+                description=move,
+                metadata=serving_overview(db, pointer, registry, serving.retention, now, move),
+            )
+        )
+    return metadata
+
+
+@dg.job(
+    name=OPTIMIZE_JOB,
+    partitions_def=model_versions,
+    tags=LAUNCHPAD,
+    hooks=STEP_HOOKS,
+    description="Fold one version's unindexed rows into its vector index, off the refresh path; serving "
+    "follows to the maintained table version (the same rows) when it served the one maintained.",
+)
+def optimize_index_job():
+    optimize_index_table()
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[refresh_served_job, refresh_version_job],
+    request_job=optimize_index_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a version's refresh run succeeded and left rows outside its vector index, requests "
+    "the optimize_index run that folds them in (and moves serving to the maintained table version).",
+)
+def optimize_after_refresh_sensor(context: dg.RunStatusSensorContext, lancedb: LanceDBResource):
+    run = context.dagster_run
+    version = run.tags.get(tags.PARTITION)
+    if version and not run.tags.get(tags.CLI_DRIVEN) and not unindexed_rows(lancedb, version):
+        return dg.SkipReason(f"{version}: no vector index, or every row is in it")
+    return next_step(run, "optimize", "refresh", {})
+
+
+def unindexed_rows(lancedb: LanceDBResource, version_id: str) -> int:
+    """Rows of `version_id`'s table outside its vector index (0 without an index: searched exactly)."""
+    db = lancedb.connect()
+    name = tables.index_table(version_id)
+    if name not in store.table_names(db):
+        return 0
+    table = db.open_table(name)
+    index_name = ann.vector_index_name(table)
+    stats = table.index_stats(index_name) if index_name else None
+    return int(stats.num_unindexed_rows) if stats else 0
