@@ -89,6 +89,43 @@ def scaled(index: int, factor: float) -> Callable[[Rows, Rows], None]:
     return damage
 
 
+def _buffer_spans(table: pa.Table) -> list[tuple[int, int]]:
+    return [
+        (b.address, b.address + b.size)
+        for column in table.columns
+        for chunk in column.chunks
+        for b in chunk.buffers()
+        if b is not None and b.size
+    ]
+
+
+def test_reduced_frames_keep_no_view_of_the_rows_they_reduce() -> None:
+    """The gate keeps each scanned batch's reduced frame until the scan ends: a column that still points
+    into the batch (a zero-copy view) would keep the whole batch, vectors included, alive."""
+    chunks, rows = clean()
+    chunk_table = pa.table(
+        {
+            "chunk_id": pa.array(chunks["chunk_id"], pa.string()),
+            "text": pa.array(chunks["text"], pa.string()),
+            "token_count": pa.array(chunks["token_count"], pa.int64()),  # no cast: a view unless copied
+        }
+    )
+    row_table = pa.table(
+        {
+            "chunk_id": pa.array(rows["chunk_id"], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ravel(rows["vector"]), pa.float32()), DIM
+            ),
+        }
+    )
+    for table, frame in ((chunk_table, dq.chunk_frame(chunk_table)), (row_table, dq.vector_frame(row_table))):
+        scanned = _buffer_spans(table)
+        for name in frame.columns:
+            kept = pa.table({name: pa.array(frame[name].array)})  # zero-copy where the frame allows it
+            for start, end in _buffer_spans(kept):
+                assert not any(s < end and start < e for s, e in scanned), f"{name} points into the batch"
+
+
 def test_clean_tables_pass() -> None:
     report = run(*clean())
     assert report.passed, report.table()

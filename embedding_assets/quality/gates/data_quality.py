@@ -305,16 +305,23 @@ def validate_frames(
     return DataQualityReport(outcomes, *sizes, time.perf_counter() - started)
 
 
+def owned(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The column's values in memory of their own. A zero-copy view of a scanned column keeps the Lance
+    read buffer it points into alive: at 882,205 rows, the chunk ids kept from each batch of a scan
+    pinned that batch's vectors too (2.3 GiB held where 0.85 sufficed)."""
+    return column.to_numpy(zero_copy_only=False).copy()
+
+
 def chunk_frame(chunks: pa.Table) -> pd.DataFrame:
     """chunk_id and token_count, whether the text is there, and its length once whitespace is stripped
     (the text itself is not kept)."""
     text = chunks.column("text").cast(pa.string())
     return pd.DataFrame(
         {
-            ID: chunks.column(ID).to_pandas(),
-            "text_present": pc.is_valid(text).to_pandas(),
-            "token_count": chunks.column("token_count").cast(pa.int64()).to_pandas(),
-            "text_stripped_length": pc.utf8_length(pc.utf8_trim_whitespace(text)).to_pandas(),
+            ID: owned(chunks.column(ID)),
+            "text_present": owned(pc.is_valid(text)),
+            "token_count": owned(chunks.column("token_count").cast(pa.int64())),
+            "text_stripped_length": owned(pc.utf8_length(pc.utf8_trim_whitespace(text))),
         }
     )
 
@@ -324,7 +331,7 @@ def vector_frame(rows: pa.Table) -> pd.DataFrame:
     dims, finite, norms = vector_stats(rows.column("vector")) if rows.num_rows else _empty_stats()
     return pd.DataFrame(
         {
-            ID: rows.column(ID).to_pandas(),
+            ID: owned(rows.column(ID)),
             "vector_dimension": dims,
             "vector_finite": finite,
             "vector_norm": norms,
