@@ -193,6 +193,10 @@ def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_servin
     assert [m["id"] for m in report.maintenance] == [MINILM]  # the static candidate has no ANN index
     assert report.maintenance[0]["served"] and report.maintenance_seconds > 0
     assert live.pointer.require_current().action == "optimize"
+    # Maintenance changed the table version, not its rows: nothing changed since the gated refresh.
+    again = runner.refresh(**live.job())
+    assert _version(again, MINILM)["skipped"].startswith("up to date") and not again.maintenance
+    assert "index maintenance made it" in _version(again, MINILM)["skipped"]
 
 
 def test_rollback_serves_the_previous_version_as_refreshed_by_dual_writes(live):

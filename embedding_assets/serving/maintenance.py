@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass
 import lancedb
 import pyarrow.compute as pc
 
-from embedding_assets.index import ann, tables
+from embedding_assets.index import ann, store, tables
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.serving.pointer import ServingPointer
 from embedding_assets.serving.promotion import release_unreachable_tags, serving_state
 
 MAINTAIN_ACTION = "optimize"
+MAINTAINED_FROM = "maintained_from"  # Maintenance's field: the index table state it started from
 ROW_IDENTITY = ("chunk_id", "chunk_hash")  # a row's key and the text its vector encodes
 
 
@@ -34,6 +35,8 @@ class Maintenance:
     table: str
     table_version_before: int
     table_version_after: int
+    maintained_from: str  # the index table's state (`store.table_state`) before
+    index_table_state: str  # and after
     index_action: str  # ann.VectorIndexState.action: exact, current, optimized or retrained
     unindexed_rows_before: int
     seconds: float
@@ -69,6 +72,7 @@ def maintain(
     with no threshold: optimize(), or a new training past MAX_INDEX_SEGMENTS); serve the result if
     serving read the table version this started from and the rows are the same."""
     name = tables.index_table(version.id)
+    maintained_from = store.table_state(db, name)
     table = db.open_table(name)
     before = table.version
     index_name = ann.vector_index_name(table)
@@ -81,6 +85,8 @@ def maintain(
         table=name,
         table_version_before=before,
         table_version_after=after,
+        maintained_from=maintained_from,
+        index_table_state=store.table_state(db, name),
         index_action=state.action,
         unindexed_rows_before=unindexed,
         seconds=state.seconds,
@@ -90,17 +96,17 @@ def maintain(
     if after == before:
         why = "no vector index (searched exactly)" if state.action == "exact" else "every row is indexed"
         return Maintenance(**done, served=served_before, summary=f"{version.id}: nothing to do, {why}")
+    if rows_digest(table, after) != rows_digest(table, before):
+        raise MaintenanceChangedRowsError(
+            f"{name} v{after} holds other rows than v{before}: another writer committed during "
+            f"maintenance; serving does not move"
+        )
     if not served_before:
         return Maintenance(
             **done,
             served=False,
             summary=f"{version.id}: table v{before} -> v{after} ({state.action}); not served at v{before}, "
             "so serving did not move",
-        )
-    if rows_digest(table, after) != rows_digest(table, before):
-        raise MaintenanceChangedRowsError(
-            f"{name} v{after} holds other rows than v{before}: another writer committed during "
-            f"maintenance; serving stays on v{before}"
         )
     maintained = serving_state(db, version, after, run_id=run_id)
     moved = pointer.follow(current, maintained, MAINTAIN_ACTION)
