@@ -1,10 +1,12 @@
 """Memory a step freed goes back to the operating system before the next step of the same process."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from embedding_assets.memory import _glibc, release_unused, resident_gib
+from embedding_assets.memory import _glibc, peak_resident_gib, release_unused, resident_gib
 
 pytestmark = pytest.mark.skipif(_glibc() is None, reason="malloc_trim is glibc's")
 BLOCKS = 200_000
@@ -48,3 +50,14 @@ def test_collections_after_a_release_walk_only_new_objects_and_still_free_new_cy
     release_unused()
     assert alive() is None
     assert gc.get_freeze_count() >= frozen
+
+
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """The validator and the bench's commands are children of large processes: their peak must be their
+    own (ru_maxrss would start from the parent's resident set at the fork)."""
+    held = bytearray(600 * 2**20)  # this process now holds 600 MiB more
+    held[::4096] = b"x" * len(held[::4096])
+    code = "from embedding_assets.memory import peak_resident_gib; print(peak_resident_gib())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < float(child.stdout) < 0.4, child.stdout
+    assert peak_resident_gib() >= 0.6

@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,19 +51,43 @@ class ChildRun:
 
 
 def run_child(command: list, env: dict, cwd: Path | None = None) -> ChildRun:
-    """Run `command` to its end; its wall time and its own peak RSS (from wait4, not the maximum over
-    every child this process ever had)."""
+    """Run `command` to its end; its wall time and its own peak RSS.
+
+    The peak is the child's high-water mark (VmHWM), read every PEAK_POLL_SECONDS while it runs: the
+    ru_maxrss that wait4 reports starts from this process's own RSS at the fork (Linux keeps it across
+    exec), so a 2 GiB parent's child that used 11 MB reported 2.03 GiB. wait4's figure is the fallback
+    where /proc is missing."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(
             [str(c) for c in command], env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err
         )
+        peaks: list[int] = []
+        watcher = threading.Thread(target=_watch_peak, args=(child.pid, peaks), daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         wall = time.perf_counter() - started
+        watcher.join()
         out.seek(0)
         err.seek(0)
-        return ChildRun(round(wall, 2), usage.ru_maxrss * 1024, child.returncode, out.read(), err.read())
+        peak = max(peaks) if peaks else usage.ru_maxrss * 1024
+        return ChildRun(round(wall, 2), peak, child.returncode, out.read(), err.read())
+
+
+PEAK_POLL_SECONDS = 0.05
+
+
+def _watch_peak(pid: int, peaks: list[int]) -> None:
+    """Append process `pid`'s VmHWM (bytes) to `peaks` until it can no longer be read (the process ended)."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            line = next(ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return
+        peaks.append(int(line.split()[1]) * 1024)
+        time.sleep(PEAK_POLL_SECONDS)
 
 
 def interleaved(candidates: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict]:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
 from embedding_assets.index.chunking import SPECIAL_TOKENS
+from embedding_assets.memory import peak_resident_gib
 from embedding_assets.metadata import EXAMPLES
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.quality.gates.outcome import Markdown, markdown_table
@@ -483,9 +484,12 @@ def _load_expectations() -> None:
 
 
 def _validate_in_worker(chunks: pd.DataFrame, rows: pd.DataFrame, **settings) -> tuple:
-    """`validate_frames` in the validator process, with that process's peak resident memory in GiB."""
+    """`validate_frames` in the validator process, with that process's own peak resident memory in GiB."""
     report = validate_frames(chunks, rows, **settings)
-    return report, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    peak = peak_resident_gib()
+    return report, peak if peak is not None else round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+    )
 
 
 def _gx() -> ModuleType:
