@@ -46,7 +46,7 @@ ui-smoke: setup
 	$(BIN)/python scripts/ui-smoke
 
 # The performance suite (not a test): ratios measured side by side in one run; writes docs/performance.md
-# and docs/performance.json (31 minutes on 2 cores with AVX-512). `bench-quick` runs a short one (under 5 minutes).
+# and docs/performance.json (32 minutes on 2 cores with AVX-512). `bench-quick` runs a short one (under 5 minutes).
 bench: setup
 	$(BIN)/embedding-assets bench
 
