@@ -6,7 +6,6 @@ prefilter (about 1% of the rows)."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import statistics
@@ -99,10 +98,6 @@ def _percentiles(latencies: list[float]) -> dict:
 PQ_NPROBES = 40  # of about sqrt(rows) partitions, for the IVF candidates the project's index replaced
 
 
-def _partitions(rows: int) -> int:
-    return max(1, round(math.sqrt(rows)))
-
-
 PROJECT = f"{ann.INDEX_TYPE} (project)"
 CANDIDATES = {
     # name: (index config for `rows` vectors of `dimension`; search tuning)
@@ -118,12 +113,12 @@ CANDIDATES = {
     ),
     "IVF_PQ, refine 10": (
         lambda rows, dim: IvfPq(
-            distance_type="cosine", num_partitions=_partitions(rows), num_sub_vectors=dim // 4
+            distance_type="cosine", num_partitions=ann.partitions_for(rows), num_sub_vectors=dim // 4
         ),
         lambda q, filtered=None: q.nprobes(PQ_NPROBES).refine_factor(10),
     ),
     "IVF_RQ, 1 bit, refine 10": (
-        lambda rows, dim: IvfRq(distance_type="cosine", num_partitions=_partitions(rows)),
+        lambda rows, dim: IvfRq(distance_type="cosine", num_partitions=ann.partitions_for(rows)),
         lambda q, filtered=None: q.nprobes(PQ_NPROBES).refine_factor(10),
     ),
 }

@@ -92,7 +92,4 @@ def unindexed_rows(lancedb: LanceDBResource, version_id: str) -> int:
     name = tables.index_table(version_id)
     if name not in store.table_names(db):
         return 0
-    table = db.open_table(name)
-    index_name = ann.vector_index_name(table)
-    stats = table.index_stats(index_name) if index_name else None
-    return int(stats.num_unindexed_rows) if stats else 0
+    return ann.unindexed_rows(db.open_table(name))

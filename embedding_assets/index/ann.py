@@ -150,6 +150,12 @@ def _unindexed(table: lancedb.table.Table, name: str) -> int:
     return int(stats.num_unindexed_rows) if stats else table.count_rows()
 
 
+def unindexed_rows(table: lancedb.table.Table) -> int:
+    """Rows searched exactly beside the table's vector index (0 without an index: every row is)."""
+    name = vector_index_name(table)
+    return _unindexed(table, name) if name else 0
+
+
 def tuned(query, has_index: bool, filtered_rows: int | None = None):
     """A vector query with the measured search parameters when the table has an ANN
     index; a filter that matches `filtered_rows` <= EXACT_FILTER_ROWS is searched exactly over its rows

@@ -75,9 +75,7 @@ def maintain(
     maintained_from = store.table_state(db, name)
     table = db.open_table(name)
     before = table.version
-    index_name = ann.vector_index_name(table)
-    stats = table.index_stats(index_name) if index_name else None
-    unindexed = int(stats.num_unindexed_rows) if stats else 0
+    unindexed = ann.unindexed_rows(table)
     state = ann.ensure_vector_index(table, fold_share=0.0)
     after = table.version
     done = dict(
