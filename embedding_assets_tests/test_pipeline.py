@@ -73,6 +73,10 @@ def test_promoted_search_returns_provenance(project):
     assert result.model_version == DEFAULT_VERSION
     assert result.hits[0]["doc_id"].startswith(("library/getopt/", "library/argparse/", "source/getopt"))
     assert [h["score"] for h in result.hits] == sorted((h["score"] for h in result.hits), reverse=True)
+    # Many queries in one multi-vector search: each query's hits as its own search gives them.
+    vectors = searcher.encode_queries(["parse command line options", "read a csv file", "sort"])
+    one_by_one = [searcher.search_vector(v, 20, ["chunk_id"]) for v in vectors]
+    assert searcher.search_vectors(vectors, 20, ["chunk_id"]) == one_by_one
     for hit in result.hits:
         assert (
             hit["doc_checksum"] and hit["pipeline_config_hash"] and hit["embedded_at"] and hit["chunk_hash"]

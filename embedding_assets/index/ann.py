@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import lancedb
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.index import BTree, IvfRq
 from tqdm.auto import tqdm
@@ -206,39 +207,74 @@ def exact_top_k(
     progress: bool = False,
 ) -> tuple[list[list[str]], float]:
     """Each query's k nearest rows by cosine similarity over every row (their `id_column`, best first),
-    in one pass of batches; and the seconds the pass took. Each batch gives up only its own top k per
-    query (a partial sort), merged with the best so far."""
+    in one pass of batches; and the seconds the pass took."""
     started = time.perf_counter()
-    queries = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
-    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_ids = np.empty((len(queries), 0), dtype=object)
+    top = TopK(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1), k)
     scan = table.search().select([id_column, VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH)
     with tqdm(
         total=table.count_rows() if progress else None, desc="exact search", unit="rows", disable=not progress
     ) as bar:
         for batch in scan:
             bar.update(batch.num_rows)
-            batch = batch.filter(pc.is_valid(batch[VECTOR_COLUMN]))  # a row without a vector ranks nowhere
-            matrix = np.asarray(batch[VECTOR_COLUMN].flatten().to_numpy(zero_copy_only=False), np.float32)
-            matrix = matrix.reshape(batch.num_rows, -1)
-            matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-            scores = queries @ matrix.T
-            top = _top_columns(scores, k)
-            ids = np.asarray(batch[id_column].to_pylist(), dtype=object)
-            scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
-            every = np.concatenate([best_ids, ids[top]], axis=1)
-            keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            best_scores = np.take_along_axis(scores, keep, axis=1)
-            best_ids = np.take_along_axis(every, keep, axis=1)
-    return [list(row) for row in best_ids], time.perf_counter() - started
+            batch, matrix = vectors_of(batch)
+            top.add(matrix, batch[id_column].to_numpy(zero_copy_only=False))
+    return top.ids(), time.perf_counter() - started
 
 
-def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the columns of the k highest scores (in no particular order): a partial sort."""
-    if scores.shape[1] <= k:
-        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+def vectors_of(batch: pa.RecordBatch | pa.Table) -> tuple[pa.RecordBatch | pa.Table, np.ndarray]:
+    """The rows of `batch` that have a vector (a row without one ranks nowhere), and those vectors."""
+    batch = batch.filter(pc.is_valid(batch[VECTOR_COLUMN]))
+    flat = batch[VECTOR_COLUMN]
+    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    matrix = np.asarray(flat.flatten().to_numpy(zero_copy_only=False), np.float32)
+    return batch, matrix.reshape(batch.num_rows, -1)
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+class TopK:
+    """The k best rows per query by cosine similarity, merged batch by batch. Once a query holds k rows,
+    a batch gives it only the rows scoring above its k-th best (a comparison, not a sort, for the rest);
+    ties keep the row seen first. A query may start from a list it already had (`seed`)."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = unit_rows(queries), k
+        self.scores = [np.empty(0, np.float32) for _ in range(len(queries))]
+        self.rows: list[np.ndarray] = [np.empty(0, object) for _ in range(len(queries))]
+
+    def seed(self, query: int, rows: np.ndarray, scores: np.ndarray) -> None:
+        order = np.argsort(-scores, kind="stable")[: self.k]
+        self.rows[query], self.scores[query] = rows[order], scores[order].astype(np.float32)
+
+    def add(self, matrix: np.ndarray, ids: np.ndarray, floors: np.ndarray | None = None) -> None:
+        """Score the rows `matrix` (their `ids`) against every query; a query takes only rows above its
+        k-th best, and above its entry in `floors` when given."""
+        if not len(matrix) or not len(self.queries):
+            return
+        scores = self.queries @ unit_rows(matrix).T
+        bars = np.array([s[-1] if len(s) == self.k else -np.inf for s in self.scores], np.float32)
+        if floors is not None:
+            bars = np.maximum(bars, floors)
+        above = scores > bars[:, None]
+        counts = above.sum(axis=1)
+        for query in np.flatnonzero(counts):
+            columns = np.flatnonzero(above[query])
+            if len(columns) > self.k:  # a partial sort: only the batch's own k best can enter
+                columns = columns[np.argpartition(-scores[query, columns], self.k - 1)[: self.k]]
+                columns.sort()  # back in row order, so ties keep the row seen first
+            merged = np.concatenate([self.scores[query], scores[query, columns]])
+            keep = np.argsort(-merged, kind="stable")[: self.k]
+            self.scores[query] = merged[keep]
+            self.rows[query] = np.concatenate([self.rows[query], ids[columns]])[keep]
+
+    def floors(self) -> np.ndarray:
+        """Per query, a score no row left out of its list exceeds (-inf while the list is not full)."""
+        return np.array([s[-1] if len(s) == self.k else -np.inf for s in self.scores], np.float32)
+
+    def ids(self) -> list[list[str]]:
+        return [list(rows) for rows in self.rows]
 
 
 def _ids(query, k: int) -> list[str]:

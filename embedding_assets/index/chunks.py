@@ -63,10 +63,11 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
     existing = store.read_columns(db, name, ["chunk_id", *CHUNKED_AS])
     current = existing.filter(pc.equal(existing["pipeline_config_hash"], config_hash))
-    stale_rows = docs.join(
-        current.select(["doc_id", "doc_checksum"]).group_by(["doc_id", "doc_checksum"]).aggregate([]),
-        keys=["doc_id", "doc_checksum"],
-        join_type="left anti",
+    cut_from = store.joined_key(current, "doc_id", "doc_checksum")  # what the chunks were cut from
+    stale_rows = docs.filter(
+        pc.invert(
+            pc.is_in(store.joined_key(docs, "doc_id", "doc_checksum"), value_set=cut_from, skip_nulls=True)
+        )
     )
     stale = list(zip(stale_rows["doc_id"].to_pylist(), stale_rows["doc_checksum"].to_pylist(), strict=True))
     stale_docs = [d for d, _ in stale]

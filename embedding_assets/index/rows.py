@@ -53,7 +53,8 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
     wanted = pa.concat_arrays([_stale_chunk_ids(keys, indexed, config_hash, fingerprint), duplicated])
     to_write = store.rows_for_keys(db, tables.chunks_table(version.id), "chunk_id", wanted, CHUNK_COLUMNS)
     written = 0
-    present = store.absent(indexed["chunk_id"], duplicated)  # keys the table still holds
+    ids = store.flat(indexed["chunk_id"])
+    present = ids.filter(pc.invert(pc.is_in(ids, value_set=duplicated)))  # keys the table still holds
     for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
         stats = store.append_or_upsert(table, rows, "chunk_id", present)
         written += stats.inserted + stats.updated
@@ -70,31 +71,30 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
 
 
 def duplicate_keys(rows: pa.Table, key: str) -> pa.Array:
-    """Values of `key` that more than one row of `rows` holds."""
-    counts = rows.group_by(key).aggregate([(key, "count")])
-    return store.flat(counts.filter(pc.greater(counts[f"{key}_count"], 1))[key]).cast(pa.string())
+    """Values of `key` that more than one row of `rows` holds: equal neighbours once sorted."""
+    values = store.flat(rows[key]).cast(pa.string())
+    if len(values) < 2:
+        return pa.array([], pa.string())
+    ordered = values.take(pc.sort_indices(values))
+    repeated = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))
+    return pc.unique(ordered.slice(1).filter(pc.fill_null(repeated, False)))
 
 
 def _stale_chunk_ids(keys: pa.Table, indexed: pa.Table, config_hash: str, fingerprint: str) -> pa.Array:
     """chunk_id of every chunk (`keys`: chunk_id, chunk_hash, doc_checksum) that has no index row, or one
-    whose provenance (chunk hash, document checksum, config hash, fingerprint) differs."""
+    whose provenance (chunk hash, document checksum, config hash, fingerprint) differs: the chunks' key
+    triples not among those of the index rows written with this config and fingerprint."""
     if keys.num_rows == 0:
         return pa.array([], pa.string())
-    theirs = indexed.select(["chunk_id", *PROVENANCE_KEYS]).rename_columns(
-        ["chunk_id", *(f"indexed_{k}" for k in PROVENANCE_KEYS)]
+    current = indexed.filter(
+        pc.and_(
+            pc.equal(indexed["pipeline_config_hash"], config_hash),
+            pc.equal(indexed["model_fingerprint"], fingerprint),
+        )
     )
-    joined = keys.select(["chunk_id", *CHUNK_KEYS]).join(theirs, "chunk_id", join_type="left outer")
-    expected = {
-        "chunk_hash": joined["chunk_hash"],
-        "doc_checksum": joined["doc_checksum"],
-        "pipeline_config_hash": pa.scalar(config_hash),
-        "model_fingerprint": pa.scalar(fingerprint),
-    }
-    same = None
-    for column in PROVENANCE_KEYS:
-        equal = pc.fill_null(pc.equal(joined[f"indexed_{column}"], expected[column]), False)
-        same = equal if same is None else pc.and_(same, equal)
-    return pc.unique(joined.filter(pc.invert(same))["chunk_id"]).cast(pa.string())
+    wanted, held = (store.joined_key(t, "chunk_id", *CHUNK_KEYS) for t in (keys, current))
+    unmatched = pc.invert(pc.is_in(wanted, value_set=held, skip_nulls=True))
+    return pc.unique(store.flat(keys["chunk_id"]).filter(unmatched))
 
 
 def _index_row_batches(

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 IN_LIST_BATCH = 500
+KEY_SEPARATOR = "\x1f"  # between the parts of a joined key: a unit separator, in no id or hash
 LOOKUP_LIMIT = 20_000  # up to this many keys are looked up with IN lists; more, and one streamed scan
 SCAN_BATCH = 65_536
 
@@ -142,9 +143,16 @@ def read_columns(
 
 
 def absent(values: pa.Array | pa.ChunkedArray, present: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """The distinct `values` that are not among `present` (an anti-join of two key columns)."""
-    distinct = pc.unique(values)
-    return distinct.filter(pc.invert(pc.is_in(distinct, value_set=flat(present))))
+    """The distinct `values` that are not among `present` (an anti-join of two key columns). The
+    membership test comes first, so only what is absent (usually few) is made distinct."""
+    values = flat(values)
+    return pc.unique(values.filter(pc.invert(pc.is_in(values, value_set=flat(present)))))
+
+
+def joined_key(rows: pa.Table | pa.RecordBatch, *columns: str) -> pa.Array:
+    """The `columns` of each row as one string, KEY_SEPARATOR apart (null where one is null): a composite
+    key for `is_in`, which compares one column."""
+    return flat(pc.binary_join_element_wise(*(rows[c] for c in columns), KEY_SEPARATOR))
 
 
 def flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -189,18 +197,29 @@ def table_batches_for_keys(
     wanted = pc.unique(values)
     if len(wanted) == 0:
         return
-    if len(wanted) <= LOOKUP_LIMIT:
+    if len(wanted) <= LOOKUP_LIMIT and (len(wanted) <= IN_LIST_BATCH or scalar_indexed(table, key)):
         keys = wanted.to_pylist()
         per_lookup = min(IN_LIST_BATCH, batch_rows)
         for start in range(0, len(keys), per_lookup):
             literals = ", ".join(sql_literal(k) for k in keys[start : start + per_lookup])
             yield table.search().where(f"{key} IN ({literals})").select(columns).limit(None).to_arrow()
         return
+    if len(wanted) <= LOOKUP_LIMIT:  # no index to look keys up in: one scan of the key, then a take
+        found = table.search().select([key]).with_row_id(True).limit(None).to_arrow()
+        row_ids = found.filter(pc.is_in(found[key], value_set=flat(wanted)))["_rowid"].to_pylist()
+        for start in range(0, len(row_ids), batch_rows):
+            yield table.take_row_ids(row_ids[start : start + batch_rows]).select(columns).to_arrow()
+        return
     value_set = flat(wanted)
     for batch in table.search().select(columns).limit(None).to_batches(batch_rows):
         found = pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=value_set))
         if found.num_rows:
             yield found
+
+
+def scalar_indexed(table: lancedb.table.Table, column: str) -> bool:
+    """Whether `column` has a scalar index (a BTREE) that an IN list can look keys up in."""
+    return any(list(index.columns) == [column] for index in table.list_indices())
 
 
 def regrouped(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:

@@ -8,6 +8,7 @@ CHUNKS_TABLE_PREFIX = "chunks__"
 INDEX_TABLE_PREFIX = "index__"
 CACHE_TABLE_PREFIX = "embedding_cache__"
 SENTINELS_TABLE_PREFIX = "sentinels__"
+EXACT_MEMO_TABLE_PREFIX = "exact_memo__"  # each version's exact top-k lists from its last evaluation
 STAGING_TABLE_PREFIX = "staging__"  # what one corpus shard staged for its version's stages to fold in
 
 
@@ -25,6 +26,10 @@ def cache_table(encoder_key: str) -> str:
 
 def sentinels_table(version: str) -> str:
     return f"{SENTINELS_TABLE_PREFIX}{version}"
+
+
+def exact_memo_table(version: str) -> str:
+    return f"{EXACT_MEMO_TABLE_PREFIX}{version}"
 
 
 def staging_prefix(version: str, kind: str) -> str:

@@ -21,6 +21,7 @@ from embedding_assets.index.embeddings import sync_embeddings
 from embedding_assets.index.rows import sync_index
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import ModelVersion
+from embedding_assets.quality.exact_memo import exact_top_k_memoized
 from embedding_assets.serving.search import Searcher
 
 Qrels = dict[str, dict[str, int]]
@@ -76,32 +77,44 @@ def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> f
 
 def ranked_documents(searcher: Searcher, queries: list[str], limit: int) -> list[list[str]]:
     """For each query, the documents of its best chunks as served (through the ANN index when the table
-    has one), best first: one search per query, `limit` * CHUNKS_PER_DOCUMENT_RANK chunks deep."""
+    has one), best first: one multi-vector search, `limit` * CHUNKS_PER_DOCUMENT_RANK chunks deep."""
     depth = limit * CHUNKS_PER_DOCUMENT_RANK
-    rankings = []
-    for vector in searcher.encode_queries(queries):
-        hits = searcher.search_vector(vector, depth, ["doc_id"])
-        rankings.append(list(dict.fromkeys(hit["doc_id"] for hit in hits))[:limit])
-    return rankings
+    found = searcher.search_vectors(searcher.encode_queries(queries), depth, ["doc_id"])
+    return [list(dict.fromkeys(hit["doc_id"] for hit in hits))[:limit] for hits in found]
 
 
 def documents_by_best_chunk(
-    table: lancedb.table.Table, vectors: list, limit: int, *, progress: bool = False
+    table: lancedb.table.Table,
+    vectors: list,
+    limit: int,
+    *,
+    progress: bool = False,
+    memo: tuple[lancedb.DBConnection, str] | None = None,
 ) -> list[list[str]]:
     """For each query vector, up to `limit` documents in the order of their best chunk's score. Ranked by
-    exact search, in one pass over the table's vectors for every query: evaluation judges the embedding
-    space (the same on every build of the same vectors); the `ann_recall` check judges the ANN index."""
+    exact search: evaluation judges the embedding space (the same on every build of the same vectors);
+    the `ann_recall` check judges the ANN index. `memo` (db, version id) keeps the exact lists between
+    runs (`exact_memo`), so the next evaluation of the version scores only the rows written since."""
     depth = limit * CHUNKS_PER_DOCUMENT_RANK
-    hits, _ = ann.exact_top_k(table, vectors, depth, "doc_id", progress=progress)
+    if memo is not None:
+        hits, _ = exact_top_k_memoized(*memo, table, vectors, depth, "doc_id")
+    else:
+        hits, _ = ann.exact_top_k(table, vectors, depth, "doc_id", progress=progress)
     return [list(dict.fromkeys(documents))[:limit] for documents in hits]
 
 
-def evaluate(searcher: Searcher, judged: JudgedQueries, *, progress: bool = False) -> dict:
+def evaluate(
+    searcher: Searcher,
+    judged: JudgedQueries,
+    *,
+    progress: bool = False,
+    memo: tuple[lancedb.DBConnection, str] | None = None,
+) -> dict:
     """Mean nDCG@10, recall@10 and recall@100 of `searcher`'s version on `judged`, ranked exactly."""
     ids = list(judged.queries)
     started = time.perf_counter()
     vectors = list(searcher.encode_queries([judged.queries[q] for q in ids]))
-    rankings = documents_by_best_chunk(searcher.table, vectors, 100, progress=progress)
+    rankings = documents_by_best_chunk(searcher.table, vectors, 100, progress=progress, memo=memo)
     totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
     for qid, ranked in zip(ids, rankings, strict=True):
         relevant = judged.qrels[qid]

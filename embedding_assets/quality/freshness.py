@@ -33,13 +33,17 @@ def indexing_lag(db: lancedb.DBConnection, doc_ids: list[str], indexed_at: datet
     if not doc_ids:
         return distribution([])
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "updated_at"])
-    wanted = set(doc_ids)
-    lags = [
-        (indexed_at - updated).total_seconds()
-        for doc_id, updated in zip(docs["doc_id"].to_pylist(), docs["updated_at"].to_pylist(), strict=True)
-        if doc_id in wanted and updated is not None
-    ]
-    return distribution(lags)
+    written = docs.filter(pc.is_in(docs["doc_id"], value_set=pa.array(doc_ids, pa.string())))
+    return distribution(seconds_before(indexed_at, written["updated_at"]))
+
+
+def seconds_before(now: datetime, times: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Seconds from each of `times` (nulls left out) to `now`, in Arrow: no Python object per value."""
+    times = pc.drop_null(times)
+    if not len(times):
+        return np.empty(0)
+    micros = pc.cast(pc.subtract(pa.scalar(now, times.type), times), pa.int64())
+    return np.asarray(micros.to_numpy(zero_copy_only=False), np.float64) / 1e6
 
 
 @dataclass
@@ -57,26 +61,24 @@ class ServedLag:
 
 def served_lag(db: lancedb.DBConnection, state: ServingState, now: datetime | None = None) -> ServedLag:
     """Compare the corpus manifest with the served table version: documents added, changed or deleted
-    in the corpus but not yet served are pending, and the oldest pending change is the staleness."""
+    in the corpus but not yet served are pending, and the oldest pending change is the staleness. Key
+    columns compared in Arrow."""
     now = now or datetime.now(UTC)
     table = db.open_table(state.table)
     table.checkout(state.table_version)
     served = table.search().select(["doc_id", "doc_checksum", "indexed_at"]).limit(None).to_arrow()
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum", "updated_at"])
-    served_checksums = dict(
-        zip(served["doc_id"].to_pylist(), served["doc_checksum"].to_pylist(), strict=False)
-    )
-    manifest = dict(zip(docs["doc_id"].to_pylist(), docs["doc_checksum"].to_pylist(), strict=True))
-    updated = dict(zip(docs["doc_id"].to_pylist(), docs["updated_at"].to_pylist(), strict=True))
-    stale = [d for d, c in manifest.items() if served_checksums.get(d) != c]
-    gone = [d for d in served_checksums if d not in manifest]
-    ages = [(now - updated[d]).total_seconds() for d in stale if updated[d] is not None]
+    served_states, states = (store.joined_key(t, "doc_id", "doc_checksum") for t in (served, docs))
+    pending = docs.filter(pc.invert(pc.is_in(states, value_set=served_states, skip_nulls=True)))
+    gone = store.absent(served["doc_id"], docs["doc_id"]).to_pylist()
+    ages = list(seconds_before(now, pending["updated_at"]))
     if gone:  # a deletion is at least as old as the corpus commit that made it
         corpus = db.open_table(tables.DOCUMENTS_TABLE)
         committed = store.version_committed_at(corpus, corpus.version)
         if committed is not None:
             ages.append((now.replace(tzinfo=None) - committed).total_seconds())
-    indexed = served["indexed_at"]
-    row_ages = pc.subtract(pa.scalar(now, store.TIMESTAMP), indexed) if len(indexed) else pa.array([])
-    seconds = [a.total_seconds() for a in row_ages.to_pylist()] if len(indexed) else []
-    return ServedLag(sorted(stale + gone), max(ages, default=0.0), distribution(seconds))
+    return ServedLag(
+        sorted(pending["doc_id"].to_pylist() + gone),
+        max(ages, default=0.0),
+        distribution(seconds_before(now, served["indexed_at"])),
+    )

@@ -15,7 +15,6 @@ import hashlib
 from dataclasses import asdict, dataclass
 
 import lancedb
-import pyarrow.compute as pc
 
 from embedding_assets.index import ann, store, tables
 from embedding_assets.models.registry import ModelVersion
@@ -57,12 +56,8 @@ def rows_digest(table: lancedb.table.Table, table_version: int) -> str:
     table.checkout(table_version)
     keys = table.search().select(list(ROW_IDENTITY)).limit(None).to_arrow()
     keys = keys.sort_by([(c, "ascending") for c in ROW_IDENTITY])
-    joined = pc.binary_join_element_wise(*(keys[c] for c in ROW_IDENTITY), "\x1f")
-    digest = hashlib.sha256()
-    for chunk in joined.chunks:
-        digest.update("\x1e".join(chunk.to_pylist()).encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()
+    joined = store.joined_key(keys, *ROW_IDENTITY)  # one array: the digest ignores how a read was cut
+    return hashlib.sha256("\x1e".join(joined.to_pylist()).encode()).hexdigest()
 
 
 def maintain(

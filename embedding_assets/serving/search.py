@@ -115,6 +115,23 @@ class Searcher:
             row["score"] = round(1.0 - float(row.pop("_distance")), 6)
         return rows
 
+    def search_vectors(self, vectors: np.ndarray, k: int, columns: list[str]) -> list[list[dict[str, Any]]]:
+        """`search_vector` for many query vectors in one multi-vector query (one plan, one pass over
+        the index's partitions for all of them): for each, its top-k rows, best first."""
+        if not len(vectors):
+            return []
+        query = self.table.search([np.asarray(v, np.float32) for v in vectors]).distance_type("cosine")
+        query = ann.tuned(query, self.vector_index is not None)
+        hits = query.select([*columns, "_distance"]).limit(k).to_arrow()
+        owner = [0] * hits.num_rows  # one vector: Lance leaves the query index out
+        if "query_index" in hits.column_names:
+            owner, hits = hits["query_index"].to_pylist(), hits.drop_columns(["query_index"])
+        found: list[list[dict[str, Any]]] = [[] for _ in vectors]
+        for i, row in zip(owner, hits.to_pylist(), strict=True):
+            row["score"] = round(1.0 - float(row.pop("_distance")), 6)
+            found[i].append(row)
+        return found
+
     def search(self, query: str, k: int = 10) -> SearchResult:
         hits = self.search_vector(self.encode_queries([query])[0], k)
         return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)

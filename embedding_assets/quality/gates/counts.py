@@ -42,15 +42,14 @@ def reconcile(db: lancedb.DBConnection, version: ModelVersion) -> Reconciliation
     chunks = store.read_columns(db, tables.chunks_table(version.id), ["chunk_id", "doc_id"])
     rows = store.read_columns(db, tables.index_table(version.id), ["chunk_id", "doc_id", *PROVENANCE_KEYS])
     fingerprint, config_hash = version.pinned_fingerprint(), version.pipeline_config_hash()
-    manifest = docs.rename_columns(["doc_id", "manifest_checksum"])
-    with_manifest = rows.join(manifest, "doc_id", join_type="left outer")
-    in_manifest = pc.is_valid(with_manifest["manifest_checksum"])
-    changed = pc.not_equal(with_manifest["doc_checksum"], with_manifest["manifest_checksum"])
-    stale = pc.fill_null(pc.and_(in_manifest, changed), False)
-    result = Reconciliation(docs.num_rows, len(pc.unique(chunks["chunk_id"])), rows.num_rows)
+    in_manifest = pc.is_in(rows["doc_id"], value_set=store.flat(docs["doc_id"]))
+    states = (store.joined_key(t, "doc_id", "doc_checksum") for t in (rows, docs))
+    current = pc.is_in(next(states), value_set=next(states))
+    stale = pc.and_(in_manifest, pc.invert(current))  # its document is there, at another checksum
+    result = Reconciliation(docs.num_rows, pc.count_distinct(chunks["chunk_id"]).as_py(), rows.num_rows)
     result.problems = {
-        "orphan_rows": _ids(with_manifest, pc.invert(in_manifest)),
-        "stale_rows": _ids(with_manifest, stale),
+        "orphan_rows": _ids(rows, pc.invert(in_manifest)),
+        "stale_rows": _ids(rows, stale),
         "rows_without_chunk": sorted(store.absent(rows["chunk_id"], chunks["chunk_id"]).to_pylist()),
         "missing_rows": sorted(store.absent(chunks["chunk_id"], rows["chunk_id"]).to_pylist()),
         "documents_without_chunks": sorted(store.absent(docs["doc_id"], chunks["doc_id"]).to_pylist()),

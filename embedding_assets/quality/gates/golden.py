@@ -65,7 +65,7 @@ def golden_quality(
     if not scoped.queries:
         return GateOutcome("block", "no judged query has a judged document in this corpus", metadata)
     searcher = Searcher(db, version)
-    candidate = evaluate(searcher, scoped, progress=False)
+    candidate = evaluate(searcher, scoped, progress=False, memo=(db, version.id))
     metadata.update({TABLE_VERSION: searcher.table.version, **{m: candidate[m] for m in METRICS}})
     reasons = []
     if candidate["ndcg@10"] < thresholds.golden_ndcg_floor:
