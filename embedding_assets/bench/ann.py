@@ -111,9 +111,15 @@ CANDIDATES = {
         lambda rows, dim: HnswSq(distance_type="cosine", num_partitions=1, m=16, ef_construction=120),
         lambda q, filtered=None: q.nprobes(1).ef(768).refine_factor(5),
     ),
+    # Trained on 64 vectors per partition and 10 k-means iterations, not 256 and 50: 21.6 s to build
+    # 100,000 vectors instead of 82 s (of the bench's 32 minutes); refine 10 re-ranks what PQ blurs.
     "IVF_PQ, refine 10": (
         lambda rows, dim: IvfPq(
-            distance_type="cosine", num_partitions=ann.partitions_for(rows), num_sub_vectors=dim // 4
+            distance_type="cosine",
+            num_partitions=ann.partitions_for(rows),
+            num_sub_vectors=dim // 4,
+            sample_rate=64,
+            max_iterations=10,
         ),
         lambda q, filtered=None: q.nprobes(PQ_NPROBES).refine_factor(10),
     ),
