@@ -57,7 +57,7 @@ from embedding_assets.defs.tags import (
 )
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.quality.gates.data_quality import preload_expectations
-from embedding_assets.wiring import project_definitions, wiring
+from embedding_assets.wiring import initialized, project_definitions, wiring
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 POLL_SECONDS = 1.0
@@ -93,7 +93,7 @@ def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry) -> li
 def _known_partition(instance: dg.DagsterInstance, version_id: str | None, defs: dg.Definitions) -> None:
     """A clear error for an unknown or moving version before Dagster starts; its partition added."""
     if version_id is not None:
-        registry = wiring(defs).model_registry.load()
+        registry = initialized(defs.resources["model_registry"]).load()  # not every resource: 0.1 s each
         registry.get(version_id)
         sync_partitions(instance, registry)
 
