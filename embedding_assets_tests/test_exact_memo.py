@@ -93,3 +93,16 @@ def test_a_recreated_table_is_never_diffed_against_the_memo_of_the_old_one(db):
     db.create_table(tables.index_table(VERSION), again)  # its version 1 holds rows the memo never saw
     found, how, expected = _both(db, queries)
     assert how == "full pass" and found == expected
+
+
+def test_a_memo_from_another_release_is_ignored(db):
+    queries = _queries(1)
+    assert _both(db, queries)[1] == "full pass"
+    name = tables.exact_memo_table(VERSION)
+    lists = db.open_table(name).to_arrow()
+    state = pa.array(['{"table": "index__memo-test", "renamed_field": 1}'] * lists.num_rows)
+    db.create_table(
+        name, lists.set_column(lists.schema.get_field_index("state"), "state", state), mode="overwrite"
+    )
+    found, how, expected = _both(db, queries)
+    assert how == "full pass" and found == expected

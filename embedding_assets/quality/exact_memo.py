@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -140,7 +141,10 @@ def _load(db: lancedb.DBConnection, version_id: str) -> tuple[MemoState, pa.Tabl
         return None
     if not lists.num_rows:
         return None
-    return MemoState(**json.loads(lists["state"][0].as_py())), lists
+    try:
+        return MemoState(**json.loads(lists["state"][0].as_py())), lists
+    except (TypeError, ValueError):  # written by another release of this module: not comparable
+        return None
 
 
 def _save(
@@ -156,5 +160,8 @@ def _save(
             "state": pa.array([json.dumps(state.__dict__)] * len(top.rows), pa.string()),
         }
     )
-    memo = db.create_table(name, data=lists, mode="overwrite")
-    memo.optimize(cleanup_older_than=MEMO_KEPT)  # earlier memos go; one a reader may still hold stays
+    try:
+        memo = db.create_table(name, data=lists, mode="overwrite")
+        memo.optimize(cleanup_older_than=MEMO_KEPT)  # earlier memos go; one a reader may hold stays
+    except Exception as exc:  # another run replacing it meanwhile: this answer stands without a memo
+        warnings.warn(f"exact memo of {version_id} not kept: {exc}", stacklevel=2)
