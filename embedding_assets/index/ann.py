@@ -210,15 +210,21 @@ def exact_top_k(
     in one pass of batches; and the seconds the pass took."""
     started = time.perf_counter()
     top = TopK(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1), k)
-    scan = table.search().select([id_column, VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH)
     with tqdm(
         total=table.count_rows() if progress else None, desc="exact search", unit="rows", disable=not progress
     ) as bar:
-        for batch in scan:
-            bar.update(batch.num_rows)
-            batch, matrix = vectors_of(batch)
-            top.add(matrix, batch[id_column].to_numpy(zero_copy_only=False))
+        scan_into(top, table, [id_column], lambda rows: rows[id_column].to_numpy(zero_copy_only=False), bar)
     return top.ids(), time.perf_counter() - started
+
+
+def scan_into(top: TopK, table: lancedb.table.Table, columns: list[str], ids_of, bar=None) -> None:
+    """Score every row of `table` into `top`, EXACT_BATCH rows at a time; `ids_of(rows)` names them
+    (from `columns`); `bar`, a progress bar, counts the rows."""
+    for batch in table.search().select([*columns, VECTOR_COLUMN]).limit(None).to_batches(EXACT_BATCH):
+        if bar is not None:
+            bar.update(batch.num_rows)
+        batch, matrix = vectors_of(batch)
+        top.add(matrix, ids_of(batch))
 
 
 def vectors_of(batch: pa.RecordBatch | pa.Table) -> tuple[pa.RecordBatch | pa.Table, np.ndarray]:
@@ -254,9 +260,7 @@ class TopK:
         if not len(matrix) or not len(self.queries):
             return
         scores = self.queries @ unit_rows(matrix).T
-        bars = np.array([s[-1] if len(s) == self.k else -np.inf for s in self.scores], np.float32)
-        if floors is not None:
-            bars = np.maximum(bars, floors)
+        bars = self.floors() if floors is None else np.maximum(self.floors(), floors)
         above = scores > bars[:, None]
         counts = above.sum(axis=1)
         for query in np.flatnonzero(counts):

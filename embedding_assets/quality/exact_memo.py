@@ -71,10 +71,7 @@ def exact_top_k_memoized(
     how = "memo"
     if floors is None or min(map(len, top.rows), default=k) < min(k, table.count_rows()):
         how, top = "full pass", ann.TopK(queries, depth)
-        columns = [*PAIR, id_column, ann.VECTOR_COLUMN]
-        for batch in table.search().select(columns).limit(None).to_batches(ann.EXACT_BATCH):
-            batch, matrix = ann.vectors_of(batch)
-            top.add(matrix, _keys(batch, id_column))
+        ann.scan_into(top, table, [*PAIR, id_column], lambda rows: _keys(rows, id_column))
         floors = top.floors()
     _save(db, version_id, state, top, floors)
     return [[key.rsplit(store.KEY_SEPARATOR, 1)[1] for key in rows[:k]] for rows in top.rows], how

@@ -109,11 +109,7 @@ class Searcher:
     ) -> list[dict[str, Any]]:
         """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column):
         through the table's ANN index when it has one, else exact."""
-        query = ann.tuned(self.table.search(vector).distance_type("cosine"), self.vector_index is not None)
-        rows = query.select([*(columns or HIT_COLUMNS), "_distance"]).limit(k).to_list()
-        for row in rows:
-            row["score"] = round(1.0 - float(row.pop("_distance")), 6)
-        return rows
+        return self.search_vectors([vector], k, columns or HIT_COLUMNS)[0]
 
     def search_vectors(self, vectors: np.ndarray, k: int, columns: list[str]) -> list[list[dict[str, Any]]]:
         """`search_vector` for many query vectors in one multi-vector query (one plan, one pass over
