@@ -101,8 +101,8 @@ def _update(
         return None
     if str(store.version_committed_at(before, then.table_version)) != then.committed_at:
         return None  # the table was recreated: its version numbers started again
-    old = _pairs(before.search().select(list(PAIR)).limit(None).to_arrow())
-    now = table.search().select(list(PAIR)).with_row_id(True).limit(None).to_arrow()
+    old = _pairs(store.scanned(before.search().select(list(PAIR)).limit(None)))
+    now = store.scanned(table.search().select(list(PAIR)).with_row_id(True).limit(None))
     present = _pairs(now)
     written = now.filter(pc.invert(pc.is_in(present, value_set=old)))
     floors = lists["floor"].to_numpy().astype(np.float32)

@@ -66,7 +66,7 @@ def served_lag(db: lancedb.DBConnection, state: ServingState, now: datetime | No
     now = now or datetime.now(UTC)
     table = db.open_table(state.table)
     table.checkout(state.table_version)
-    served = table.search().select(["doc_id", "doc_checksum", "indexed_at"]).limit(None).to_arrow()
+    served = store.scanned(table.search().select(["doc_id", "doc_checksum", "indexed_at"]).limit(None))
     docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum", "updated_at"])
     served_states, states = (store.joined_key(t, "doc_id", "doc_checksum") for t in (served, docs))
     pending = docs.filter(pc.invert(pc.is_in(states, value_set=served_states, skip_nulls=True)))

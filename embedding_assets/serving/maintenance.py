@@ -54,7 +54,7 @@ class MaintenanceChangedRowsError(RuntimeError):
 def rows_digest(table: lancedb.table.Table, table_version: int) -> str:
     """A digest of the (chunk_id, chunk_hash) pairs of `table_version`, independent of row order."""
     table.checkout(table_version)
-    keys = table.search().select(list(ROW_IDENTITY)).limit(None).to_arrow()
+    keys = store.scanned(table.search().select(list(ROW_IDENTITY)).limit(None))
     keys = keys.sort_by([(c, "ascending") for c in ROW_IDENTITY])
     joined = store.joined_key(keys, *ROW_IDENTITY)  # one array: the digest ignores how a read was cut
     return hashlib.sha256("\x1e".join(joined.to_pylist()).encode()).hexdigest()
