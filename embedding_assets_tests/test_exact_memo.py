@@ -3,11 +3,14 @@ added, rewritten and deleted, the memo's answer is the one a pass over every vec
 only the rows written since; when the memo cannot answer (other queries, too many of its rows gone) a
 full pass does, and leaves a memo of its own."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from embedding_assets.index import ann, store, tables
+from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.quality import exact_memo
 from embedding_assets.quality.exact_memo import exact_top_k_memoized
 
@@ -49,26 +52,46 @@ def _both(db, queries):
     return found, how, expected
 
 
-def test_after_adds_rewrites_and_deletes_the_memo_answers_exactly(db, monkeypatch):
+@pytest.mark.parametrize("logged", [False, True], ids=["diffing-whole-tables", "from-the-change-log"])
+def test_after_adds_rewrites_and_deletes_the_memo_answers_exactly(db, monkeypatch, logged):
+    name = tables.index_table(VERSION)
+    log = ChangeLog(db, name)
+    if logged:  # the table's writes are logged (as the index stage's are): the memo reads only theirs
+        with log.write("rows", None):
+            pass
     queries = _queries(1)
     found, how, expected = _both(db, queries)
     assert how == "full pass" and found == expected
 
-    table = db.open_table(tables.index_table(VERSION))
-    table.add(_rows(range(2_000, 2_150), seed=2))  # new chunks, some of them near the queries
-    rewritten = _rows(range(100, 160), seed=3)  # same chunk ids, new text: new hash, new vector
-    table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rewritten)
-    best = {row for rows in found[:4] for row in rows[:2]}  # the best rows of some queries leave
-    table.delete(f"doc_id IN ({', '.join(store.sql_literal(d) for d in sorted(best))})")
+    def write(rows: pa.Table | None = None, deleted: set[str] = frozenset()) -> None:
+        docs = set(rows["doc_id"].to_pylist()) if rows is not None else set(deleted)
+        with log.write("rows", None) if logged else nullcontext() as written:
+            if logged:
+                written.touches(docs)
+            if rows is not None:
+                table.merge_insert(
+                    "chunk_id"
+                ).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            else:
+                table.delete(f"doc_id IN ({', '.join(store.sql_literal(d) for d in sorted(deleted))})")
 
-    scored = []
+    table = db.open_table(name)
+    write(_rows(range(2_000, 2_150), seed=2))  # new chunks, some of them near the queries
+    write(_rows(range(100, 160), seed=3))  # same chunk ids, new text: new hash, new vector
+    write(deleted={row for rows in found[:4] for row in rows[:2]})  # the best rows of some queries leave
+
+    scored, diffs = [], []
     original = ann.TopK.add
     monkeypatch.setattr(
         ann.TopK, "add", lambda self, m, ids, *a: scored.append(len(m)) or original(self, m, ids, *a)
     )
+    for diff in ("_whole_table_diff", "_logged_diff"):
+        real = getattr(exact_memo, diff)
+        monkeypatch.setattr(exact_memo, diff, lambda *a, real=real, diff=diff: diffs.append(diff) or real(*a))
     found, how, expected = _both(db, queries)
     assert how == "memo" and found == expected
     assert scored[0] == 150 + 60  # only the rows written since the memo's state were scored
+    assert diffs == ["_logged_diff" if logged else "_whole_table_diff"]
 
 
 def test_other_queries_or_a_memo_emptied_by_deletes_take_a_full_pass(db, monkeypatch):

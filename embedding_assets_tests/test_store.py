@@ -77,7 +77,7 @@ def test_the_index_stage_writes_the_same_rows_by_lookup_or_by_scan(built_project
     sync = sync_index(db, version)
     after = project.index_rows()
     assert sync.rows_upserted == after.num_rows == before.num_rows > 64
-    assert sync.rows_deleted == 0 and sync.documents == len(pc.unique(before["doc_id"]))
+    assert sync.rows_deleted == 0 and len(sync.docs_written) == len(pc.unique(before["doc_id"]))
     columns = ["chunk_id", "doc_id", "chunk_hash", "doc_checksum", "model_fingerprint", "vector"]
     assert after.select(columns).sort_by("chunk_id").equals(before.select(columns).sort_by("chunk_id"))
     assert reconcile(db, version).passed

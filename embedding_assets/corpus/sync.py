@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from embedding_assets.corpus.sources import Deleted, Document, Manifest, ManifestEntry, Quarantined, Source
 from embedding_assets.index import store, tables
+from embedding_assets.index.change_log import ChangeLog, LoggedWrite
 
 SYNC_WRITE_BATCH = 16_384  # documents upserted per commit while the source is read
 
@@ -44,7 +45,8 @@ def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
     A complete source lists everything it has, so what it no longer lists is deleted; an incremental
     (change-capture) source names its deletions, and whatever it does not mention is unchanged.
     Documents are written SYNC_WRITE_BATCH at a time as the source yields them, so memory holds one
-    batch of texts, not the corpus.
+    batch of texts, not the corpus. Every document written with new content, or deleted, is logged first
+    (`index.change_log`), so the stages after read only those.
     """
     known = read_manifest(db)
     sync = CorpusSync()
@@ -52,43 +54,55 @@ def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
     explicit_deletes: set[str] = set()
     table = store.open_table(db, tables.DOCUMENTS_TABLE, store.DOCUMENTS_SCHEMA)
     pending: list[Document] = []
-    for item in source.read(known):
-        if isinstance(item, Quarantined):
-            sync.quarantined.append(item)
-            continue
-        if item.doc_id in seen:
-            raise ValueError(f"source {source.uri} yields document id {item.doc_id!r} twice")
-        seen.add(item.doc_id)
-        if isinstance(item, Deleted):
-            explicit_deletes.add(item.doc_id)
-        if not isinstance(item, Document):
-            continue
-        before = known.get(item.doc_id)
-        if before is None:
-            sync.added.append(item.doc_id)
-        elif before.checksum != item.checksum:
-            sync.changed.append(item.doc_id)
-        # A document whose content is the same but whose mtime moved is rewritten too, so the next scan
-        # can skip it; its checksum (and so every downstream row) is unchanged.
-        if before is None or _entry(item) != before:
-            pending.append(item)
-        if len(pending) >= SYNC_WRITE_BATCH:
-            store.upsert(table, _document_rows(pending), "doc_id")
-            pending = []
-    store.upsert(table, _document_rows(pending), "doc_id")
-    sync.added.sort()
-    sync.changed.sort()
-    quarantined_ids = {q.doc_id for q in sync.quarantined if not q.forget}  # they keep their last version
-    forgotten = {q.doc_id for q in sync.quarantined if q.forget}
-    if source.complete:
-        sync.deleted = sorted(i for i in known if i not in seen and i not in quarantined_ids)
-    else:
-        sync.deleted = sorted(i for i in explicit_deletes | forgotten if i in known)
-    sync.documents = len(known) - len(sync.deleted) + len(sync.added)
-    store.delete_keys(table, "doc_id", sync.deleted)
+    with ChangeLog(db, tables.DOCUMENTS_TABLE).write(settings="", input_seq=None) as logged:
+        for item in source.read(known):
+            if isinstance(item, Quarantined):
+                sync.quarantined.append(item)
+                continue
+            if item.doc_id in seen:
+                raise ValueError(f"source {source.uri} yields document id {item.doc_id!r} twice")
+            seen.add(item.doc_id)
+            if isinstance(item, Deleted):
+                explicit_deletes.add(item.doc_id)
+            if not isinstance(item, Document):
+                continue
+            before = known.get(item.doc_id)
+            if before is None:
+                sync.added.append(item.doc_id)
+            elif before.checksum != item.checksum:
+                sync.changed.append(item.doc_id)
+            # A document whose content is the same but whose mtime moved is rewritten too, so the next
+            # scan can skip it; its checksum (and so every downstream row) is unchanged.
+            if before is None or _entry(item) != before:
+                pending.append(item)
+            if len(pending) >= SYNC_WRITE_BATCH:
+                _write_documents(table, pending, known, logged)
+                pending = []
+        sync.added.sort()
+        sync.changed.sort()
+        quarantined_ids = {q.doc_id for q in sync.quarantined if not q.forget}  # they keep their last version
+        forgotten = {q.doc_id for q in sync.quarantined if q.forget}
+        if source.complete:
+            sync.deleted = sorted(i for i in known if i not in seen and i not in quarantined_ids)
+        else:
+            sync.deleted = sorted(i for i in explicit_deletes | forgotten if i in known)
+        sync.documents = len(known) - len(sync.deleted) + len(sync.added)
+        logged.touches(sync.deleted)
+        _write_documents(table, pending, known, logged)
+        store.delete_keys(table, "doc_id", sync.deleted)
     sync.table_version = table.version
     _record_quarantine(db, sync.quarantined, incremental=not source.complete)
     return sync
+
+
+def _write_documents(
+    table: lancedb.table.Table, documents: list[Document], known: Manifest, logged: LoggedWrite
+) -> None:
+    """Upsert `documents`, logging first those whose content is new (not those whose mtime alone moved)."""
+    logged.touches(
+        d.doc_id for d in documents if d.doc_id not in known or known[d.doc_id].checksum != d.checksum
+    )
+    store.upsert(table, _document_rows(documents), "doc_id")
 
 
 def _entry(document: Document) -> ManifestEntry:

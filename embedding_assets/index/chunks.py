@@ -9,7 +9,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.index import staging, store, tables
+from embedding_assets.index import change_log, staging, store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.models.registry import ModelVersion
 
@@ -54,14 +54,16 @@ def chunked_as(existing: pa.Table, config_hash: str) -> set[tuple[str, str]]:
 
 
 def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunker) -> ChunkSync:
-    """Bring `chunks__<version>` in line with the documents table; writes before it deletes.
+    """Bring `chunks__<version>` in line with the documents table; writes before it deletes. When the
+    change logs can tell, only the documents changed since the last sync are compared (`change_log`).
 
     Documents that corpus shards already cut (`shard_vectors`) are taken from their staging tables, if
     staged from the same checksum and config; the rest are chunked here."""
     config_hash = version.pipeline_config_hash()
     name = tables.chunks_table(version.id)
-    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"])
-    existing = store.read_columns(db, name, ["chunk_id", *CHUNKED_AS])
+    scope = change_log.scope(db, tables.DOCUMENTS_TABLE, name, config_hash)
+    docs = change_log.read_scoped(db, tables.DOCUMENTS_TABLE, ["doc_id", "doc_checksum"], scope.docs)
+    existing = change_log.read_scoped(db, name, ["chunk_id", *CHUNKED_AS], scope.docs)
     current = existing.filter(pc.equal(existing["pipeline_config_hash"], config_hash))
     cut_from = store.joined_key(current, "doc_id", "doc_checksum")  # what the chunks were cut from
     stale_rows = docs.filter(
@@ -71,23 +73,27 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
     )
     stale = list(zip(stale_rows["doc_id"].to_pylist(), stale_rows["doc_checksum"].to_pylist(), strict=True))
     stale_docs = [d for d, _ in stale]
+    gone = pc.invert(pc.is_in(existing["doc_id"], value_set=store.flat(docs["doc_id"])))
 
     staged = staging.staged_chunks(db, version.id, set(stale), config_hash)
     from_shards = pa.array(sorted(set(staged["doc_id"].to_pylist())), pa.string())
     to_cut = store.absent(stale_rows["doc_id"], from_shards)
     table = store.open_table(db, name, store.CHUNKS_SCHEMA)
-    written = _ChunkWrites(table, existing["chunk_id"])
-    written.add(staged)
-    for rows in chunk_batches(db, to_cut, chunker, config_hash):
-        written.add(rows)
-    written.flush()
-    gone = pc.invert(pc.is_in(existing["doc_id"], value_set=store.flat(docs["doc_id"])))
-    replaced = pc.and_(
-        pc.is_in(existing["doc_id"], value_set=pa.array(stale_docs, pa.string())),
-        pc.invert(pc.is_in(existing["chunk_id"], value_set=written.chunk_ids())),
-    )
-    obsolete = existing.filter(pc.or_(gone, replaced))["chunk_id"].to_pylist()
-    deleted = store.delete_keys(table, "chunk_id", obsolete)
+    with change_log.ChangeLog(db, name).write(config_hash, scope.input_seq) as logged:
+        logged.touches(
+            pa.concat_arrays([store.flat(stale_rows["doc_id"]), store.flat(existing.filter(gone)["doc_id"])])
+        )
+        written = _ChunkWrites(table, existing["chunk_id"])
+        written.add(staged)
+        for rows in chunk_batches(db, to_cut, chunker, config_hash):
+            written.add(rows)
+        written.flush()
+        replaced = pc.and_(
+            pc.is_in(existing["doc_id"], value_set=pa.array(stale_docs, pa.string())),
+            pc.invert(pc.is_in(existing["chunk_id"], value_set=written.chunk_ids())),
+        )
+        obsolete = existing.filter(pc.or_(gone, replaced))["chunk_id"].to_pylist()
+        deleted = store.delete_keys(table, "chunk_id", obsolete)
     staging.drop_staged(db, version.id, staging.CHUNKS)  # folded in, or stale: written, so never needed
     return ChunkSync(
         documents_chunked=len(stale_docs),

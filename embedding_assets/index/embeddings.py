@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from embedding_assets.index import staging, store, tables
+from embedding_assets.index import change_log, staging, store, tables
 from embedding_assets.models.embedders import Embedder
 
 CACHE_WRITE_BATCH = 2048
@@ -47,22 +47,32 @@ def sync_embeddings(
 
     Vectors that corpus shards staged (`shard_vectors`) with the same model fingerprint are folded in
     instead of encoded. `progress` draws a terminal bar; `log` (a run's logger) gets a line at about
-    every tenth of the work.
+    every tenth of the work. When the change logs can tell, only the chunk hashes of documents whose chunks
+    changed since this version's last pass are compared with the cache (`reused` counts among those).
     """
     version = embedder.version
     name = tables.cache_table(version.encoder_key())
     chunk_table = tables.chunks_table(version.id)
-    hashes, unseen = unseen_hashes(db, chunk_table, [name])
+    settings = f"{version.id}/{embedder.fingerprint}"  # the cache is shared: its log tells versions apart
+    scope = change_log.scope(db, chunk_table, name, settings)
+    if scope.docs is None:
+        hashes, unseen = unseen_hashes(db, chunk_table, [name])
+    else:  # only the chunks of documents changed since this version's last pass can be new
+        hashes = change_log.read_scoped(db, chunk_table, ["chunk_hash"], scope.docs)["chunk_hash"]
+        unseen = store.absent(
+            hashes, store.rows_for_keys(db, name, "chunk_hash", hashes, ["chunk_hash"])["chunk_hash"]
+        )
     table = store.open_table(db, name, store.cache_schema(version.dimension))
-    folded = staging.fold_staged_vectors(db, version.id, table, unseen, embedder.fingerprint)
-    to_encode = store.absent(unseen, folded)
-    seconds = encode_into(
-        table, texts_of(db, chunk_table, to_encode), len(to_encode), embedder, progress=progress, log=log
-    )
+    with change_log.ChangeLog(db, name).write(settings, scope.input_seq):
+        folded = staging.fold_staged_vectors(db, version.id, table, unseen, embedder.fingerprint)
+        to_encode = store.absent(unseen, folded)
+        seconds = encode_into(
+            table, texts_of(db, chunk_table, to_encode), len(to_encode), embedder, progress=progress, log=log
+        )
     staging.drop_staged(db, version.id, staging.VECTORS)  # folded in: the cache holds them now
     unique = len(pc.unique(hashes))
     return EmbedSync(
-        chunks=len(hashes),
+        chunks=len(hashes) if scope.docs is None else db.open_table(chunk_table).count_rows(),
         encoded=len(to_encode),
         reused=unique - len(unseen),
         cached_total=table.count_rows(),

@@ -10,7 +10,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.index import store, tables
+from embedding_assets.index import change_log, store, tables
 from embedding_assets.models.registry import ModelVersion
 
 # Columns whose difference between chunks and index means the row must be rewritten.
@@ -26,7 +26,6 @@ class IndexSync:
     rows_upserted: int
     rows_deleted: int
     rows_total: int
-    documents: int
     table_version: int
     docs_written: list[str]
 
@@ -38,33 +37,41 @@ class MissingEmbeddingsError(RuntimeError):
 def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
     """Write rows for new or changed chunks, then delete rows of chunks that no longer exist.
 
-    The diff is a join of key columns in Arrow; text and vectors are read only for the rows written."""
+    The diff compares key columns in Arrow, of only the documents whose chunks changed since the last
+    sync when the change logs can tell (`change_log`); text and vectors are read only for the rows written."""
     fingerprint = version.pinned_fingerprint()
     config_hash = version.pipeline_config_hash()
     name = tables.index_table(version.id)
-    keys = store.read_columns(db, tables.chunks_table(version.id), ["chunk_id", "doc_id", *CHUNK_KEYS])
-    indexed = store.read_columns(db, name, ["chunk_id", *PROVENANCE_KEYS])
+    chunk_table = tables.chunks_table(version.id)
+    settings = f"{config_hash}/{fingerprint}"  # what every index row carries from its chunk and model
+    scope = change_log.scope(db, chunk_table, name, settings)
+    keys = change_log.read_scoped(db, chunk_table, ["chunk_id", "doc_id", *CHUNK_KEYS], scope.docs)
+    indexed = change_log.read_scoped(db, name, ["chunk_id", "doc_id", *PROVENANCE_KEYS], scope.docs)
     table = store.open_table(db, name, store.index_schema(version.dimension))
     duplicated = duplicate_keys(indexed, "chunk_id")
-    if len(duplicated):
-        # Duplicate keys cannot be told apart, so they are removed and rewritten; serving reads a pinned
-        # table version, so this window never reaches queries.
-        store.delete_keys(table, "chunk_id", duplicated.to_pylist())
-    wanted = pa.concat_arrays([_stale_chunk_ids(keys, indexed, config_hash, fingerprint), duplicated])
-    to_write = store.rows_for_keys(db, tables.chunks_table(version.id), "chunk_id", wanted, CHUNK_COLUMNS)
-    written = 0
-    ids = store.flat(indexed["chunk_id"])
-    present = ids.filter(pc.invert(pc.is_in(ids, value_set=duplicated)))  # keys the table still holds
-    for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
-        stats = store.append_or_upsert(table, rows, "chunk_id", present)
-        written += stats.inserted + stats.updated
+    stale = pa.concat_arrays([_stale_chunk_ids(keys, indexed, config_hash, fingerprint), duplicated])
+    to_write = store.rows_for_keys(db, chunk_table, "chunk_id", stale, CHUNK_COLUMNS)
     obsolete = store.absent(indexed["chunk_id"], keys["chunk_id"])
-    deleted = store.delete_keys(table, "chunk_id", obsolete.to_pylist())
+    leaving = indexed.filter(
+        pc.is_in(indexed["chunk_id"], value_set=pa.concat_arrays([obsolete, duplicated]))
+    )
+    written = 0
+    with change_log.ChangeLog(db, name).write(settings, scope.input_seq) as logged:
+        logged.touches(pa.concat_arrays([store.flat(to_write["doc_id"]), store.flat(leaving["doc_id"])]))
+        if len(duplicated):
+            # Duplicate keys cannot be told apart, so they are removed and rewritten; serving reads a
+            # pinned table version, so this window never reaches queries.
+            store.delete_keys(table, "chunk_id", duplicated.to_pylist())
+        ids = store.flat(indexed["chunk_id"])
+        present = ids.filter(pc.invert(pc.is_in(ids, value_set=duplicated)))  # keys the table still holds
+        for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
+            stats = store.append_or_upsert(table, rows, "chunk_id", present)
+            written += stats.inserted + stats.updated
+        deleted = store.delete_keys(table, "chunk_id", obsolete.to_pylist())
     return IndexSync(
         rows_upserted=written,
         rows_deleted=deleted,
         rows_total=table.count_rows(),
-        documents=len(pc.unique(keys["doc_id"])),
         table_version=table.version,
         docs_written=sorted(pc.unique(to_write["doc_id"]).to_pylist()),
     )

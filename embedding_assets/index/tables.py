@@ -9,6 +9,7 @@ INDEX_TABLE_PREFIX = "index__"
 CACHE_TABLE_PREFIX = "embedding_cache__"
 SENTINELS_TABLE_PREFIX = "sentinels__"
 EXACT_MEMO_TABLE_PREFIX = "exact_memo__"  # each version's exact top-k lists from its last evaluation
+CHANGE_LOG_TABLE_PREFIX = "changes__"  # which documents each write to a table touched (change_log)
 STAGING_TABLE_PREFIX = "staging__"  # what one corpus shard staged for its version's stages to fold in
 
 
@@ -39,3 +40,7 @@ def staging_prefix(version: str, kind: str) -> str:
 
 def staging_table(version: str, kind: str, shard_key: str) -> str:
     return f"{staging_prefix(version, kind)}{shard_key}"
+
+
+def change_log_table(logged_table: str) -> str:
+    return f"{CHANGE_LOG_TABLE_PREFIX}{logged_table}"

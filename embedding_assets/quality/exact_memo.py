@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedding_assets.index import ann, store, tables
+from embedding_assets.index import ann, change_log, store, tables
+from embedding_assets.index.change_log import ChangeLog
 
 MEMO_DEPTH_FACTOR = 2  # a memo keeps twice the depth asked, so the rows that leave later leave enough
 MEMO_KEPT = timedelta(minutes=10)  # replaced memos are deleted once older than this
@@ -101,16 +102,19 @@ def _update(
         return None
     if str(store.version_committed_at(before, then.table_version)) != then.committed_at:
         return None  # the table was recreated: its version numbers started again
-    old = _pairs(store.scanned(before.search().select(list(PAIR)).limit(None)))
-    now = store.scanned(table.search().select(list(PAIR)).with_row_id(True).limit(None))
-    present = _pairs(now)
-    written = now.filter(pc.invert(pc.is_in(present, value_set=old)))
+    columns = [*PAIR, state.id_column, ann.VECTOR_COLUMN]
+    then_state, now_state = (f"{s.table_version}@{s.committed_at}" for s in (then, state))
+    changed = ChangeLog(db, table.name).changed_after(then_state, now_state)
+    if changed is None:
+        is_kept, written = _whole_table_diff(before, table, columns)
+    else:
+        is_kept, written = _logged_diff(before, table, changed, columns)
     floors = lists["floor"].to_numpy().astype(np.float32)
     keys = store.flat(lists["keys"])
     pairs = pc.list_element(
         pc.split_pattern(keys.flatten(), store.KEY_SEPARATOR, max_splits=1, reverse=True), 0
     )
-    kept = pc.is_in(pairs, value_set=present).to_numpy(zero_copy_only=False)
+    kept = is_kept(pairs).to_numpy(zero_copy_only=False)
     every_key = np.asarray(keys.flatten().to_numpy(zero_copy_only=False), object)
     every_score = np.asarray(store.flat(lists["scores"]).flatten().to_numpy(), np.float32)
     offsets = keys.offsets.to_numpy()
@@ -118,14 +122,47 @@ def _update(
         part = slice(offsets[query], offsets[query + 1])
         top.seed(query, every_key[part][kept[part]], every_score[part][kept[part]])
     if written.num_rows:
-        rows = (
-            table.take_row_ids(written["_rowid"].to_pylist())
-            .select([*PAIR, state.id_column, ann.VECTOR_COLUMN])
-            .to_arrow()
-        )
-        rows, matrix = ann.vectors_of(rows)
+        rows, matrix = ann.vectors_of(written)
         top.add(matrix, _keys(rows, state.id_column), floors)
     return np.maximum(floors, top.floors())
+
+
+PairTest = Callable[[pa.Array], pa.Array]  # which of some (chunk_id, chunk_hash) pairs a table still holds
+
+
+def _whole_table_diff(
+    before: lancedb.table.Table, table: lancedb.table.Table, columns: list[str]
+) -> tuple[PairTest, pa.Table]:
+    """Which pairs `table` still holds, and its rows (`columns`) written since `before`: the pairs of
+    both table versions compared whole."""
+    old = _pairs(store.scanned(before.search().select(list(PAIR)).limit(None)))
+    now = store.scanned(table.search().select(list(PAIR)).with_row_id(True).limit(None))
+    present = _pairs(now)
+    new = now.filter(pc.invert(pc.is_in(present, value_set=old)))["_rowid"].to_pylist()
+    written = table.take_row_ids(new).select(columns).to_arrow() if new else _no_rows(table, columns)
+    return (lambda pairs: pc.is_in(pairs, value_set=present)), written
+
+
+def _logged_diff(
+    before: lancedb.table.Table, table: lancedb.table.Table, changed: pa.Array, columns: list[str]
+) -> tuple[PairTest, pa.Table]:
+    """`_whole_table_diff` from only the rows of the documents that the table's change log says were
+    written since `before`: every other row is as it was."""
+    old = _pairs(_rows_of(before, changed, list(PAIR)))
+    now = _rows_of(table, changed, columns)
+    present = _pairs(now)
+    left = old.filter(pc.invert(pc.is_in(old, value_set=present)))
+    written = now.filter(pc.invert(pc.is_in(present, value_set=old)))
+    return (lambda pairs: pc.invert(pc.is_in(pairs, value_set=left))), written
+
+
+def _rows_of(table: lancedb.table.Table, docs: pa.Array, columns: list[str]) -> pa.Table:
+    parts = list(store.table_batches_for_keys(table, change_log.DOC_KEY, docs, columns))
+    return pa.concat_tables(parts) if parts else _no_rows(table, columns)
+
+
+def _no_rows(table: lancedb.table.Table, columns: list[str]) -> pa.Table:
+    return pa.schema([table.schema.field(c) for c in columns]).empty_table()
 
 
 def _load(db: lancedb.DBConnection, version_id: str) -> tuple[MemoState, pa.Table] | None:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import lancedb
 
 from embedding_assets.index import ann, store, tables
+from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.serving.pointer import ServingPointer
 from embedding_assets.serving.promotion import release_unreachable_tags, serving_state
@@ -71,7 +72,8 @@ def maintain(
     table = db.open_table(name)
     before = table.version
     unindexed = ann.unindexed_rows(table)
-    state = ann.ensure_vector_index(table, fold_share=0.0)
+    with ChangeLog(db, name).same_rows():
+        state = ann.ensure_vector_index(table, fold_share=0.0)
     after = table.version
     done = dict(
         version=version.id,

@@ -10,6 +10,7 @@ from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource
 from embedding_assets.index import ann, store, tables
+from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.index.rows import sync_index
 from embedding_assets.quality.freshness import indexing_lag
 from embedding_assets.quality.gates.data_quality import preload_expectations
@@ -36,7 +37,8 @@ def index(
     corpus_state = store.table_state(db, tables.DOCUMENTS_TABLE)
     sync = sync_index(db, version)
     table = db.open_table(tables.index_table(version.id))
-    vector_index = ann.ensure_vector_index(table)
+    with ChangeLog(db, table.name).same_rows():
+        vector_index = ann.ensure_vector_index(table)
     if vector_index.action in ("created", "optimized"):
         context.log.info(
             f"vector index {vector_index.index} {vector_index.action} on {vector_index.rows} rows in "
@@ -54,7 +56,6 @@ def index(
             md.PIPELINE_CONFIG_HASH: version.pipeline_config_hash(),
             "table": tables.index_table(version.id),
             "rows": sync.rows_total,
-            "documents": sync.documents,
             md.ROWS_UPSERTED: sync.rows_upserted,
             md.ROWS_DELETED: sync.rows_deleted,
             md.SECONDS: round(time.perf_counter() - started, 2),
