@@ -16,7 +16,7 @@ from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import sync_chunks
 from embedding_assets.index.embeddings import sync_embeddings
 from embedding_assets.index.rows import sync_index
-from embedding_assets.quality.gates.counts import reconcile
+from embedding_assets.quality.gates.counts import reconcile, table_states
 
 TOPICS = ["lighthouse", "glacier", "orchard", "foundry", "estuary", "observatory", "monastery", "quarry"]
 
@@ -141,3 +141,42 @@ def test_a_write_that_changes_no_row_keeps_the_log_usable(stages):
     assert log.head() is not None
     stages.db.open_table(name).create_index("chunk_id", config=BTree(), replace=True)  # unlogged
     assert log.head() is None
+
+
+def test_reconciliation_compares_only_logged_documents_and_still_finds_their_damage(stages):
+    db, version = stages.db, stages.version
+    passed_at = table_states(db, version)
+    _write(stages.root, "notes/observatory", "observatory dome at night")
+    stages.run()
+    since = reconcile(db, version, passed_at)
+    assert since.passed and since.from_change_logs and since.documents_compared == 1
+    assert (since.chunks, since.rows) == (reconcile(db, version).chunks, reconcile(db, version).rows)
+
+    passed_at = table_states(db, version)
+    index = db.open_table(tables.index_table(version.id))
+    log = ChangeLog(db, index.name)
+    head = log.head()
+    with log.write(head.settings, head.input_seq) as logged:  # a logged write that loses a row
+        logged.touches(["notes/glacier.md"])
+        index.delete("chunk_id = 'notes/glacier.md#0'")
+    damaged = reconcile(db, version, passed_at)
+    assert damaged.from_change_logs and damaged.problems["missing_rows"] == ["notes/glacier.md#0"]
+
+    passed_at = table_states(db, version)
+    index.delete("chunk_id = 'notes/estuary.md#0'")  # unlogged: every document is compared
+    unlogged = reconcile(db, version, passed_at)
+    assert not unlogged.from_change_logs and unlogged.documents_compared == len(TOPICS)
+    assert set(unlogged.problems["missing_rows"]) == {"notes/glacier.md#0", "notes/estuary.md#0"}
+
+
+def test_a_log_that_names_the_wrong_document_is_caught_by_the_totals(stages):
+    db, version = stages.db, stages.version
+    passed_at = table_states(db, version)
+    index = db.open_table(tables.index_table(version.id))
+    log = ChangeLog(db, index.name)
+    head = log.head()
+    with log.write(head.settings, head.input_seq) as logged:
+        logged.touches(["notes/glacier.md"])
+        index.delete("chunk_id = 'notes/quarry.md#0'")  # not the document it logged
+    wrong = reconcile(db, version, passed_at)
+    assert not wrong.from_change_logs and wrong.problems["missing_rows"] == ["notes/quarry.md#0"]

@@ -32,8 +32,10 @@ def indexing_lag(db: lancedb.DBConnection, doc_ids: list[str], indexed_at: datet
     """Source change to indexed, per document written in this run: indexed_at - the document's updated_at."""
     if not doc_ids:
         return distribution([])
-    docs = store.read_columns(db, tables.DOCUMENTS_TABLE, ["doc_id", "updated_at"])
-    written = docs.filter(pc.is_in(docs["doc_id"], value_set=pa.array(doc_ids, pa.string())))
+    columns = ["doc_id", "updated_at"]
+    written = store.rows_for_keys(
+        db, tables.DOCUMENTS_TABLE, "doc_id", pa.array(doc_ids, pa.string()), columns
+    )
     return distribution(seconds_before(indexed_at, written["updated_at"]))
 
 

@@ -216,7 +216,7 @@ def _data_quality(inputs: GateInputs) -> GateOutcome:
 count_reconciliation = gate_check(
     COUNT_RECONCILIATION,
     "Manifest vs chunks vs index rows: no orphan, stale, missing or duplicate rows; one model space.",
-    lambda g: count_gate(g.db, g.version),
+    lambda g: count_gate(g.db, g.version, g.previous),
 )
 sentinel_drift_check = gate_check(
     SENTINEL_DRIFT,
