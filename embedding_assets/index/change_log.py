@@ -117,10 +117,9 @@ class ChangeLog:
         unchanged = head is not None and head.table_state == store.table_state(self.db, self.table_name)
         if unchanged and not logged.touched and (settings, input_seq) == (head.settings, head.input_seq):
             return  # nothing written and nothing new read: the last commit still says it all
-        seq = logged.seq
-        self._append(table, [self._row(seq, None, settings, input_seq, head is not None)])
-        if seq % PRUNE_EVERY == 0:
-            table.delete(f"seq <= {seq - KEPT_SEQUENCES}")
+        self._commit(table, logged.seq, settings, input_seq, head is not None)
+        if logged.seq % PRUNE_EVERY == 0:
+            table.delete(f"seq <= {logged.seq - KEPT_SEQUENCES}")
             table.optimize()
 
     @contextmanager
@@ -131,28 +130,23 @@ class ChangeLog:
         yield
         if head is not None and store.table_state(self.db, self.table_name) != head.table_state:
             table = store.open_table(self.db, self.name, LOG_SCHEMA)
-            seq = self._next_seq(table)
-            self._append(table, [self._row(seq, None, head.settings, head.input_seq, True)])
+            self._commit(table, self._next_seq(table), head.settings, head.input_seq, True)
 
     def _next_seq(self, table: lancedb.table.Table) -> int:
         seqs = store.scanned(table.search().select(["seq"]).limit(None))["seq"]
         return int(pc.max(seqs).as_py() or 0) + 1
 
-    def _row(self, seq: int, doc_id: str | None, settings: str, input_seq: int | None, continuous: bool):
-        state = store.table_state(self.db, self.table_name) if doc_id is None else None
-        return {
-            "seq": seq,
-            "doc_id": doc_id,
-            "table_state": state,
-            "settings": settings if doc_id is None else None,
-            "input_seq": input_seq if doc_id is None else None,
-            "continuous": continuous if doc_id is None else None,
-            "logged_at": datetime.now(UTC),
-        }
-
-    @staticmethod
-    def _append(table: lancedb.table.Table, rows: list[dict]) -> None:
-        table.add(pa.Table.from_pylist(rows, schema=LOG_SCHEMA))
+    def _commit(
+        self, table: lancedb.table.Table, seq: int, settings: str, input_seq: int | None, continuous: bool
+    ) -> None:
+        """Append the commit row of write `seq`, naming the logged table's state now."""
+        state = store.table_state(self.db, self.table_name)
+        row = {"seq": seq, "table_state": state, "settings": settings, "input_seq": input_seq}
+        table.add(
+            pa.Table.from_pylist(
+                [{**row, "continuous": continuous, "logged_at": datetime.now(UTC)}], LOG_SCHEMA
+            )
+        )
 
 
 @dataclass
