@@ -35,6 +35,8 @@ def test_rows_for_keys_finds_exactly_the_keys_asked(keyed, monkeypatch, limit):
     found = store.rows_for_keys(db, "keyed", "key", wanted, ["key", "value"])
     assert sorted(found["value"].to_pylist()) == list(range(0, KEYS, 7))  # quotes escaped, none twice
     assert found.schema.field("value").type == pa.int64()
+    values = store.rows_for_keys(db, "keyed", "key", wanted, ["value"])  # the key column not asked for
+    assert values.column_names == ["value"] and sorted(values["value"].to_pylist()) == list(range(0, KEYS, 7))
     empty = store.rows_for_keys(db, "keyed", "key", pa.array([], pa.string()), ["key", "value"])
     assert empty.num_rows == 0 and empty.schema.names == ["key", "value"]
     missing = store.rows_for_keys(db, "no_such_table", "key", wanted, ["key"])

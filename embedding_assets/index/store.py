@@ -219,10 +219,11 @@ def table_batches_for_keys(
             yield table.take_row_ids(row_ids[start : start + batch_rows]).select(columns).to_arrow()
         return
     value_set = flat(wanted)
-    for batch in table.search().select(columns).limit(None).to_batches(batch_rows):
+    read = columns if key in columns else [*columns, key]  # the key is read to filter on, even if not asked
+    for batch in table.search().select(read).limit(None).to_batches(batch_rows):
         found = pa.Table.from_batches([batch]).filter(pc.is_in(batch[key], value_set=value_set))
         if found.num_rows:
-            yield found
+            yield found.select(columns)
 
 
 def scalar_indexed(table: lancedb.table.Table, column: str) -> bool:
