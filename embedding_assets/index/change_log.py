@@ -78,19 +78,22 @@ class ChangeLog:
         rows = rows.sort_by("seq")
         return [Commit(**row) for row in rows.to_pylist()]
 
-    def head(self) -> Commit | None:
-        """The last commit, if it names the table's current state: every write since it is logged."""
-        commits = self.commits()
+    def head(self, commits: list[Commit] | None = None) -> Commit | None:
+        """The last commit (of `commits`, read if not given), if it names the table's current state: every
+        write since it is logged."""
+        commits = self.commits() if commits is None else commits
         if commits and commits[-1].table_state == store.table_state(self.db, self.table_name):
             return commits[-1]
         return None
 
-    def changed_since(self, seq: int | None, head: Commit) -> pa.Array | None:
+    def changed_since(
+        self, seq: int | None, head: Commit, commits: list[Commit] | None = None
+    ) -> pa.Array | None:
         """The distinct documents written after commit `seq` up to `head` (None if the log cannot tell:
         no such commit kept, or a commit since then started from an unlogged state)."""
         if seq is None:
             return None
-        commits = self.commits()
+        commits = self.commits() if commits is None else commits
         if not any(c.seq == seq for c in commits):
             return None
         if not all(c.continuous for c in commits if seq < c.seq <= head.seq):
@@ -101,11 +104,12 @@ class ChangeLog:
     def changed_after(self, then: str, now: str) -> pa.Array | None:
         """The documents written between the table states `then` and `now` (as `store.table_state`
         names them), if the log holds a commit of each and `now` is the table's current state."""
-        head = self.head()
+        commits = self.commits()
+        head = self.head(commits)
         if head is None or head.table_state != now:
             return None
-        commit = next((c for c in reversed(self.commits()) if c.table_state == then), None)
-        return self.changed_since(commit.seq, head) if commit else None
+        commit = next((c for c in reversed(commits) if c.table_state == then), None)
+        return self.changed_since(commit.seq, head, commits) if commit else None
 
     @contextmanager
     def write(self, settings: str, input_seq: int | None) -> Iterator[LoggedWrite]:
@@ -183,12 +187,13 @@ def scope(db: lancedb.DBConnection, input_table: str, output_table: str, setting
     """What a stage that reads `input_table` into `output_table` (its rows made with `settings`) must
     read now: only the documents whose input rows changed since it last wrote, when both logs can tell."""
     source = ChangeLog(db, input_table)
-    source_head = source.head()
+    source_commits = source.commits()
+    source_head = source.head(source_commits)
     own_head = ChangeLog(db, output_table).head()
     input_seq = source_head.seq if source_head else None
     if source_head is None or own_head is None or own_head.settings != settings:
         return Scope(None, input_seq)
-    return Scope(source.changed_since(own_head.input_seq, source_head), input_seq)
+    return Scope(source.changed_since(own_head.input_seq, source_head, source_commits), input_seq)
 
 
 def read_scoped(db: lancedb.DBConnection, name: str, columns: list[str], docs: pa.Array | None) -> pa.Table:
