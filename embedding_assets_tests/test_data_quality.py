@@ -332,7 +332,11 @@ def test_the_validated_frames_are_not_kept_after_the_report() -> None:
     vector_frame = dq.vector_frame(pa.table({"chunk_id": pa.array(rows["chunk_id"]), "vector": vectors}))
     alive = [weakref.ref(chunk_frame), weakref.ref(vector_frame)]
     report = dq.validate_frames(
-        chunk_frame, vector_frame, dimension=DIM, max_tokens=MAX_TOKENS, normalize=True
+        chunk_frame,
+        vector_frame,
+        dimension=DIM,
+        max_content_tokens=MAX_TOKENS - SPECIAL_TOKENS,
+        normalize=True,
     )
     del chunk_frame, vector_frame
     gc.collect()

@@ -4,22 +4,20 @@ great-expectations takes seconds to import (7 to 21 s on 2 cores: scipy.stats, a
 thread importing it beside a run's stages held the interpreter lock and slowed them as much as it saved,
 so the gate validates in a worker process of its own (`validator`): a run about to be judged starts it
 (`preload_expectations`), it imports the library on the other core while the stages work, and the gate
-sends it only the reduced frames. An ephemeral context costs milliseconds, so each validation builds its
-own, with analytics off.
+sends it only the reduced frames. What that process runs is in `expectations`, which does not import
+LanceDB. An ephemeral context costs milliseconds, so each validation builds its own, with analytics off.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.util
-import os
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lancedb
 import numpy as np
@@ -30,95 +28,29 @@ import pyarrow.compute as pc
 from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
 from embedding_assets.index.chunking import SPECIAL_TOKENS
-from embedding_assets.memory import peak_resident_gib
-from embedding_assets.metadata import EXAMPLES
 from embedding_assets.models.registry import ModelVersion
-from embedding_assets.quality.gates.outcome import Markdown, markdown_table
+from embedding_assets.quality.gates.expectations import (
+    CHUNKS_SUITE,
+    ID,
+    MARK,
+    SETTINGS,
+    SUITES,
+    VECTORS_SUITE,
+    DataQualityReport,
+    ExpectationOutcome,
+    load_expectations,
+    validate_frames,
+    validate_in_worker,
+)
 
-if TYPE_CHECKING:
-    from types import ModuleType
+__all__ = ["DataQualityReport", "ExpectationOutcome", "check_version_data_quality", "validate_data_quality"]
 
-CHUNKS_SUITE = "chunks"
-VECTORS_SUITE = "vectors"
-SUITES = (CHUNKS_SUITE, VECTORS_SUITE)
 ADDRESS = "_rowaddr"  # a Lance row's address: its fragment id << FRAGMENT_SHIFT | its offset there
 FRAGMENT_SHIFT = 32
-MARK = "validated_through"  # metadata: `chunks_validated_through`, `vectors_validated_through`
-SETTINGS = "settings"
-ID = "chunk_id"
-TABLE = ""  # the `column` of a table-level expectation
 BLOCK_ROWS = 16_384  # vectors are reduced this many rows at a time, bounding float64 scratch memory
-RESULT_FORMAT = {
-    "result_format": "SUMMARY",
-    "partial_unexpected_count": EXAMPLES,
-    "unexpected_index_column_names": [ID],
-}
-OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
-NOT_THRESHOLDS = {"batch_id", "column"}
 # multiprocessing's exit runs finalizers of priority >= 0, highest first, before it joins children; its
 # queues stop their feeder threads at priority 10, and the worker's stop message travels through one.
 EXIT_PRIORITY = 20
-
-
-@dataclass(frozen=True)
-class ExpectationOutcome:
-    """One expectation's verdict.
-
-    `observed` holds GX's counts; its `partial_unexpected_list` names the offending chunk ids (first
-    five, distinct) and `partial_unexpected_values` the offending values. `kwargs` are the thresholds.
-    """
-
-    suite: str
-    expectation: str
-    column: str
-    success: bool
-    observed: dict
-    kwargs: dict
-
-
-@dataclass(frozen=True)
-class DataQualityReport:
-    """Every expectation of both suites, with the table sizes and the time the validation took."""
-
-    outcomes: list[ExpectationOutcome]
-    chunks: int
-    rows: int
-    seconds: float
-    validator_peak_rss_gib: float | None = None  # the worker process's own peak, when one validated
-    marks: dict[str, TableMark | None] = field(default_factory=dict)  # how far each table was read
-    since: dict[str, TableMark | None] = field(default_factory=dict)  # read past these (None: all rows)
-    settings: dict = field(default_factory=dict)  # what the vectors and chunks were held to
-
-    def to_metadata(self) -> dict:
-        """The marks, the scope of each table's read and the settings, for the next validation."""
-        metadata: dict = {SETTINGS: self.settings}
-        for suite in SUITES:
-            mark, since = self.marks.get(suite), self.since.get(suite)
-            metadata[f"{suite}_{MARK}"] = mark.to_metadata() if mark else {}
-            metadata[f"{suite}_read"] = (
-                "every row" if since is None else f"rows written since table version {since.version}"
-            )
-        return metadata
-
-    @property
-    def passed(self) -> bool:
-        return all(o.success for o in self.outcomes)
-
-    def failures(self) -> list[ExpectationOutcome]:
-        return [o for o in self.outcomes if not o.success]
-
-    def table(self) -> Markdown:
-        rows = []
-        for o in self.outcomes:
-            unexpected = o.observed.get("unexpected_count", o.observed.get("observed_value", ""))
-            if o.observed.get("partial_unexpected_list"):
-                unexpected = f"{unexpected} e.g. {o.observed['partial_unexpected_list']}"
-            if "exception" in o.observed:
-                unexpected = f"error: {o.observed['exception']}"
-            thresholds = ", ".join(f"{k}={v}" for k, v in o.kwargs.items())
-            passed = "yes" if o.success else "**no**"
-            rows.append([o.suite, o.expectation, o.column or "(table)", passed, unexpected, thresholds])
-        return markdown_table(["suite", "expectation", "column", "passed", "unexpected", "thresholds"], rows)
 
 
 @dataclass(frozen=True)
@@ -185,12 +117,17 @@ def check_version_data_quality(
     since = {CHUNKS_SUITE: chunks.since, VECTORS_SUITE: rows.since}
     if chunks.frame is None and rows.frame is None:  # nothing written since a validation that passed
         return DataQualityReport([], 0, 0, 0.0, marks=new_marks, since=since, settings=settings)
+    limits = {
+        "dimension": version.dimension,
+        "max_content_tokens": version.max_tokens - SPECIAL_TOKENS,
+        "normalize": version.normalize,
+    }
     try:
-        report, peak = validator().submit(_validate_in_worker, chunks.frame, rows.frame, **settings).result()
+        report, peak = validator().submit(validate_in_worker, chunks.frame, rows.frame, **limits).result()
     except BrokenProcessPool:  # the worker died (killed, out of memory): a new one validates once more
         validator.cache_clear()
         preload_expectations.cache_clear()
-        report, peak = validator().submit(_validate_in_worker, chunks.frame, rows.frame, **settings).result()
+        report, peak = validator().submit(validate_in_worker, chunks.frame, rows.frame, **limits).result()
     return replace(
         report,
         seconds=time.perf_counter() - started,
@@ -263,47 +200,10 @@ def validate_data_quality(
         chunk_frame(chunks),
         vector_frame(rows),
         dimension=dimension,
-        max_tokens=max_tokens,
+        max_content_tokens=max_tokens - SPECIAL_TOKENS,
         normalize=normalize,
         norm_tolerance=norm_tolerance,
     )
-
-
-def validate_frames(
-    chunks: pd.DataFrame | None,
-    rows: pd.DataFrame | None,
-    *,
-    dimension: int,
-    max_tokens: int,
-    normalize: bool,
-    norm_tolerance: float = 1e-3,
-) -> DataQualityReport:
-    """`validate_data_quality` on frames already reduced by `chunk_frame` and `vector_frame`; a suite
-    whose frame is None (nothing of its table to validate) is left out."""
-    started = time.perf_counter()
-    gx = _gx()
-    context = _context(gx)
-    datasource = context.data_sources.add_pandas("data_quality")
-    outcomes: list[ExpectationOutcome] = []
-    for name, frame, expectations in (
-        (CHUNKS_SUITE, chunks, _chunk_expectations(gx, max_tokens - SPECIAL_TOKENS)),
-        (VECTORS_SUITE, rows, _vector_expectations(gx, dimension, normalize, norm_tolerance)),
-    ):
-        if frame is None:
-            continue
-        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        batch = (
-            datasource.add_dataframe_asset(name)
-            .add_batch_definition_whole_dataframe(name)
-            .get_batch(batch_parameters={"dataframe": frame})
-        )
-        result = batch.validate(suite, result_format=RESULT_FORMAT)
-        order = {e.id: i for i, e in enumerate(suite.expectations)}
-        for r in sorted(result.results, key=lambda r: order.get(r.expectation_config.id, len(order))):
-            outcomes.append(_outcome(name, r))
-    context.data_sources.delete(datasource.name)  # GX keeps its last context, and so the frames, alive
-    sizes = [0 if frame is None else len(frame) for frame in (chunks, rows)]
-    return DataQualityReport(outcomes, *sizes, time.perf_counter() - started)
 
 
 def owned(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -376,91 +276,12 @@ def _empty_stats() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.float64)
 
 
-def _chunk_expectations(gx: ModuleType, max_content_tokens: int) -> list[Any]:
-    e = gx.expectations
-    return [
-        *_key_expectations(gx),
-        e.ExpectColumnValuesToBeInSet(column="text_present", value_set=[True]),
-        e.ExpectColumnValuesToBeBetween(column="text_stripped_length", min_value=1),
-        e.ExpectColumnValuesToNotBeNull(column="token_count"),
-        e.ExpectColumnValuesToBeBetween(column="token_count", min_value=1, max_value=max_content_tokens),
-    ]
-
-
-def _vector_expectations(gx: ModuleType, dimension: int, normalize: bool, tolerance: float) -> list[Any]:
-    e = gx.expectations
-    norm = (
-        e.ExpectColumnValuesToBeBetween(
-            column="vector_norm", min_value=1 - tolerance, max_value=1 + tolerance
-        )
-        if normalize
-        else e.ExpectColumnValuesToBeBetween(column="vector_norm", min_value=0, strict_min=True)
-    )
-    return [
-        *_key_expectations(gx),
-        e.ExpectColumnValuesToBeBetween(column="vector_dimension", min_value=dimension, max_value=dimension),
-        e.ExpectColumnValuesToBeInSet(column="vector_finite", value_set=[True]),
-        norm,
-    ]
-
-
-def _key_expectations(gx: ModuleType) -> list[Any]:
-    e = gx.expectations
-    return [
-        e.ExpectTableRowCountToBeBetween(min_value=1),
-        e.ExpectColumnValuesToNotBeNull(column=ID),
-        e.ExpectColumnValuesToBeUnique(column=ID),
-    ]
-
-
-def _outcome(suite: str, result: Any) -> ExpectationOutcome:
-    config = result.expectation_config
-    found = result.result or {}
-    observed = {k: _json_safe(found[k]) for k in OBSERVED_KEYS if k in found}
-    if "partial_unexpected_list" in found:
-        index = found.get("partial_unexpected_index_list") or []
-        ids = [_json_safe(i.get(ID) if isinstance(i, dict) else i) for i in index]
-        observed["partial_unexpected_list"] = list(dict.fromkeys(ids))[:EXAMPLES]
-        observed["partial_unexpected_values"] = _json_safe(found["partial_unexpected_list"][:EXAMPLES])
-    error = _exception_message(result.exception_info)
-    if error:
-        observed["exception"] = error
-    kwargs = {k: _json_safe(v) for k, v in config.kwargs.items() if k not in NOT_THRESHOLDS and v is not None}
-    column = config.kwargs.get("column") or TABLE
-    return ExpectationOutcome(suite, config.type, column, bool(result.success), observed, kwargs)
-
-
-def _exception_message(info: dict | None) -> str | None:
-    """GX reports one exception per result, or one per metric keyed by metric id."""
-    if not info:
-        return None
-    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
-    messages = [str(i.get("exception_message")) for i in infos if i.get("raised_exception")]
-    return "; ".join(messages) or None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return None if value is pd.NA or value is pd.NaT else str(value)
-
-
 @cache
 def validator() -> ProcessPoolExecutor:
     """The process that runs `validate_frames` for this one (started once, on first use): it imports
     great_expectations as it starts, so the import runs beside this process's work, not inside it."""
     executor = ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=_load_expectations
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=load_expectations
     )
     # Shut the worker down before exit joins child processes. A process that multiprocessing started
     # (a run launched by a code server, a step of the multiprocess executor) joins its children before
@@ -476,34 +297,4 @@ def _shutdown(executor: ProcessPoolExecutor) -> None:
 @cache
 def preload_expectations() -> None:
     """Start the validator now (once per process): the gate then finds great_expectations imported."""
-    validator().submit(_load_expectations)
-
-
-def _load_expectations() -> None:
-    _gx()
-
-
-def _validate_in_worker(chunks: pd.DataFrame, rows: pd.DataFrame, **settings) -> tuple:
-    """`validate_frames` in the validator process, with that process's own peak resident memory in GiB."""
-    report = validate_frames(chunks, rows, **settings)
-    peak = peak_resident_gib()
-    return report, peak if peak is not None else round(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-    )
-
-
-def _gx() -> ModuleType:
-    """great_expectations, imported on first use with analytics off unless the environment says otherwise."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
-
-    return gx
-
-
-def _context(gx: ModuleType) -> Any:
-    """A fresh in-memory context without progress bars."""
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    return context
+    validator().submit(load_expectations)
