@@ -1,6 +1,7 @@
 """The ANN index on real LanceDB: created once a table is large enough, exact below that, rows written
-after training still found (searched exactly beside the index), folded in by optimize() past a share of
-the table, and recall measured against exact search (seeded unit vectors, no model)."""
+after training still found (searched exactly beside the index), folded in past a share of the table,
+trained again when its partitions no longer fit, and recall measured against exact search (seeded unit
+vectors, no model)."""
 
 import numpy as np
 import pyarrow as pa
@@ -74,20 +75,46 @@ def test_the_index_is_created_tuned_and_kept_current(table):
     assert table.count_rows() == ROWS
 
 
-def test_an_index_with_too_many_segments_is_trained_again(table, monkeypatch):
+def _rewrite(table, ids: list[int], seed: int) -> None:
+    """New vectors for existing rows, as a refresh writes them (merge on the key)."""
+    vectors = _rows(0, len(ids), seed)["vector"]
+    rows = pa.table({"chunk_id": [f"c{i}" for i in ids], "vector": vectors})
+    table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+
+def test_folding_in_keeps_the_partitions_merges_segments_and_leaves_large_fragments_alone(table, monkeypatch):
+    """Each fold-in indexes the new rows against the trained partitions; past MAX_INDEX_SEGMENTS the
+    segments merge; the fragment the table was built with is not rewritten for a few replaced rows (LanceDB's
+    own optimize() rewrote every fragment and retrained the index with other partitions)."""
+    monkeypatch.setattr(ann, "COMPACT_TARGET_ROWS", 1_000)  # the 3,000-row fragment counts as large
     monkeypatch.setattr(ann, "MAX_INDEX_SEGMENTS", 2)
     name = ann.ensure_vector_index(table).index
-    segments, actions, start = [], [], ROWS
-    for seed in range(4, 8):  # each past OPTIMIZE_UNINDEXED: optimize() may add a delta segment
-        table.add(_rows(start, 300, seed=seed))
-        start += 300
+    partitions = ann.index_partitions(table, name)
+    assert partitions == ann.partitions_for(ROWS)
+    built = {f.fragment_id for f in table.to_lance().get_fragments()}
+    actions, segments, start = [], [], ROWS
+    for seed in range(4, 8):  # each round past OPTIMIZE_UNINDEXED: 30 rows rewritten, 200 added
+        _rewrite(table, list(range(seed * 30, seed * 30 + 30)), seed=seed + 10)
+        table.add(_rows(start, 200, seed=seed))
+        start += 200
         actions.append(ann.ensure_vector_index(table).action)
-        segments.append(ann.index_segments(table, ann.vector_index_name(table)))
-    assert set(actions) == {"optimized", "retrained"} and max(segments) <= ann.MAX_INDEX_SEGMENTS, (
-        actions,
-        segments,
-    )
-    assert ann.vector_index_name(table) == name and table.index_stats(name).num_unindexed_rows == 0
+        segments.append(ann.index_segments(table, name))
+        assert ann.index_partitions(table, name) == partitions and ann.unindexed_rows(table) == 0
+    assert actions == ["optimized"] * 4 and 2 in segments and max(segments) <= 2, (actions, segments)
+    assert built <= {f.fragment_id for f in table.to_lance().get_fragments()}  # never rewritten
+    newest = np.asarray(_rows(start - 200, 1, seed=7)["vector"][0].as_py(), dtype=np.float32)
+    top = ann.tuned(table.search(newest).distance_type("cosine"), True).limit(1).to_list()
+    assert top[0]["chunk_id"] == f"c{start - 200}" and table.count_rows() == start
+
+
+def test_an_index_whose_partitions_no_longer_fit_the_table_is_trained_again(table):
+    name = ann.ensure_vector_index(table).index
+    assert ann.index_partitions(table, name) == ann.partitions_for(ROWS)
+    grown = ROWS * 4 + 1_000  # sqrt(rows) now more than RETRAIN_PARTITIONS_RATIO times the partitions
+    table.add(_rows(ROWS, grown - ROWS, seed=9))
+    state = ann.ensure_vector_index(table)
+    assert (state.action, state.unindexed_rows, state.rows) == ("retrained", 0, grown)
+    assert ann.index_partitions(table, state.index) == ann.partitions_for(grown)
 
 
 def test_an_index_of_another_type_is_replaced_by_the_chosen_one(table):

@@ -2,12 +2,18 @@
 
 A version's index table gets an IVF_RQ vector index once it holds ANN_MIN_ROWS rows; below that,
 exact search is fast enough and always right. Rows written after the index was trained are searched
-exactly beside it (LanceDB merges both), so results stay correct as a table grows; `optimize()` folds
-them into the index (and compacts the table) once they are more than OPTIMIZE_UNINDEXED of it. Each
-optimize adds a delta segment to the index, and every segment is searched, so once the index has more
-than MAX_INDEX_SEGMENTS it is trained again from all rows of a compacted table (one segment). Served
-table versions are tagged, so compaction and cleanup never remove what serving or a rollback reads. The
-index type and its parameters come from the measurements in docs/performance.md (`embedding-assets bench`).
+exactly beside it (LanceDB merges both), so results stay correct as a table grows; `fold_in` indexes
+them once they are more than OPTIMIZE_UNINDEXED of the table (index maintenance after a refresh folds
+in any). Folding in adds a delta segment to each index with the trained partitions kept; past
+MAX_INDEX_SEGMENTS the segments are merged into one, and once the table's size calls for other
+partitions than the index has, it is trained again. Served table versions are tagged, so compaction and
+cleanup never remove what serving or a rollback reads. The index type and its parameters come from the
+measurements in docs/performance.md (`embedding-assets bench`).
+
+Maintenance goes through Lance's own optimizer (pylance, the Lance release LanceDB 0.40 is built on),
+not LanceDB's `optimize()`: that compacts every fragment of fewer than a million rows, so folding in a
+1% edit rewrote the whole table (9.4 s at 248,861 rows), and it trained the vector index again with other
+partitions than it was built with (499 became 16 at 248,861 rows; 939 became 428 at 882,205).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 
 import lancedb
 import numpy as np
@@ -41,8 +48,17 @@ RQ_BITS = 4
 NPROBES = 80
 REFINE_FACTOR = 5  # re-rank 5x k candidates by their full vectors
 # Every segment is searched: on the 882,205 rows a second segment cost 2.5 ms. One delta is allowed; the
-# next optimize trains the index again (from all rows, so its partitions follow the table's growth).
+# next fold-in merges the segments into one (0.9 s at 248,861 rows, keeping the trained partitions).
 MAX_INDEX_SEGMENTS = 2
+# The index is trained again (from all rows) once sqrt(rows) partitions and the partitions it has differ
+# by more than this factor: its partitions follow the table's growth.
+RETRAIN_PARTITIONS_RATIO = 2.0
+# Compaction rewrites only fragments of fewer rows than this, and those with more than
+# MATERIALIZE_DELETIONS of their rows deleted: a refresh's small fragments are merged, the large ones a
+# build wrote are left alone until enough of their rows are replaced.
+COMPACT_TARGET_ROWS = 32_768
+MATERIALIZE_DELETIONS = 0.1
+KEEP_VERSIONS = timedelta(days=7)  # untagged table versions older than this are cleaned up
 # A filter matching at most this many rows is searched exactly over those rows (through the BTREE on the
 # key): an IVF probe of a few partitions misses most of a selective filter's rows (recall 0.79-0.90).
 EXACT_FILTER_ROWS = 50_000
@@ -91,7 +107,8 @@ def ensure_vector_index(
     table: lancedb.table.Table, fold_share: float = OPTIMIZE_UNINDEXED
 ) -> VectorIndexState:
     """Create the vector index once the table is large enough; fold unindexed rows in when they are more
-    than `fold_share` of the table (0: any); train it again once it has more than MAX_INDEX_SEGMENTS."""
+    than `fold_share` of the table (0: any), or train it again instead when its partitions no longer fit
+    the table's size; replace an index of another type."""
     started = time.perf_counter()
     rows = table.count_rows()
     name = vector_index_name(table)
@@ -106,12 +123,14 @@ def ensure_vector_index(
         name, action = vector_index_name(table), "created"
     else:
         action = "current"
-        if _unindexed(table, name) > fold_share * rows:
-            table.optimize()
-            action = "optimized"
-        if index_segments(table, name) > MAX_INDEX_SEGMENTS or _index_type(table, name) != INDEX_TYPE:
-            # too many segments, or an index of another type (built before INDEX_TYPE was chosen)
+        if _index_type(table, name) != INDEX_TYPE:  # built before INDEX_TYPE was chosen
             name, action = retrain(table, name, rows), "retrained"
+        elif _unindexed(table, name) > fold_share * rows:
+            if _off_partitions(table, name, rows):  # too many or too few for the table as it is now
+                name, action = retrain(table, name, rows), "retrained"
+            else:
+                fold_in(table, name)
+                action = "optimized"
     stats = table.index_stats(name)
     return VectorIndexState(
         rows,
@@ -127,13 +146,51 @@ def retrain(table: lancedb.table.Table, name: str, rows: int) -> str | None:
     """Train the vector index `name` again from all rows, as one segment; returns its new name.
 
     Compaction keeps apart the data files that different index segments cover, so the index is dropped
-    first (from the latest table version only: tagged versions keep theirs), the table compacted into
-    few files, and the index built on those (14 s instead of 46-85 s on 100,000 churned rows)."""
+    first (from the latest table version only: tagged versions keep theirs), the table compacted, and the
+    index built on that (14 s instead of 46-85 s on 100,000 churned rows)."""
     table.drop_index(name)
-    table.optimize()
+    table.checkout_latest()
+    _compact(table)
     table.create_index(VECTOR_COLUMN, config=index_config(rows))
     table.checkout_latest()
     return vector_index_name(table)
+
+
+def fold_in(table: lancedb.table.Table, name: str) -> None:
+    """Index every row the indexes do not cover: a delta segment of each index, assigned to the trained
+    partitions; past MAX_INDEX_SEGMENTS the segments of every index are merged into one. Then compact and
+    clean up. Each part works on the rows written since, not on the whole table."""
+    table.to_lance().optimize.optimize_indices(num_indices_to_merge=0)
+    table.checkout_latest()
+    segments = index_segments(table, name)
+    if segments > MAX_INDEX_SEGMENTS:
+        table.to_lance().optimize.optimize_indices(num_indices_to_merge=segments)
+        table.checkout_latest()
+    _compact(table)
+
+
+def _compact(table: lancedb.table.Table) -> None:
+    """Merge the small fragments, rewrite those with many deleted rows (the indexes follow the rows they
+    moved), and clean up untagged versions older than KEEP_VERSIONS."""
+    dataset = table.to_lance()
+    dataset.optimize.compact_files(
+        target_rows_per_fragment=COMPACT_TARGET_ROWS, materialize_deletions_threshold=MATERIALIZE_DELETIONS
+    )
+    dataset.cleanup_old_versions(older_than=KEEP_VERSIONS, error_if_tagged_old_versions=False)
+    table.checkout_latest()
+
+
+def index_partitions(table: lancedb.table.Table, name: str) -> int:
+    """The IVF partitions of the vector index `name` (of its largest segment)."""
+    segments = table.to_lance().stats.index_stats(name)["indices"]
+    return max(segments, key=lambda s: sum(p["size"] for p in s["partitions"]))["num_partitions"]
+
+
+def _off_partitions(table: lancedb.table.Table, name: str, rows: int) -> bool:
+    """Whether the vector index's partitions (of its largest segment) are more than
+    RETRAIN_PARTITIONS_RATIO away from the `partitions_for(rows)` the table's size calls for."""
+    trained, wanted = index_partitions(table, name), partitions_for(rows)
+    return max(trained, wanted) > RETRAIN_PARTITIONS_RATIO * min(trained, wanted)
 
 
 def index_segments(table: lancedb.table.Table, name: str) -> int:
