@@ -21,8 +21,9 @@ from embedding_assets.serving.overview import move_summary
 
 
 @dg.op(
-    description="Fold the version's unindexed rows into its vector index (optimize(), or a new training "
-    "past the segment limit); serve the maintained table version if it served the one this started from.",
+    description="Fold the version's unindexed rows into its vector index (a delta segment on the trained "
+    "partitions, or a new training when they no longer fit the table); serve the maintained table version "
+    "if it served the one this started from.",
     pool=pools.SERVING_POINTER,
 )
 def optimize_index_table(

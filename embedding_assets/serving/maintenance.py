@@ -3,8 +3,8 @@ serving reads the table version maintenance started from, serve the maintained o
 
 A refresh leaves the rows it wrote outside the vector index (searched exactly beside it) and the rows it
 replaced deleted in place; both slow every ANN query (at 882,205 rows, a 1% edit took the served p50 from
-9 to 16-17 ms). `optimize()` compacts the table and indexes those rows in seconds, but doing it inside the
-refresh would make the refresh's cost follow the table instead of the change. So it runs afterwards, as a
+9 to 16-17 ms). `ann.fold_in` indexes those rows and compacts the small fragments in seconds, but doing
+it inside every refresh would add that to each refresh. So it runs afterwards, as a
 run of its own (or `embedding-assets optimize`), and the pointer follows it only when the rows served are
 exactly the rows maintained: same keys, same chunk hashes. The gates judged those rows, so their verdict
 stands; the state keeps its gate record and the way back."""
@@ -65,7 +65,7 @@ def maintain(
     db: lancedb.DBConnection, version: ModelVersion, pointer: ServingPointer, run_id: str | None = None
 ) -> Maintenance:
     """Fold every unindexed row of `version`'s table into its vector index (`ann.ensure_vector_index`
-    with no threshold: optimize(), or a new training past MAX_INDEX_SEGMENTS); serve the result if
+    with no threshold: a fold-in, or a new training if the partitions no longer fit); serve the result if
     serving read the table version this started from and the rows are the same."""
     name = tables.index_table(version.id)
     maintained_from = store.table_state(db, name)
