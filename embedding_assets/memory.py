@@ -59,6 +59,13 @@ def release_unused() -> None:
         libc.malloc_trim(0)
 
 
+def freeze_loaded() -> None:
+    """Put every object alive now (imported modules, the Definitions) out of the collector's walks,
+    without a collection first: a run launched in this process then collects only what its steps made. The
+    first full collection after the sync step walked everything Dagster had loaded: 0.23 s."""
+    gc.freeze()
+
+
 def resident_gib() -> float | None:
     """What this process holds in memory now (its resident set), in GiB; None where /proc is missing."""
     try:

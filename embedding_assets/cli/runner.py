@@ -55,6 +55,7 @@ from embedding_assets.defs.tags import (
     SHARDS,
     run_tags,
 )
+from embedding_assets.memory import freeze_loaded
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.quality.gates.data_quality import preload_expectations
 from embedding_assets.wiring import initialized, project_definitions, wiring
@@ -93,7 +94,7 @@ def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry) -> li
 def _known_partition(instance: dg.DagsterInstance, version_id: str | None, defs: dg.Definitions) -> None:
     """A clear error for an unknown or moving version before Dagster starts; its partition added."""
     if version_id is not None:
-        registry = initialized(defs.resources["model_registry"]).load()  # not every resource: 0.1 s each
+        registry = initialized(defs.resources["model_registry"], instance).load()
         registry.get(version_id)
         sync_partitions(instance, registry)
 
@@ -120,6 +121,7 @@ def run_job(
     job_def = defs.resolve_job_def(job_name)
     if DATA_QUALITY in {key.name for key in job_def.asset_layer.asset_graph.asset_check_keys}:
         preload_expectations()  # the gate's validator starts with the run, not three steps in
+    freeze_loaded()
     return job_def.execute_in_process(
         instance=instance,
         run_config=_run_config(ops_config),
