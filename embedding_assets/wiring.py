@@ -37,16 +37,19 @@ def project_definitions() -> dg.Definitions:
 def initialized(
     resource: dg.ConfigurableResource, instance: dg.DagsterInstance | None = None
 ) -> dg.ConfigurableResource:
-    """`resource` with its config processed (EnvVars resolved, nested resources initialized). None of the
-    project's resources holds anything to tear down, so the initialized copy outlives the context.
-    `instance`: the Dagster instance at hand; without one Dagster makes an ephemeral instance (an
-    in-memory SQLite with its migrations: 90 ms)."""
-    with dg.build_resources({"resource": resource}, instance=instance) as built:
-        return built.resource
+    """`resource` with its config processed (EnvVars resolved, nested resources initialized)."""
+    return _built({"resource": resource}, instance)["resource"]
 
 
 def wiring(defs: dg.Definitions | None = None) -> Wiring:
     """The resources of `defs` (default: the project's), initialized together for use outside a run."""
     resources = (defs or project_definitions()).resources
-    with dg.build_resources({f.name: resources[f.name] for f in fields(Wiring)}) as built:
-        return Wiring(**{f.name: getattr(built, f.name) for f in fields(Wiring)})
+    return Wiring(**_built({f.name: resources[f.name] for f in fields(Wiring)}, None))
+
+
+def _built(resources: dict[str, dg.ConfigurableResource], instance: dg.DagsterInstance | None) -> dict:
+    """`resources` initialized in one context. None of the project's resources holds anything to tear
+    down, so the initialized copies outlive it. `instance`: the Dagster instance at hand; without one
+    Dagster makes an ephemeral instance (an in-memory SQLite with its migrations: 90 ms)."""
+    with dg.build_resources(resources, instance=instance) as built:
+        return {name: getattr(built, name) for name in resources}

@@ -64,8 +64,12 @@ def query_texts(paragraphs: list[str]) -> list[str]:
     """The judged queries, then first sentences of paragraphs (seed 1) up to QUERIES."""
     with open(locations.SHIPPED_GOLDEN_DIR / "queries.jsonl", encoding="utf-8") as lines:
         judged = [json.loads(line)["text"] for line in lines]
-    extra = random.Random(1).sample(paragraphs, max(0, QUERIES - len(judged)))
-    return (judged + [p.split(". ")[0][:200] for p in extra])[:QUERIES]
+    return (judged + first_sentences(paragraphs, max(0, QUERIES - len(judged)), seed=1))[:QUERIES]
+
+
+def first_sentences(paragraphs: list[str], count: int, seed: int) -> list[str]:
+    """The first sentence (at most 200 characters) of `count` paragraphs drawn with `seed`."""
+    return [p.split(". ")[0][:200] for p in random.Random(seed).sample(paragraphs, count)]
 
 
 def _search(table, embedder: Embedder, texts: list[str], tune, where: str | None):
@@ -238,7 +242,7 @@ def measure_served(table, embedder: Embedder, paragraphs: list[str]) -> dict:
     _, exact_ms = _search(table, embedder, texts[:EXACT_TIMED], lambda q: q.bypass_vector_index(), None)
     served = lambda q: ann.tuned(q, index is not None)  # noqa: E731
     served_filtered = lambda q: ann.tuned(q, index is not None, filtered_rows)  # noqa: E731
-    warm = [p.split(". ")[0][:200] for p in random.Random(2).sample(paragraphs, WARM_QUERIES)]
+    warm = first_sentences(paragraphs, WARM_QUERIES, seed=2)  # other texts than the timed ones
     _search(table, embedder, warm, served, None)
     found, served_ms = _search(table, embedder, texts, served, None)
     exact_f, exact_f_ms = _search(table, embedder, texts, lambda q: q.bypass_vector_index(), SERVED_FILTER)

@@ -37,13 +37,10 @@ from embedding_assets.quality.gates.expectations import (
     SUITES,
     VECTORS_SUITE,
     DataQualityReport,
-    ExpectationOutcome,
     load_expectations,
     validate_frames,
     validate_in_worker,
 )
-
-__all__ = ["DataQualityReport", "ExpectationOutcome", "check_version_data_quality", "validate_data_quality"]
 
 ADDRESS = "_rowaddr"  # a Lance row's address: its fragment id << FRAGMENT_SHIFT | its offset there
 FRAGMENT_SHIFT = 32
