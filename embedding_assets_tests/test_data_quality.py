@@ -237,13 +237,21 @@ def test_empty_tables_fail_on_row_count() -> None:
     assert "**no**" in report.table()
 
 
+def run_script(folder: Path, code: str) -> None:
+    """Run `code` as a script in a Python process of its own; it must exit cleanly."""
+    script = folder / "script.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_the_gate_validates_in_a_worker_process_and_never_imports_the_library_here(tmp_path: Path) -> None:
     """A run's own process never imports great_expectations (its import held the interpreter lock beside
     the stages): the validator process imports it and sends back the report. The run is a process that
     multiprocessing started, as a code server starts a launched run: it still exits when its work is done
     (its exit joins child processes, the validator among them, which is shut down first)."""
-    script = tmp_path / "judge.py"
-    script.write_text(
+    run_script(
+        tmp_path,
         "import multiprocessing, sys, lancedb\n"
         "from embedding_assets.models.registry import DEFAULT_VERSION, load_registry\n"
         "from embedding_assets.quality.gates.data_quality import check_version_data_quality\n"
@@ -258,10 +266,32 @@ def test_the_gate_validates_in_a_worker_process_and_never_imports_the_library_he
         "    run.join(timeout=300)\n"
         "    ended = run.exitcode\n"
         "    run.kill()\n"
-        "    assert ended == 0, f'the run process ended {ended} (None: still running)'\n"
+        "    assert ended == 0, f'the run process ended {ended} (None: still running)'\n",
     )
-    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_validator_preloaded_for_gates_that_never_ran_is_stopped_and_one_in_use_is_kept(
+    tmp_path: Path,
+) -> None:
+    """A refresh starts the validator before it knows whether any gate will run. With nothing to judge it
+    is stopped mid-import (exit would wait for that import); once a validation has used it, it stays.
+    In a process of its own, so this session's validator is left alone."""
+    run_script(
+        tmp_path,
+        "import multiprocessing, lancedb\n"
+        "from embedding_assets.models.registry import DEFAULT_VERSION, load_registry\n"
+        "from embedding_assets.quality.gates import data_quality as dq\n"
+        "if __name__ == '__main__':\n"
+        "    dq.preload_expectations()\n"
+        "    (worker,) = multiprocessing.active_children()\n"
+        "    assert dq.stop_idle_validator() and not worker.is_alive() and not dq.stop_idle_validator()\n"
+        f"    db = lancedb.connect({str(tmp_path)!r})\n"
+        "    dq.preload_expectations()\n"
+        "    report = dq.check_version_data_quality(db, load_registry().get(DEFAULT_VERSION))\n"
+        "    assert not report.passed and report.validator_peak_rss_gib, report\n"
+        "    (used,) = multiprocessing.active_children()\n"
+        "    assert not dq.stop_idle_validator() and used.is_alive() and used.pid != worker.pid\n",
+    )
 
 
 def test_a_validator_that_died_is_replaced_and_the_gate_still_answers(tmp_path: Path, minilm) -> None:

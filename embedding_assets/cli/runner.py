@@ -57,7 +57,7 @@ from embedding_assets.defs.tags import (
 )
 from embedding_assets.memory import freeze_loaded
 from embedding_assets.models.registry import ModelRegistry
-from embedding_assets.quality.gates.data_quality import preload_expectations
+from embedding_assets.quality.gates.data_quality import preload_expectations, stop_idle_validator
 from embedding_assets.wiring import initialized, project_definitions, wiring
 
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -369,15 +369,23 @@ def refresh(*, force: bool = False, **job: Any) -> RefreshReport:
     def launch(job_name: str, version_id: str | None) -> RunOutcome:
         return execute(job_name, version_id, tags={REFRESH: "1", CLI_DRIVEN: "1"}, **job)
 
-    return refresh_live_versions(
-        launch,
-        wired.lancedb,
-        wired.model_registry,
-        wired.serving,
-        wired.corpus_source,
-        job.get("instance") or dagster_instance(),
-        force=force,
-    )
+    # Runs in this process: the data-quality gate's validator imports its library on the core the corpus
+    # sync leaves idle (a walk of the source is one thread); started with the version's run, it competed
+    # with that run's stages.
+    if not job.get("launch"):
+        preload_expectations()
+    try:
+        return refresh_live_versions(
+            launch,
+            wired.lancedb,
+            wired.model_registry,
+            wired.serving,
+            wired.corpus_source,
+            job.get("instance") or dagster_instance(),
+            force=force,
+        )
+    finally:
+        stop_idle_validator()  # nothing changed, so no gate ran: exit does not wait for its import
 
 
 def optimize(version_id: str | None = None, **job: Any) -> list[dict[str, Any]]:

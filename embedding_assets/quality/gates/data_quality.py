@@ -119,6 +119,7 @@ def check_version_data_quality(
         "max_content_tokens": version.max_tokens - SPECIAL_TOKENS,
         "normalize": version.normalize,
     }
+    _preloaded.clear()  # the worker now has work: never stopped as idle
     try:
         report, peak = validator().submit(validate_in_worker, chunks.frame, rows.frame, **limits).result()
     except BrokenProcessPool:  # the worker died (killed, out of memory): a new one validates once more
@@ -291,7 +292,28 @@ def _shutdown(executor: ProcessPoolExecutor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
+_preloaded: set[multiprocessing.process.BaseProcess] = set()  # started by a preload, given no work yet
+
+
 @cache
 def preload_expectations() -> None:
     """Start the validator now (once per process): the gate then finds great_expectations imported."""
+    before = set(multiprocessing.active_children())
     validator().submit(load_expectations)
+    _preloaded.update(set(multiprocessing.active_children()) - before)
+
+
+def stop_idle_validator() -> bool:
+    """Stop the validator a preload started if no validation has used it (the gates it was started for
+    had nothing to judge): exit would otherwise wait for its import to finish. True if one was stopped;
+    the next validation starts another."""
+    if not _preloaded:
+        return False
+    validator().shutdown(wait=False, cancel_futures=True)
+    for process in _preloaded:
+        process.terminate()
+        process.join(timeout=10)
+    _preloaded.clear()
+    validator.cache_clear()
+    preload_expectations.cache_clear()
+    return True
