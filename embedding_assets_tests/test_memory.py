@@ -61,3 +61,19 @@ def test_a_child_reports_its_own_peak_not_its_parents():
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0 < float(child.stdout) < 0.4, child.stdout
     assert peak_resident_gib() >= 0.6
+
+
+def test_the_step_hook_releases_after_a_step_that_grew_the_process_and_skips_one_that_did_not():
+    """A gate step grows the process by megabytes: a release after it would cost time and give nothing."""
+    import dagster as dg
+
+    from embedding_assets.defs import hooks
+
+    context = dg.build_hook_context()
+    first = hooks.release_memory_after_step(context, [])
+    assert not first.is_skipped and hooks._released_at_gib is not None
+    assert hooks.release_memory_after_step(context, []).is_skipped  # nothing grew since
+    grown = bytearray(int(2 * hooks.RELEASE_AFTER_GROWTH_GIB * 2**30))
+    grown[::4096] = b"x" * len(grown[::4096])  # touched: resident
+    assert not hooks.release_memory_after_step(context, []).is_skipped
+    del grown

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISLNK, S_ISREG
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 MAX_DOCUMENT_BYTES = 2_000_000
 CORPUS_SUFFIXES = (".md", ".txt", ".rst", ".py")
@@ -44,9 +44,9 @@ class Deleted:
     doc_id: str
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    """What the corpus stage last stored for a document: enough to skip reading it if unchanged."""
+class ManifestEntry(NamedTuple):
+    """What the corpus stage last stored for a document: enough to skip reading it if unchanged. A tuple:
+    a manifest holds one per document, and 90,000 frozen dataclasses took 0.11-0.16 s to make."""
 
     checksum: str
     size: int | None

@@ -3,8 +3,9 @@
 great-expectations takes seconds to import (7 to 21 s on 2 cores: scipy.stats, altair, sqlalchemy). A
 thread importing it beside a run's stages held the interpreter lock and slowed them as much as it saved,
 so the gate validates in a worker process of its own (`validator`): a run about to be judged starts it
-(`preload_expectations`), it imports the library on the other core while the stages work, and the gate
-sends it only the reduced frames. What that process runs is in `expectations`, which does not import
+(`preload_expectations`; a refresh, before its corpus sync), it imports the library on the other core while
+the stages work, and the gate sends it only the reduced frames; one no gate used is stopped
+(`stop_idle_validator`). What that process runs is in `expectations`, which does not import
 LanceDB. An ephemeral context costs milliseconds, so each validation builds its own, with analytics off.
 """
 
