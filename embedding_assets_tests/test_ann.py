@@ -154,12 +154,14 @@ def test_ann_recall_is_measured_once_per_state_of_the_index(tmp_path, monkeypatc
 
     monkeypatch.setattr(ann, "ANN_MIN_ROWS", 2_000)
     dimension = minilm_embedder.version.dimension
-    vectors = np.random.default_rng(5).normal(size=(ROWS + 400, dimension)).astype(np.float32)
+    vectors = np.random.default_rng(5).normal(size=(ROWS + 600, dimension)).astype(np.float32)
 
     def rows(start: int, count: int) -> pa.Table:
         values = pa.array(vectors[start : start + count].ravel())
         ids = [f"c{i}" for i in range(start, start + count)]
-        return pa.table({"chunk_id": ids, "vector": pa.FixedSizeListArray.from_arrays(values, dimension)})
+        hashes = [f"h{i}" for i in range(start, start + count)]  # the exact lists' memo keys rows by both
+        vector = pa.FixedSizeListArray.from_arrays(values, dimension)
+        return pa.table({"chunk_id": ids, "chunk_hash": hashes, "vector": vector})
 
     table = store.connect(tmp_path).create_table(
         tables.index_table(minilm_embedder.version.id), rows(0, ROWS)
@@ -184,3 +186,14 @@ def test_ann_recall_is_measured_once_per_state_of_the_index(tmp_path, monkeypatc
     assert ann.ensure_vector_index(table).action == "optimized"
     changed = ann_recall(db, minilm_embedder, queries, first.metadata)
     assert changed.metadata[MEASURED_AGAIN] and changed.metadata[INDEX_STATE] != first.metadata[INDEX_STATE]
+    assert changed.metadata["exact_from"] == "full pass"  # the memo held the other queries' lists
+
+    # Maintenance folds a refresh's rows in: measured again, exact lists from the memo (the rows written
+    # since scored), the same recall as a full exact pass gives.
+    table.add(rows(ROWS + 400, 200))
+    table.delete("chunk_id IN ('c3', 'c4', 'c5')")
+    assert ann.ensure_vector_index(table, fold_share=0.0).action == "optimized"
+    maintained = ann_recall(db, minilm_embedder, queries, changed.metadata)
+    assert maintained.metadata[MEASURED_AGAIN] and maintained.metadata["exact_from"] == "memo"
+    expected = ann.measure_recall(db.open_table(table.name), list(minilm_embedder.encode_queries(queries)))
+    assert maintained.metadata["recall@10"] == expected.recall

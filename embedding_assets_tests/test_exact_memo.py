@@ -129,3 +129,13 @@ def test_a_memo_from_another_release_is_ignored(db):
     )
     found, how, expected = _both(db, queries)
     assert how == "full pass" and found == expected
+
+
+def test_a_memo_of_another_purpose_leaves_the_default_one_in_place(db):
+    """The ann_recall check keeps the lists of its own queries apart from the golden gate's."""
+    table = db.open_table(tables.index_table(VERSION))
+    golden, other = _queries(21), _queries(22)
+    assert exact_top_k_memoized(db, VERSION, table, golden, K, "doc_id")[1] == "full pass"
+    assert exact_top_k_memoized(db, VERSION, table, other, K, "chunk_id", purpose="probe")[1] == "full pass"
+    assert exact_top_k_memoized(db, VERSION, table, golden, K, "doc_id")[1] == "memo"
+    assert exact_top_k_memoized(db, VERSION, table, other, K, "chunk_id", purpose="probe")[1] == "memo"

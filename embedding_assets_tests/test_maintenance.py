@@ -84,3 +84,22 @@ def test_another_writer_during_maintenance_leaves_serving_where_it_was(served, m
     with pytest.raises(MaintenanceChangedRowsError, match="another writer"):
         maintain(db, version, pointer)
     assert pointer.require_current() == before
+
+
+def test_the_golden_gates_scores_of_the_served_rows_still_count_after_maintenance(served, tmp_path):
+    """The maintained table version holds the judged rows: a refresh's golden gate takes the served
+    scores from the record, instead of scoring the served table again by an exact pass."""
+    from embedding_assets.defs.checks.gates import GOLDEN_QUALITY
+    from embedding_assets.quality.gates.golden import JUDGED_SET, METRICS, TABLE_VERSION, recorded_scores
+
+    db, version, _, before = served
+    scores = dict.fromkeys(METRICS, 0.5)
+    record = {TABLE_VERSION: before.table_version, JUDGED_SET: 7, **scores}
+    pointer = ServingPointer(tmp_path / "serving-judged")  # served with the golden gate's record
+    judged = promote(db, version, pointer, table_version=before.table_version, gates={GOLDEN_QUALITY: record})
+    assert recorded_scores(judged, GOLDEN_QUALITY, 7) == scores
+    maintain(db, version, pointer)
+    now = pointer.require_current()
+    assert now.table_version != judged.table_version and now.judged_table_version == judged.table_version
+    assert recorded_scores(now, GOLDEN_QUALITY, 7) == scores
+    assert recorded_scores(now, GOLDEN_QUALITY, 8) is None  # another judged set: scored again

@@ -6,17 +6,24 @@ import pyarrow.compute as pc
 import pytest
 
 from embedding_assets.cli import runner
-from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, GOLDEN_QUALITY
+from embedding_assets.defs.checks.gates import (
+    ANN_RECALL,
+    COUNT_RECONCILIATION,
+    GOLDEN_QUALITY,
+    ann_recall_after_maintenance,
+)
 from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
 from embedding_assets.defs.maintenance import optimize_after_refresh_sensor, unindexed_rows
 from embedding_assets.defs.sensors import corpus_folder_sensor
 from embedding_assets.index import ann, tables
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.quality.freshness import served_lag
+from embedding_assets.quality.gates.ann_recall import MEASURED_AGAIN
 from embedding_assets.quality.gates.counts import reconcile
 from embedding_assets.quality.gates.golden import SERVED_SCORES_RECORDED, TABLE_VERSION
 from embedding_assets.serving.maintenance import rows_digest
 from embedding_assets.serving.search import searcher_for_state
+from embedding_assets.wiring import initialized
 from embedding_assets_tests.project import BUILD
 
 pytestmark = pytest.mark.slow
@@ -146,6 +153,13 @@ def _unindexed_after_refresh_asks_for_maintenance(live, run_id: str) -> dg.RunRe
         return optimize_after_refresh_sensor(context)
 
 
+def _ann_recall_evaluations(live, run_id: str) -> list[dict]:
+    """The metadata of each ann_recall evaluation run `run_id` logged."""
+    events = live.instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    evaluations = [e.dagster_event.event_specific_data for e in events]
+    return [e.metadata for e in evaluations if e.check_name == ANN_RECALL]
+
+
 def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_serving_follows(live, monkeypatch):
     """A served table with an ANN index (the row threshold lowered to this corpus): a refresh's new rows
     are searched beside the index until optimize_index folds them in; the pointer then moves to the
@@ -184,6 +198,19 @@ def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_servin
     assert isinstance(
         _unindexed_after_refresh_asks_for_maintenance(live, refreshed_run.run_id), dg.SkipReason
     )
+    # The maintenance run measured the changed index's recall (its exact lists from the memo the refresh's
+    # check left), as the ann_recall check's evaluation on the version.
+    maintained = _ann_recall_evaluations(live, done["run_id"])
+    assert [m[MEASURED_AGAIN].value for m in maintained] == [True]
+    assert maintained[0]["exact_from"].value == "memo"
+    # The check, evaluated next on that index (a refresh's), reports that measurement again.
+    golden = initialized(live.resources["golden_set"])
+    version = live.registry().get(MINILM)
+    carried = ann_recall_after_maintenance(
+        live.instance, live.db(), live.registry(), version, live.pointer, golden
+    )
+    assert carried.metadata[MEASURED_AGAIN].value is False
+    assert carried.metadata["recall@10"] == maintained[0]["recall@10"]
     hits = searcher_for_state(now, live.db(), live.registry()).search("dialect formatting parameters", 3).hits
     assert "library/csv/Dialect.md" in {h["doc_id"] for h in hits}
 

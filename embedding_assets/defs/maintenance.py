@@ -1,6 +1,8 @@
 """Index maintenance after a refresh, in a run of its own: `optimize_index` folds a version's unindexed
 rows into its vector index and, when that version serves the table version it started from, moves the
-pointer to the maintained table version (same rows; see serving/maintenance.py). After a refresh run
+pointer to the maintained table version (same rows; see serving/maintenance.py), and measures the changed
+index's ANN recall as the ann_recall check's evaluation (the next refresh reports it again, off its own
+clock). After a refresh run
 that a sensor or schedule started, `optimize_after_refresh_sensor` requests it; the CLI's `refresh` runs
 it itself. A run per version partition, so the queue keeps it apart from that version's other writers."""
 
@@ -9,10 +11,16 @@ import dagster as dg
 from embedding_assets.defs import pools, tags
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.assets.serving import serving_index, serving_overview
+from embedding_assets.defs.checks.gates import ann_recall_after_maintenance
 from embedding_assets.defs.hooks import STEP_HOOKS
 from embedding_assets.defs.jobs import OPTIMIZE_JOB, refresh_served_job, refresh_version_job
 from embedding_assets.defs.partitions import model_versions
-from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
+from embedding_assets.defs.resources import (
+    GoldenSetResource,
+    LanceDBResource,
+    ModelRegistryResource,
+    ServingResource,
+)
 from embedding_assets.defs.sensors import next_step
 from embedding_assets.defs.tags import LAUNCHPAD
 from embedding_assets.index import ann, store, tables
@@ -23,7 +31,7 @@ from embedding_assets.serving.overview import move_summary
 @dg.op(
     description="Fold the version's unindexed rows into its vector index (a delta segment on the trained "
     "partitions, or a new training when they no longer fit the table); serve the maintained table version "
-    "if it served the one this started from.",
+    "if it served the one this started from; measure the new index's recall (the ann_recall check).",
     pool=pools.SERVING_POINTER,
 )
 def optimize_index_table(
@@ -31,6 +39,7 @@ def optimize_index_table(
     lancedb: LanceDBResource,
     model_registry: ModelRegistryResource,
     serving: ServingResource,
+    golden_set: GoldenSetResource,
 ) -> dict:
     registry = model_registry.load()
     version = registry.get(context.partition_key)
@@ -45,6 +54,10 @@ def optimize_index_table(
             asset_key=index.key, partition=version.id, description=done.summary, metadata=metadata
         )
     )
+    if done.table_version_after != done.table_version_before and done.index_action != "exact":
+        context.log_event(
+            ann_recall_after_maintenance(context.instance, db, registry, version, pointer, golden_set)
+        )
     moved = done.served and done.table_version_after != done.table_version_before
     if moved:
         now = pointer.require_current()

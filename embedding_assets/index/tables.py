@@ -29,8 +29,9 @@ def sentinels_table(version: str) -> str:
     return f"{SENTINELS_TABLE_PREFIX}{version}"
 
 
-def exact_memo_table(version: str) -> str:
-    return f"{EXACT_MEMO_TABLE_PREFIX}{version}"
+def exact_memo_table(version: str, purpose: str = "") -> str:
+    """The memo of a version's golden-gate queries, or with `purpose` of another query set beside it."""
+    return f"{EXACT_MEMO_TABLE_PREFIX}{version}" + (f"__{purpose}" if purpose else "")
 
 
 def staging_prefix(version: str, kind: str) -> str:

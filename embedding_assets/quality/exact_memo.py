@@ -59,23 +59,32 @@ def exact_top_k_memoized(
     vectors: Sequence[np.ndarray],
     k: int,
     id_column: str,
+    *,
+    purpose: str = "",
 ) -> tuple[list[list[str]], str]:
     """`ann.exact_top_k(table, vectors, k, id_column)` at the table's checked-out state, from the
     version's memo when one still applies (then only the rows written since are scored); and how it was
-    answered, "memo" or "full pass". Either way the version's memo is left at this state."""
+    answered, "memo" or "full pass". Either way the version's memo is left at this state. `purpose`
+    keeps a memo of its own for another set of queries (the golden gate's is the default)."""
+    memo = tables.exact_memo_table(version_id, purpose)
     queries = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     committed = str(store.version_committed_at(table, table.version))
     state = MemoState(table.name, table.version, committed, queries_digest(queries), id_column, k)
     depth = k * MEMO_DEPTH_FACTOR
     top = ann.TopK(queries, depth)
-    floors = _update(db, version_id, table, state, top)
+    floors = _update(db, memo, table, state, top)
     how = "memo"
     if floors is None or min(map(len, top.rows), default=k) < min(k, table.count_rows()):
         how, top = "full pass", ann.TopK(queries, depth)
-        ann.scan_into(top, table, [*PAIR, id_column], lambda rows: _keys(rows, id_column))
+        ann.scan_into(top, table, _columns(id_column), lambda rows: _keys(rows, id_column))
         floors = top.floors()
-    _save(db, version_id, state, top, floors)
+    _save(db, memo, state, top, floors)
     return [[key.rsplit(store.KEY_SEPARATOR, 1)[1] for key in rows[:k]] for rows in top.rows], how
+
+
+def _columns(id_column: str) -> list[str]:
+    """The columns a memo's keys are made of (the id column may be one of the pair: chunk_id)."""
+    return list(dict.fromkeys([*PAIR, id_column]))
 
 
 def _keys(rows: pa.Table | pa.RecordBatch, id_column: str) -> np.ndarray:
@@ -84,11 +93,11 @@ def _keys(rows: pa.Table | pa.RecordBatch, id_column: str) -> np.ndarray:
 
 
 def _update(
-    db: lancedb.DBConnection, version_id: str, table: lancedb.table.Table, state: MemoState, top: ann.TopK
+    db: lancedb.DBConnection, name: str, table: lancedb.table.Table, state: MemoState, top: ann.TopK
 ) -> np.ndarray | None:
-    """Seed `top` from the version's memo and score the rows written since its state; the floors that
+    """Seed `top` from the memo table `name` and score the rows written since its state; the floors that
     then hold, or None when there is no memo for these queries on a readable state of this table."""
-    memo = _load(db, version_id)
+    memo = _load(db, name)
     if memo is None:
         return None
     then, lists = memo
@@ -102,7 +111,7 @@ def _update(
         return None
     if str(store.version_committed_at(before, then.table_version)) != then.committed_at:
         return None  # the table was recreated: its version numbers started again
-    columns = [*PAIR, state.id_column, ann.VECTOR_COLUMN]
+    columns = [*_columns(state.id_column), ann.VECTOR_COLUMN]
     then_state, now_state = (f"{s.table_version}@{s.committed_at}" for s in (then, state))
     changed = ChangeLog(db, table.name).changed_after(then_state, now_state)
     if changed is None:
@@ -165,8 +174,7 @@ def _no_rows(table: lancedb.table.Table, columns: list[str]) -> pa.Table:
     return pa.schema([table.schema.field(c) for c in columns]).empty_table()
 
 
-def _load(db: lancedb.DBConnection, version_id: str) -> tuple[MemoState, pa.Table] | None:
-    name = tables.exact_memo_table(version_id)
+def _load(db: lancedb.DBConnection, name: str) -> tuple[MemoState, pa.Table] | None:
     if name not in store.table_names(db):
         return None
     try:
@@ -181,10 +189,7 @@ def _load(db: lancedb.DBConnection, version_id: str) -> tuple[MemoState, pa.Tabl
         return None
 
 
-def _save(
-    db: lancedb.DBConnection, version_id: str, state: MemoState, top: ann.TopK, floors: np.ndarray
-) -> None:
-    name = tables.exact_memo_table(version_id)
+def _save(db: lancedb.DBConnection, name: str, state: MemoState, top: ann.TopK, floors: np.ndarray) -> None:
     lists = pa.table(
         {
             "query": pa.array(range(len(top.rows)), pa.int32()),
@@ -198,4 +203,4 @@ def _save(
         memo = db.create_table(name, data=lists, mode="overwrite")
         memo.optimize(cleanup_older_than=MEMO_KEPT)  # earlier memos go; one a reader may hold stays
     except Exception as exc:  # another run replacing it meanwhile: this answer stands without a memo
-        warnings.warn(f"exact memo of {version_id} not kept: {exc}", stacklevel=2)
+        warnings.warn(f"exact memo {name} not kept: {exc}", stacklevel=2)

@@ -40,6 +40,11 @@ class ServingState(BaseModel):
     )
     run_id: str | None = None
     gates: dict = Field(default_factory=dict, description="summary of the checks that allowed this state")
+    judged_table_version: int | None = Field(
+        None,
+        description="the table version its gates judged, when this state serves the same rows at another "
+        "(optimize); None: table_version itself",
+    )
     overrides: dict = Field(default_factory=dict, description="threshold overrides in force, with reasons")
     seq: int = Field(0, description="position in the history")
     supersedes: int | None = Field(None, description="history position of the state this one replaced")
@@ -117,14 +122,21 @@ class ServingPointer:
 
     def follow(self, expected: ServingState, state: ServingState, action: str) -> bool:
         """Serve `state`, the same rows as `expected` at another table version of the same version (an
-        optimized one), if `expected` is still what serves; it keeps expected's gate record, overrides,
-        serving start and way back. Whether the pointer moved."""
+        optimized one), if `expected` is still what serves; it keeps expected's gate record (and the table
+        version it judged), overrides, serving start and way back. Whether the pointer moved."""
         with self.locked():
             current = self.current()
             if current is None or current.seq != expected.seq:
                 return False
             kept = {k: getattr(current, k) for k in ("gates", "overrides", "supersedes")}
-            self._append(state.model_copy(update={**kept, "since": current.serving_since, "action": action}))
+            judged = current.judged_table_version or current.table_version
+            update = {
+                **kept,
+                "judged_table_version": judged,
+                "since": current.serving_since,
+                "action": action,
+            }
+            self._append(state.model_copy(update=update))
             return True
 
     def rollback(

@@ -30,9 +30,11 @@ def judged_digest(judged: JudgedQueries) -> int:
 
 def recorded_scores(served: ServingState, gate: str, digest: int) -> dict | None:
     """The served state's own scores, as its gate `gate` recorded them when it allowed that state, if
-    they were measured on that very table version with the same judged set; else None."""
+    they were measured on the table version it judged (that one, or one maintenance made of the same rows)
+    with the same judged set; else None."""
     record = served.gates.get(gate) or {}
-    same = record.get(TABLE_VERSION) == served.table_version and record.get(JUDGED_SET) == digest
+    judged = served.judged_table_version or served.table_version
+    same = record.get(TABLE_VERSION) == judged and record.get(JUDGED_SET) == digest
     return {m: record[m] for m in METRICS} if same and all(m in record for m in METRICS) else None
 
 
