@@ -201,7 +201,11 @@ def _edit_seconds(edit: dict) -> str:
 
 
 def _ratio(part: float, whole: float) -> str:
-    return f"{part / whole:.2f}x" if whole else "-"
+    """`part` over `whole`, to three decimals under 0.1 (0.054x is not 0.05x)."""
+    if not whole:
+        return "-"
+    ratio = part / whole
+    return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
 
 
 def markdown(report: dict, command: str) -> str:
