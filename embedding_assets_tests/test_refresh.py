@@ -10,6 +10,7 @@ from embedding_assets.defs.checks.gates import (
     ANN_RECALL,
     COUNT_RECONCILIATION,
     GOLDEN_QUALITY,
+    NEIGHBOUR_STABILITY,
     ann_recall_after_maintenance,
 )
 from embedding_assets.defs.jobs import CORPUS_JOB, REFRESH_SERVED_JOB
@@ -21,6 +22,7 @@ from embedding_assets.quality.freshness import served_lag
 from embedding_assets.quality.gates.ann_recall import MEASURED_AGAIN
 from embedding_assets.quality.gates.counts import reconcile
 from embedding_assets.quality.gates.golden import SERVED_SCORES_RECORDED, TABLE_VERSION
+from embedding_assets.quality.gates.stability import BASELINE_FROM
 from embedding_assets.serving.maintenance import rows_digest
 from embedding_assets.serving.search import searcher_for_state
 from embedding_assets.wiring import initialized
@@ -153,11 +155,11 @@ def _unindexed_after_refresh_asks_for_maintenance(live, run_id: str) -> dg.RunRe
         return optimize_after_refresh_sensor(context)
 
 
-def _ann_recall_evaluations(live, run_id: str) -> list[dict]:
-    """The metadata of each ann_recall evaluation run `run_id` logged."""
+def _check_evaluations(live, run_id: str, check: str) -> list[dict]:
+    """The metadata of each evaluation of `check` that run `run_id` logged."""
     events = live.instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     evaluations = [e.dagster_event.event_specific_data for e in events]
-    return [e.metadata for e in evaluations if e.check_name == ANN_RECALL]
+    return [e.metadata for e in evaluations if e.check_name == check]
 
 
 def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_serving_follows(live, monkeypatch):
@@ -200,7 +202,7 @@ def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_servin
     )
     # The maintenance run measured the changed index's recall (its exact lists from the memo the refresh's
     # check left), as the ann_recall check's evaluation on the version.
-    maintained = _ann_recall_evaluations(live, done["run_id"])
+    maintained = _check_evaluations(live, done["run_id"], ANN_RECALL)
     assert [m[MEASURED_AGAIN].value for m in maintained] == [True]
     assert maintained[0]["exact_from"].value == "memo"
     # The check, evaluated next on that index (a refresh's), reports that measurement again.
@@ -220,6 +222,11 @@ def test_rows_a_refresh_leaves_outside_the_vector_index_are_folded_in_and_servin
     assert [m["id"] for m in report.maintenance] == [MINILM]  # the static candidate has no ANN index
     assert report.maintenance[0]["served"] and report.maintenance_seconds > 0
     assert live.pointer.require_current().action == "optimize"
+    # Its stability gate took the baseline (the maintained state: the rows the last refresh's gates judged)
+    # from the ranking that refresh's gate recorded, instead of searching that table again.
+    [refresh_run] = live.instance.get_runs(dg.RunsFilter(job_name=REFRESH_SERVED_JOB), limit=1)
+    [stability] = _check_evaluations(live, refresh_run.run_id, NEIGHBOUR_STABILITY)
+    assert stability[BASELINE_FROM].value == "recorded" and stability["mean_top10_overlap"].value >= 0.5
     # Maintenance changed the table version, not its rows: nothing changed since the gated refresh.
     again = runner.refresh(**live.job())
     assert _version(again, MINILM)["skipped"].startswith("up to date") and not again.maintenance

@@ -308,7 +308,11 @@ def table_state(db: lancedb.DBConnection, name: str) -> str:
     one state even if the table is dropped and recreated (version numbers restart)."""
     if name not in table_names(db):
         return ""
-    table = db.open_table(name)
+    return table_state_of(db.open_table(name))
+
+
+def table_state_of(table: lancedb.table.Table) -> str:
+    """`table_state` of a table already open, at the version it has checked out."""
     return f"{table.version}@{version_committed_at(table, table.version)}"
 
 

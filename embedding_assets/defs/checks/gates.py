@@ -243,7 +243,7 @@ neighbour_stability_check = gate_check(
     NEIGHBOUR_STABILITY,
     "Top-10 overlap of fixed queries with the last served state of this version.",
     lambda g: neighbour_stability(
-        g.db, g.version, g.pointer, g.registry, g.golden.fixed_queries(), g.thresholds
+        g.db, g.version, g.pointer, g.registry, g.golden.fixed_queries(), g.thresholds, g.previous
     ),
 )
 golden_quality_check = gate_check(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import lancedb
 
+from embedding_assets.index import store
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
 from embedding_assets.quality.evaluation import ranked_documents
 from embedding_assets.quality.gates.outcome import GateOutcome, level_for, markdown_table
@@ -17,6 +21,12 @@ from embedding_assets.serving.search import (
 
 TOP_K = 10
 WORST_SHOWN = 5
+# What the gate records of its own ranking, so the next run on the version can take its baseline from it
+# when that state is the one served: the documents per query, the table state and the queries searched.
+RANKINGS = "rankings"
+RANKED_STATE = "ranked_table_state"
+RANKED_QUERIES = "ranked_queries"
+BASELINE_FROM = "baseline_from"  # "recorded" (this gate's last ranking) or "searched" (searched again now)
 
 
 def top_k_overlap(a: list[str], b: list[str], k: int = TOP_K) -> float:
@@ -37,15 +47,25 @@ def neighbour_stability(
     registry: ModelRegistry,
     queries: list[str],
     thresholds: GateThresholds,
+    previous: dict | None = None,
 ) -> GateOutcome:
     """Mean top-10 document overlap against the version's last served state (gated), and against the
-    currently served version when that is another model (reported only: spaces differ by design)."""
+    currently served version when that is another model (reported only: spaces differ by design).
+
+    `previous` is this gate's last metadata on the version: the ranking it recorded is the baseline when
+    it was taken on the table version the served state's gates judged, with the same queries (a refresh
+    after index maintenance then searches one table, not two)."""
     queries = queries[: thresholds.stability_queries]
-    current = ranked_documents(Searcher(db, version), queries, TOP_K)
+    searcher = Searcher(db, version)
+    current = ranked_documents(searcher, queries, TOP_K)
+    digest = hashlib.sha256(json.dumps(queries).encode()).hexdigest()[:16]
     metadata: dict = {
         "queries": len(queries),
         "warn_below": thresholds.stability_warn,
         "block_below": thresholds.stability_block,
+        RANKINGS: current,
+        RANKED_STATE: store.table_state_of(searcher.table),
+        RANKED_QUERIES: digest,
     }
     if len(queries) < 20:
         return GateOutcome(
@@ -67,7 +87,10 @@ def neighbour_stability(
             metadata,
         )
     try:
-        before = ranked_documents(searcher_for_state(baseline, db, registry), queries, TOP_K)
+        before = _recorded(previous or {}, baseline, db, digest)
+        metadata[BASELINE_FROM] = "recorded" if before is not None else "searched"
+        if before is None:
+            before = ranked_documents(searcher_for_state(baseline, db, registry), queries, TOP_K)
     except ServedStateMissingError as exc:
         return GateOutcome("warn", f"the last served state of {version.id} cannot be read: {exc}", metadata)
     overlaps = [top_k_overlap(a, b) for a, b in zip(current, before, strict=True)]
@@ -93,6 +116,17 @@ def neighbour_stability(
         f"(warn < {thresholds.stability_warn}, block < {thresholds.stability_block}){cross}",
         metadata,
     )
+
+
+def _recorded(previous: dict, baseline: ServingState, db: lancedb.DBConnection, digest: str) -> list | None:
+    """The ranking this gate recorded on the table version `baseline`'s gates judged (the same rows it
+    serves, maybe at a maintained table version), if it searched the same queries; else None."""
+    rankings = previous.get(RANKINGS)
+    if previous.get(RANKED_QUERIES) != digest or not isinstance(rankings, list):
+        return None
+    judged = baseline.judged_table_version or baseline.table_version
+    committed = store.version_committed_at(db.open_table(baseline.table), judged)
+    return rankings if previous.get(RANKED_STATE) == f"{judged}@{committed}" else None
 
 
 def _cross_version(
