@@ -1,10 +1,10 @@
 """Index maintenance after a refresh, in a run of its own: `optimize_index` folds a version's unindexed
 rows into its vector index and, when that version serves the table version it started from, moves the
-pointer to the maintained table version (same rows; see serving/maintenance.py), and measures the changed
-index's ANN recall as the ann_recall check's evaluation (the next refresh reports it again, off its own
-clock). After a refresh run
-that a sensor or schedule started, `optimize_after_refresh_sensor` requests it; the CLI's `refresh` runs
-it itself. A run per version partition, so the queue keeps it apart from that version's other writers."""
+pointer to the maintained table version (same rows; see serving/maintenance.py); then it measures the
+changed index's ANN recall as the ann_recall check's evaluation, which the next refresh's check reports
+again instead of measuring on the refresh's clock. After a refresh run that a sensor or schedule started,
+`optimize_after_refresh_sensor` requests it; the CLI's `refresh` runs it itself. A run per version
+partition, so the queue keeps it apart from that version's other writers."""
 
 import dagster as dg
 
@@ -54,12 +54,8 @@ def optimize_index_table(
             asset_key=index.key, partition=version.id, description=done.summary, metadata=metadata
         )
     )
-    if done.table_version_after != done.table_version_before and done.index_action != "exact":
-        context.log_event(
-            ann_recall_after_maintenance(context.instance, db, registry, version, pointer, golden_set)
-        )
-    moved = done.served and done.table_version_after != done.table_version_before
-    if moved:
+    changed = done.table_version_after != done.table_version_before
+    if done.served and changed:
         now = pointer.require_current()
         move = move_summary(MAINTAIN_ACTION, before, now)
         context.log_event(
@@ -68,6 +64,10 @@ def optimize_index_table(
                 description=move,
                 metadata=serving_overview(db, pointer, registry, serving.retention, now, move),
             )
+        )
+    if changed and done.index_action != "exact":  # after the move is recorded, whatever this finds
+        context.log_event(
+            ann_recall_after_maintenance(context.instance, db, registry, version, pointer, golden_set)
         )
     return metadata
 
