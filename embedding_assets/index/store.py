@@ -313,7 +313,12 @@ def table_state(db: lancedb.DBConnection, name: str) -> str:
 
 def table_state_of(table: lancedb.table.Table) -> str:
     """`table_state` of a table already open, at the version it has checked out."""
-    return f"{table.version}@{version_committed_at(table, table.version)}"
+    return version_state(table, table.version)
+
+
+def version_state(table: lancedb.table.Table, version: int) -> str:
+    """`table_state` naming `version` of the table (its commit time None once cleaned up)."""
+    return f"{version}@{version_committed_at(table, version)}"
 
 
 def sql_literal(value: str) -> str:

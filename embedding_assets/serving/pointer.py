@@ -55,6 +55,11 @@ class ServingState(BaseModel):
     def serving_since(self) -> datetime:
         return self.since or self.at
 
+    @property
+    def judged_version(self) -> int:
+        """The table version whose rows its gates judged: this one, or the one it was maintained from."""
+        return self.judged_table_version or self.table_version
+
 
 class NothingServedError(RuntimeError):
     """No version has been promoted yet."""
@@ -129,10 +134,9 @@ class ServingPointer:
             if current is None or current.seq != expected.seq:
                 return False
             kept = {k: getattr(current, k) for k in ("gates", "overrides", "supersedes")}
-            judged = current.judged_table_version or current.table_version
             update = {
                 **kept,
-                "judged_table_version": judged,
+                "judged_table_version": current.judged_version,
                 "since": current.serving_since,
                 "action": action,
             }

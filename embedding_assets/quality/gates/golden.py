@@ -33,8 +33,7 @@ def recorded_scores(served: ServingState, gate: str, digest: int) -> dict | None
     they were measured on the table version it judged (that one, or one maintenance made of the same rows)
     with the same judged set; else None."""
     record = served.gates.get(gate) or {}
-    judged = served.judged_table_version or served.table_version
-    same = record.get(TABLE_VERSION) == judged and record.get(JUDGED_SET) == digest
+    same = record.get(TABLE_VERSION) == served.judged_version and record.get(JUDGED_SET) == digest
     return {m: record[m] for m in METRICS} if same and all(m in record for m in METRICS) else None
 
 

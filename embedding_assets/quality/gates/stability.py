@@ -124,9 +124,8 @@ def _recorded(previous: dict, baseline: ServingState, db: lancedb.DBConnection, 
     rankings = previous.get(RANKINGS)
     if previous.get(RANKED_QUERIES) != digest or not isinstance(rankings, list):
         return None
-    judged = baseline.judged_table_version or baseline.table_version
-    committed = store.version_committed_at(db.open_table(baseline.table), judged)
-    return rankings if previous.get(RANKED_STATE) == f"{judged}@{committed}" else None
+    judged = store.version_state(db.open_table(baseline.table), baseline.judged_version)
+    return rankings if previous.get(RANKED_STATE) == judged else None
 
 
 def _cross_version(
