@@ -21,7 +21,7 @@ from embedding_assets.defs.assets.model_weights import model_weights
 from embedding_assets.defs.assets.serving import serving_index
 from embedding_assets.defs.assets.shards import build_shard_vectors
 from embedding_assets.defs.checks.freshness import freshness_policy, served_freshness
-from embedding_assets.defs.checks.gates import index_checks
+from embedding_assets.defs.checks.gates import index_gates
 from embedding_assets.defs.jobs import JOBS, build_backfill_shards_job
 from embedding_assets.defs.maintenance import optimize_after_refresh_sensor, optimize_index_job
 from embedding_assets.defs.refresh import REFRESH_SENSORS
@@ -120,7 +120,7 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
         ingest, indexed = (a.map_asset_specs(with_policy) for a in (corpus, index))
     return dg.Definitions(
         assets=[ingest, model_weights, shard_vectors, chunks, embeddings, indexed, serving_index],
-        asset_checks=[*index_checks, served_freshness],
+        asset_checks=[index_gates, served_freshness],
         jobs=[*JOBS, backfill_shards_job, optimize_index_job],
         schedules=build_schedules(
             refresh_cron=_choice("EMBEDDING_ASSETS_REFRESH_CRON", "*/15 * * * *"), running=production

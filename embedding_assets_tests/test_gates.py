@@ -185,3 +185,17 @@ def test_a_recreated_table_is_not_mistaken_for_the_served_state(served, tmp_path
     assert recreated.version == state.table_version
     with pytest.raises(ServedStateMissingError, match="recreated"):
         searcher_for_state(state, store.connect(tmp_path), served.registry())
+
+
+def test_a_gate_that_raises_fails_the_step_after_the_others_report(served, static_id, monkeypatch):
+    """The gates run side by side in one op: an unexpected error in one (not a refusal to judge, which
+    blocks) leaves the others' evaluations recorded and fails the step with that error."""
+
+    def broken(_inputs):
+        raise RuntimeError("sentinel store unreadable")
+
+    gate = checks.GATE_DEFINITIONS[SENTINEL_DRIFT]
+    monkeypatch.setitem(checks.GATE_DEFINITIONS, SENTINEL_DRIFT, checks.Gate(gate.description, broken))
+    run = served.gates(static_id)
+    assert {c["name"] for c in run.checks} == set(INDEX_CHECKS) - {SENTINEL_DRIFT}
+    assert not run.gates_passed and any("sentinel store unreadable" in e for e in run.errors), run.errors
