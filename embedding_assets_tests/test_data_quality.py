@@ -25,6 +25,7 @@ from embedding_assets.models.registry import ModelVersion
 from embedding_assets.quality.gates import data_quality as dq
 from embedding_assets.quality.gates.data_quality import DataQualityReport, check_version_data_quality
 from embedding_assets.quality.gates.data_quality import validate_data_quality as validate
+from embedding_assets.quality.gates.expectations import VALIDATOR_NICENESS
 
 DIM = 8
 MAX_TOKENS = 32
@@ -301,6 +302,11 @@ def test_a_validator_that_died_is_replaced_and_the_gate_still_answers(tmp_path: 
     report = check_version_data_quality(lancedb.connect(tmp_path), minilm)  # no tables: a report, no error
     assert not report.passed and report.validator_peak_rss_gib
     assert dq.validator().submit(os.getpid).result(timeout=600) != worker
+
+
+def test_the_validator_runs_at_the_lowest_priority() -> None:
+    """Its import and validations take the CPU the run leaves idle, not a share of the run's."""
+    assert dq.validator().submit(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=600) == VALIDATOR_NICENESS
 
 
 def stored_rows(

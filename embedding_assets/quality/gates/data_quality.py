@@ -3,8 +3,8 @@
 great-expectations takes seconds to import (7 to 21 s on 2 cores: scipy.stats, altair, sqlalchemy). A
 thread importing it beside a run's stages held the interpreter lock and slowed them as much as it saved,
 so the gate validates in a worker process of its own (`validator`): a run about to be judged starts it
-(`preload_expectations`; a refresh, before its corpus sync), it imports the library on the other core while
-the stages work, and the gate sends it only the reduced frames; one no gate used is stopped
+(`preload_expectations`; a refresh, before its corpus sync), it imports the library at the lowest priority
+on the CPU the stages leave idle, and the gate sends it only the reduced frames; one no gate used is stopped
 (`stop_idle_validator`). What that process runs is in `expectations`, which does not import
 LanceDB. An ephemeral context costs milliseconds, so each validation builds its own, with analytics off.
 """
@@ -39,6 +39,7 @@ from embedding_assets.quality.gates.expectations import (
     VECTORS_SUITE,
     DataQualityReport,
     load_expectations,
+    start_validator,
     validate_frames,
     validate_in_worker,
 )
@@ -280,7 +281,7 @@ def validator() -> ProcessPoolExecutor:
     """The process that runs `validate_frames` for this one (started once, on first use): it imports
     great_expectations as it starts, so the import runs beside this process's work, not inside it."""
     executor = ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=load_expectations
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=start_validator
     )
     # Shut the worker down before exit joins child processes. A process that multiprocessing started
     # (a run launched by a code server, a step of the multiprocess executor) joins its children before
