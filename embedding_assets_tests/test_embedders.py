@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from embedding_assets.defs.checks.gates import INDEX_CHECKS
+from embedding_assets.models import onnx_int8
 from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, padded_ids, token_batches
 from embedding_assets.models.onnx_int8 import INTEGER_MATMUL, integer_matmul_model
 from embedding_assets.models.registry import (
@@ -97,6 +98,36 @@ def test_int8_products_give_a_text_the_same_vector_in_any_company(registry):
     assert floats.encoder_key() != version.encoder_key()  # other arithmetic: never one cache
     with pytest.raises(ValueError, match="needs the onnx loader"):
         ModelVersion.model_validate({**registry.get(DEFAULT_VERSION).model_dump(), "activations": "int8"})
+
+
+def test_the_int8_graph_drops_the_softmax_nan_guards_and_its_vectors_stay_the_same(registry, monkeypatch):
+    """Every text keeps tokens unmasked, so no attention row is all masked: the guard against one is
+    dropped, and a padded batch gets the same vectors to the bit as with the guards."""
+    version = registry.get(ONNX_INT8_VERSION)
+    model = next(version.weights_path().glob("*.onnx"))
+    texts = [
+        "a",
+        "a short query about csv rows",
+        "a longer passage. " * 40,
+        "mid-length text on sockets " * 5,
+    ]
+    graph = onnx.load_from_string(integer_matmul_model(model))
+    operators = Counter(node.op_type for node in graph.graph.node)
+    assert (operators["IsNaN"], operators["Where"]) == (0, 1)  # the attention mask's Where stays
+    without = embedder_for(version).encode(texts)
+    monkeypatch.setattr(onnx_int8, "_without_nan_guards", lambda nodes, outputs: nodes)
+    guarded = onnx.load_from_string(integer_matmul_model(model))
+    guards = Counter(node.op_type for node in guarded.graph.node)
+    assert (guards["IsNaN"], guards["Where"]) == (6, 7)  # one per layer
+    with_guards = type(embedder_for(version))(version)
+    monkeypatch.setitem(with_guards.__dict__, "session", _session(guarded))
+    np.testing.assert_array_equal(with_guards.encode(texts), without)
+
+
+def _session(graph):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, monkeypatch):

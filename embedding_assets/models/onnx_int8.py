@@ -10,6 +10,12 @@ that token's precision, and a text's vector never depends on the texts in the sa
 600 chunks of the shipped corpus, cosine distance to the float model p50 0.002 and p95 0.003, against
 0.006 and 0.009 with one scale per call (whose migration from MiniLM the golden gate blocked: nDCG@10
 0.022 below), at about the same speed.
+
+The export guards each attention softmax with `Where(IsNaN(p), 0, p)`, for a row whose every key is
+masked. No row here is: every text keeps its [CLS] and [SEP] tokens unmasked. The guard is dropped, and
+the vectors are the same to the bit; it took a fifth of the session's time (onnxruntime's `Where` on
+each layer's batch x heads x tokens x tokens probabilities), and MiniLM int8 encoded 300 shipped chunks
+at 93-104 chunks/s without it, 67-74 with it.
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ def integer_matmul_model(model_path: Path) -> bytes:
         nodes += _row_quantized_matmul(node, weight_name, added[scale_name], (depth, width), opset)
     if not added:
         raise NoInt8WeightsError(f"{model_path}: no MatMul reads int8 weights cast to float and scaled")
+    outputs = {o.name for o in graph.output}
     del graph.node[:]
-    graph.node.extend(_read_nodes(nodes, {o.name for o in graph.output}))
+    graph.node.extend(_read_nodes(_without_nan_guards(nodes, outputs), outputs))
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
     return model.SerializeToString()
 
@@ -130,6 +137,26 @@ def _int8_weights(node, producers: dict, initializers: dict) -> tuple[str, str] 
     if int(np.prod(scale.dims, dtype=np.int64)) not in (1, columns) or list(scale.dims[:-1]) not in ([], [1]):
         return None
     return weights.name, scale.name
+
+
+def _without_nan_guards(nodes: list, outputs: set[str]) -> list:
+    """`nodes` with every `Where(IsNaN(p), zero, p)` removed and its readers reading `p` itself (the
+    IsNaN, read by no one then, goes with the unread nodes). Kept where its output is the graph's."""
+    producers = {output: node for node in nodes for output in node.output}
+    bypassed: dict[str, str] = {}
+    for node in nodes:
+        condition = producers.get(node.input[0]) if node.op_type == "Where" else None
+        guarded = (
+            condition is not None and condition.op_type == "IsNaN" and condition.input[0] == node.input[2]
+        )
+        if guarded and node.output[0] not in outputs:
+            bypassed[node.output[0]] = node.input[2]
+    kept = [node for node in nodes if not (node.op_type == "Where" and node.output[0] in bypassed)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in bypassed:
+                node.input[i] = bypassed[name]
+    return kept
 
 
 def _read_nodes(nodes: list, outputs: set[str]) -> list:
