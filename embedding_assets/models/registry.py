@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from embedding_assets import locations
+from embedding_assets.models import onnx_int8
 from embedding_assets.models.fingerprint import fingerprint_weights
 
 DEFAULT_VERSION = "minilm-l6-v2"
@@ -158,7 +159,7 @@ class ModelVersion(BaseModel):
     activations: Activations = Field(
         FLOAT_ACTIVATIONS,
         description="onnx only: int8 multiplies int8 weights by activations quantized to 8 bits per token "
-        "(MatMulInteger, models/onnx_int8.py) instead of weights turned back to float",
+        "(models/onnx_int8.py) instead of weights turned back to float",
     )
     chunking: ChunkingConfig = ChunkingConfig()
     gates: GateThresholds = GateThresholds()
@@ -236,7 +237,11 @@ class ModelVersion(BaseModel):
                 "max_tokens": self.max_tokens,
                 "normalize": self.normalize,
                 # another arithmetic, other vectors; float versions keep the key they always had
-                **({"activations": self.activations} if self.activations != FLOAT_ACTIVATIONS else {}),
+                **(
+                    {"activations": self.activations, "arithmetic": onnx_int8.ARITHMETIC}
+                    if self.activations != FLOAT_ACTIVATIONS
+                    else {}
+                ),
             }
         )
 
