@@ -353,3 +353,78 @@ def test_serve_answers_like_search_json_refuses_bad_requests_and_follows_a_promo
     assert f"served-{DEFAULT_VERSION}-v{served_before}" not in tags
     _, health = _http(f"{search_service}/health")
     assert health["model_version"] == DEFAULT_VERSION and health["table_version"] == served_after
+
+
+INJECTIONS = [
+    "' OR 1=1 --",
+    "x' OR doc_id LIKE '%",
+    "library/%",
+    "library/_",
+    '") OR TRUE --',
+    "'; DROP TABLE documents; --",
+    "\\' OR 1=1 /*",
+    "library/argparse/' AND '1'='1",
+]
+
+
+def test_search_filters_are_typed_and_an_injection_attempt_matches_only_itself(
+    project, search_service, monkeypatch, capsys
+):
+    """Document id prefix, source prefix and a time range, through the Python API, the CLI and HTTP:
+    every hit satisfies the filter; text that would break out of a SQL string or act as a LIKE wildcard
+    is only ever a literal (nothing starts with it, so nothing comes back), and no table is touched."""
+    import json
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import quote
+
+    from embedding_assets import wiring
+    from embedding_assets.cli.main import main
+    from embedding_assets.serving.filters import SearchFilter
+
+    if project.pointer.current() is None:  # run on its own: serve the module's build first
+        assert project.migrate(DEFAULT_VERSION).promoted
+    query = "parse command line options"
+    served = ServedSearch(project.db(), project.pointer, project.registry())
+    unfiltered = served.search(query, 10).hits
+    prefix = "library/argparse/"
+    hits = served.search(query, 10, SearchFilter(doc_id_prefix=prefix)).hits
+    assert hits and all(h["doc_id"].startswith(prefix) for h in hits)
+    source = unfiltered[0]["source_uri"].rsplit("/", 1)[0] + "/"
+    hits = served.search(query, 10, SearchFilter(source_prefix=source)).hits
+    assert hits and all(h["source_uri"].startswith(source) for h in hits)
+    now = datetime.now(UTC)
+    assert not served.search(query, 10, SearchFilter(embedded_after=now + timedelta(days=1))).hits
+    same = served.search(query, 10, SearchFilter(embedded_before=now + timedelta(days=1))).hits
+    assert [h["chunk_id"] for h in same] == [h["chunk_id"] for h in unfiltered]
+
+    rows_before = {name: project.db().open_table(name).count_rows() for name in project.db().table_names()}
+    for text in INJECTIONS:
+        for field in ("doc_id_prefix", "source_prefix"):
+            assert served.search(query, 10, SearchFilter(**{field: text})).hits == [], (field, text)
+        assert len(served.search(text, 3).hits) == 3  # as a query it is only text to encode
+    assert {n: project.db().open_table(n).count_rows() for n in project.db().table_names()} == rows_before
+
+    monkeypatch.setattr(wiring, "project_definitions", lambda: project.defs)
+    assert main(["search", query, "--doc-id-prefix", INJECTIONS[-1], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"] == []
+    assert main(["search", query, "--doc-id-prefix", prefix, "--k", "3", "--json"]) == 0
+    assert all(h["doc_id"].startswith(prefix) for h in json.loads(capsys.readouterr().out)["hits"])
+
+    status, found = _http(
+        f"{search_service}/search", json.dumps({"query": query, "filter": {"doc_id_prefix": prefix}}).encode()
+    )
+    assert status == 200 and found["hits"] and all(h["doc_id"].startswith(prefix) for h in found["hits"])
+    status, found = _http(f"{search_service}/search?q={quote(query)}&doc_id_prefix={quote(INJECTIONS[0])}")
+    assert (status, found["hits"]) == (200, [])
+    for bad in [
+        {"doc_id_prefix": ""},
+        {"doc_id_prefix": "x" * 2000},
+        {"unknown": "x"},
+        {"embedded_after": "2026-01-01T00:00:00"},  # no zone: which moment is it?
+        {"embedded_after": "2026-02-01T00:00:00Z", "embedded_before": "2026-01-01T00:00:00Z"},
+        "doc_id LIKE 'library/%'",  # a filter is fields, never SQL
+    ]:
+        status, refused = _http(
+            f"{search_service}/search", json.dumps({"query": query, "filter": bad}).encode()
+        )
+        assert status == 400 and "filter" in refused["error"], (bad, status, refused)

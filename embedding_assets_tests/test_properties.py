@@ -19,6 +19,7 @@ from embedding_assets.index import store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import sync_chunks
 from embedding_assets.models.registry import ChunkingConfig
+from embedding_assets.serving.filters import prefix_upper_bound
 
 # Budgets (chunk tokens, overlap, model limit): the shipped one, and small ones that force every cut.
 BUDGETS = [(200, 32, 256), (40, 8, 48), (17, 4, 24)]
@@ -191,3 +192,24 @@ def test_any_sequence_of_changes_converges_to_a_fresh_build(minilm, minilm_embed
         assert [d["doc_id"] for d in _state(db, minilm.id)[0]] == on_disk
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- Search filters ----------------------------------------------------------------------------------
+
+ANY_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6)
+EDGES = st.sampled_from(["", "a", "\U0010ffff", "a\U0010ffff", "\ud7ff", "\ue000", "%", "_", "'"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    prefix=st.one_of(ANY_TEXT, EDGES).filter(bool), others=st.lists(st.one_of(ANY_TEXT, EDGES), max_size=20)
+)
+def test_a_prefix_is_exactly_its_key_range(prefix, others):
+    """The key range a prefix filter becomes holds the strings that start with it, and no other, in
+    code point order (the UTF-8 byte order LanceDB compares in)."""
+    upper = prefix_upper_bound(prefix)
+    for text in [prefix, prefix + "x", *others, *(prefix + other for other in others)]:
+        in_range = text >= prefix and (upper is None or text < upper)
+        assert in_range == text.startswith(prefix), (prefix, text, upper)
+        if upper is not None:
+            assert (text.encode() < upper.encode()) == (text < upper)

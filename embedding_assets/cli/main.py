@@ -204,11 +204,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from embedding_assets.serving.filters import SearchFilter
     from embedding_assets.serving.search import ServedSearch
 
     wired = _wired()
     served = ServedSearch(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
-    result = served.search(args.query, args.k).to_json()
+    where = SearchFilter(
+        doc_id_prefix=args.doc_id_prefix,
+        source_prefix=args.source_prefix,
+        embedded_after=args.embedded_after,
+        embedded_before=args.embedded_before,
+    )
+    result = served.search(args.query, args.k, where).to_json()
     if args.json:
         _print_json(result)
         return 0
@@ -361,7 +368,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"fingerprint     {status['served_fingerprint']}")
     print(f"wall time       {time.perf_counter() - started:.1f}s\n")
     print(f'top results for "{SAMPLE_QUERY}":')
-    return cmd_search(argparse.Namespace(query=SAMPLE_QUERY, k=5, json=False))
+    from embedding_assets.serving.filters import SearchFilter
+
+    unfiltered = dict.fromkeys(SearchFilter.model_fields)
+    return cmd_search(argparse.Namespace(query=SAMPLE_QUERY, k=5, json=False, **unfiltered))
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -449,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="query the served index")
     p.add_argument("query")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--doc-id-prefix", help="only documents whose id starts with this")
+    p.add_argument("--source-prefix", help="only documents whose source URI starts with this")
+    p.add_argument("--embedded-after", help="only vectors made at or after (ISO 8601, with a zone)")
+    p.add_argument("--embedded-before", help="only vectors made before (ISO 8601, with a zone)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 

@@ -11,6 +11,7 @@ import numpy as np
 from embedding_assets.index import ann, store, tables
 from embedding_assets.models.embedders import Embedder, embedder_for
 from embedding_assets.models.registry import ModelRegistry, ModelVersion
+from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 
 HIT_COLUMNS = [
@@ -105,19 +106,35 @@ class Searcher:
         return self.embedder.encode_queries(queries)
 
     def search_vector(
-        self, vector: np.ndarray, k: int, columns: list[str] | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        columns: list[str] | None = None,
+        where: SearchFilter | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k rows by cosine similarity, best first, with `columns` (default: every provenance column):
-        through the table's ANN index when it has one, else exact."""
-        return self.search_vectors([vector], k, columns or HIT_COLUMNS)[0]
+        through the table's ANN index when it has one, else exact; only rows `where` matches."""
+        return self.search_vectors([vector], k, columns or HIT_COLUMNS, where)[0]
 
-    def search_vectors(self, vectors: np.ndarray, k: int, columns: list[str]) -> list[list[dict[str, Any]]]:
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, columns: list[str], where: SearchFilter | None = None
+    ) -> list[list[dict[str, Any]]]:
         """`search_vector` for many query vectors in one multi-vector query (one plan, one pass over
-        the index's partitions for all of them): for each, its top-k rows, best first."""
+        the index's partitions for all of them): for each, its top-k rows, best first.
+
+        A filter prefilters (postfiltering loses most of a selective filter's rows); one that matches at
+        most ann.EXACT_FILTER_ROWS rows is searched exactly over them."""
         if not len(vectors):
             return []
         query = self.table.search([np.asarray(v, np.float32) for v in vectors]).distance_type("cosine")
-        query = ann.tuned(query, self.vector_index is not None)
+        expression = where.expression() if where is not None else None
+        if expression is None:
+            query = ann.tuned(query, self.vector_index is not None)
+        else:  # the count takes SQL: the expression's own rendering, its literals quoted by LanceDB
+            matching = self.table.count_rows(expression.to_sql()) if self.vector_index else None
+            query = ann.tuned(
+                query.where(expression, prefilter=True), self.vector_index is not None, matching
+            )
         hits = query.select([*columns, "_distance"]).limit(k).to_arrow()
         owner = [0] * hits.num_rows  # one vector: Lance leaves the query index out
         if "query_index" in hits.column_names:
@@ -128,8 +145,8 @@ class Searcher:
             found[i].append(row)
         return found
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
-        hits = self.search_vector(self.encode_queries([query])[0], k)
+    def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
+        hits = self.search_vector(self.encode_queries([query])[0], k, where=where)
         return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
 
 
@@ -175,6 +192,7 @@ class ServedSearch:
             self._searcher, self._state = searcher_for_state(state, self.db, self.registry), key
         return self._searcher
 
-    def search(self, query: str, k: int = 10) -> SearchResult:
-        """Top-k chunks for `query` from the served index, best first, each with its provenance."""
-        return self.searcher().search(query, k)
+    def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
+        """Top-k chunks for `query` from the served index, best first, each with its provenance; only
+        rows `where` matches."""
+        return self.searcher().search(query, k, where)

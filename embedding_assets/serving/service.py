@@ -17,12 +17,14 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.search import ServedSearch
 
 LOOPBACK = "127.0.0.1"
@@ -45,9 +47,12 @@ class BadRequest(ValueError):
 class SearchRequest:
     query: str
     k: int
+    where: SearchFilter | None = None
 
     @classmethod
-    def parse(cls, query: Any, k: Any) -> SearchRequest:
+    def parse(cls, query: Any, k: Any, where: Any = None) -> SearchRequest:
+        """A request from untrusted values: a refusal (BadRequest) names the first thing wrong. `where`:
+        the filter's fields (SearchFilter), as a JSON object or query parameters."""
         if not isinstance(query, str) or not query.strip():
             raise BadRequest("'query' (or ?q=) must be a non-empty string")
         if len(query) > MAX_QUERY_CHARS:
@@ -58,7 +63,20 @@ class SearchRequest:
             k = int(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise BadRequest(f"'k' must be an integer from 1 to {MAX_K}, not {k!r}")
-        return cls(query, k)
+        return cls(query, k, _filter(where))
+
+
+def _filter(where: Any) -> SearchFilter | None:
+    if where is None or where == {}:
+        return None
+    if not isinstance(where, dict):
+        raise BadRequest("'filter' must be a JSON object of SearchFilter fields")
+    try:
+        return SearchFilter.model_validate(where)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "filter"
+        raise BadRequest(f"filter {field}: {first['msg']}") from exc
 
 
 class SearchService:
@@ -73,7 +91,7 @@ class SearchService:
         with self._lock:  # the pointer is read, and a new state opened, by one request at a time
             searcher = self.served.searcher()
             self.queries += 1
-        return searcher.search(request.query, request.k).to_json()
+        return searcher.search(request.query, request.k, request.where).to_json()
 
     def health(self) -> dict[str, Any]:
         state = self.served.pointer.current()
@@ -97,9 +115,11 @@ def create_app(service: SearchService) -> Starlette:
                     raise BadRequest(f"the body is not JSON: {exc}") from exc
                 if not isinstance(payload, dict):
                     raise BadRequest("the body must be a JSON object")
-                parsed = SearchRequest.parse(payload.get("query"), payload.get("k"))
+                parsed = SearchRequest.parse(payload.get("query"), payload.get("k"), payload.get("filter"))
             else:
-                parsed = SearchRequest.parse(request.query_params.get("q"), request.query_params.get("k"))
+                params = request.query_params
+                where = {f: params[f] for f in SearchFilter.model_fields if f in params}
+                parsed = SearchRequest.parse(params.get("q"), params.get("k"), where)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         try:
