@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import numpy as np
 import pyarrow as pa
 import pytest
+from lancedb.expr import col, lit
 
 from embedding_assets.index import ann, store, tables
 from embedding_assets.index.change_log import ChangeLog
@@ -73,7 +74,7 @@ def test_after_adds_rewrites_and_deletes_the_memo_answers_exactly(db, monkeypatc
                     "chunk_id"
                 ).when_matched_update_all().when_not_matched_insert_all().execute(rows)
             else:
-                table.delete(f"doc_id IN ({', '.join(store.sql_literal(d) for d in sorted(deleted))})")
+                table.delete(col("doc_id").isin(sorted(deleted)).to_sql())
 
     table = db.open_table(name)
     write(_rows(range(2_000, 2_150), seed=2))  # new chunks, some of them near the queries
@@ -103,7 +104,7 @@ def test_other_queries_or_a_memo_emptied_by_deletes_take_a_full_pass(db, monkeyp
     monkeypatch.setattr(exact_memo, "MEMO_DEPTH_FACTOR", 1)  # lists exactly K deep: one loss empties them
     assert _both(db, queries)[1] == "full pass"
     table = db.open_table(tables.index_table(VERSION))
-    table.delete(f"doc_id = {store.sql_literal(_both(db, queries)[0][0][0])}")
+    table.delete((col("doc_id") == lit(_both(db, queries)[0][0][0])).to_sql())
     found, how, expected = _both(db, queries)
     assert how == "full pass" and found == expected
 

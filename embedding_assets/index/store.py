@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
+from lancedb.expr import col
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 IN_LIST_BATCH = 500
@@ -209,8 +210,8 @@ def table_batches_for_keys(
         keys = wanted.to_pylist()
         per_lookup = min(IN_LIST_BATCH, batch_rows)
         for start in range(0, len(keys), per_lookup):
-            literals = ", ".join(sql_literal(k) for k in keys[start : start + per_lookup])
-            yield table.search().where(f"{key} IN ({literals})").select(columns).limit(None).to_arrow()
+            wanted_here = col(key).isin(keys[start : start + per_lookup])  # typed literals, never SQL text
+            yield table.search().where(wanted_here).select(columns).limit(None).to_arrow()
         return
     if len(wanted) <= LOOKUP_LIMIT:  # no index to look keys up in: one scan of the key, then a take
         found = scanned(table.search().select([key]).with_row_id(True).limit(None))
@@ -293,7 +294,7 @@ def delete_keys(table: lancedb.table.Table, key: str, values: Iterable[str]) -> 
     before = table.count_rows()
     for start in range(0, len(values), IN_LIST_BATCH):
         batch = values[start : start + IN_LIST_BATCH]
-        table.delete(f"{key} IN ({', '.join(sql_literal(v) for v in batch)})")
+        table.delete(col(key).isin(batch).to_sql())  # SQL rendered by LanceDB from typed literals
     return before - table.count_rows()
 
 
@@ -319,7 +320,3 @@ def table_state_of(table: lancedb.table.Table) -> str:
 def version_state(table: lancedb.table.Table, version: int) -> str:
     """`table_state` naming `version` of the table (its commit time None once cleaned up)."""
     return f"{version}@{version_committed_at(table, version)}"
-
-
-def sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"

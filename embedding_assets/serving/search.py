@@ -7,6 +7,7 @@ from typing import Any
 
 import lancedb
 import numpy as np
+from lancedb.expr import col, lit
 
 from embedding_assets.index import ann, store, tables
 from embedding_assets.models.embedders import Embedder, embedder_for
@@ -90,7 +91,7 @@ class Searcher:
         fp = self.embedder.fingerprint
         foreign = (
             self.table.search()
-            .where(f"model_fingerprint != {store.sql_literal(fp)}")
+            .where(col("model_fingerprint") != lit(fp))
             .select(["chunk_id", "model_fingerprint"])
             .limit(1)
             .to_list()
