@@ -300,7 +300,8 @@ def test_serve_answers_like_search_json_refuses_bad_requests_and_follows_a_promo
     import threading
     from urllib.parse import quote
 
-    from embedding_assets.serving.service import MAX_BODY_BYTES, MAX_K
+    from embedding_assets.serving.search import MAX_K
+    from embedding_assets.serving.service import MAX_BODY_BYTES
 
     status, found = _http(f"{search_service}/search?q={quote('parse command line options')}&k=5")
     assert status == 200 and found["model_version"] == DEFAULT_VERSION and len(found["hits"]) == 5
@@ -428,3 +429,36 @@ def test_search_filters_are_typed_and_an_injection_attempt_matches_only_itself(
             f"{search_service}/search", json.dumps({"query": query, "filter": bad}).encode()
         )
         assert status == 400 and "filter" in refused["error"], (bad, status, refused)
+
+
+def test_search_refuses_a_blank_or_huge_query_and_a_k_out_of_range_in_python_and_the_cli(
+    project, monkeypatch, capsys
+):
+    """The same refusals as serve's (HTTP 400/413), before anything is encoded or searched."""
+    from embedding_assets import wiring
+    from embedding_assets.cli.main import main
+    from embedding_assets.serving.search import MAX_QUERY_CHARS, InvalidSearchError
+
+    if project.pointer.current() is None:  # run on its own: serve the module's build first
+        assert project.migrate(DEFAULT_VERSION).promoted
+    served = ServedSearch(project.db(), project.pointer, project.registry())
+    for query, k, reason in [
+        ("", 5, "non-blank"),
+        (" \n\t", 5, "non-blank"),
+        (None, 5, "non-blank"),
+        ("x" * (MAX_QUERY_CHARS + 1), 5, "characters"),
+        ("x " * 500_000, 5, "1000000 characters"),
+        ("csv", 0, "k must be"),
+        ("csv", -3, "k must be"),
+        ("csv", 1_000_000, "k must be"),
+        ("csv", True, "k must be"),
+        ("csv", "5", "k must be"),
+    ]:
+        with pytest.raises(InvalidSearchError, match=reason) as refused:
+            served.search(query, k)
+        assert refused.value.too_large == (reason.endswith("characters"))
+    monkeypatch.setattr(wiring, "project_definitions", lambda: project.defs)
+    for argv in (["search", "csv", "--k", "0"], ["search", "  "], ["search", "csv", "--k", "-1"]):
+        assert main(argv) == 2, argv
+        assert "error: " in capsys.readouterr().err
+    assert len(served.search("csv", 1).hits) == 1

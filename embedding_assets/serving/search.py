@@ -31,6 +31,32 @@ HIT_COLUMNS = [
 ]
 
 
+MAX_QUERY_CHARS = 8192  # far beyond what a model reads (max_tokens); refused rather than truncated
+MAX_K = 1000
+
+
+class InvalidSearchError(ValueError):
+    """A query or k refused, with the reason; `too_large` for a query over MAX_QUERY_CHARS."""
+
+    def __init__(self, message: str, *, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def checked_request(query: Any, k: Any) -> tuple[str, int]:
+    """`query` and `k` as a search takes them, or InvalidSearchError naming what is wrong: a query of
+    text that is not blank and at most MAX_QUERY_CHARS long, k an integer from 1 to MAX_K."""
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidSearchError(f"the query must be non-blank text, not {query!r:.40}")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidSearchError(
+            f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}", too_large=True
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InvalidSearchError(f"k must be an integer from 1 to {MAX_K}, not {k!r:.40}")
+    return query, k
+
+
 class EncoderMismatchError(RuntimeError):
     """The query encoder is not the model that produced the table's vectors."""
 
@@ -147,6 +173,7 @@ class Searcher:
         return found
 
     def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
+        query, k = checked_request(query, k)
         hits = self.search_vector(self.encode_queries([query])[0], k, where=where)
         return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
 

@@ -25,13 +25,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from embedding_assets.serving.filters import SearchFilter
-from embedding_assets.serving.search import ServedSearch
+from embedding_assets.serving.search import InvalidSearchError, ServedSearch, checked_request
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8477
 MAX_BODY_BYTES = 64 * 1024
-MAX_QUERY_CHARS = 8192  # far beyond what the model reads (max_tokens); refused rather than truncated
-MAX_K = 1000
 DEFAULT_K = 10
 
 
@@ -53,16 +51,14 @@ class SearchRequest:
     def parse(cls, query: Any, k: Any, where: Any = None) -> SearchRequest:
         """A request from untrusted values: a refusal (BadRequest) names the first thing wrong. `where`:
         the filter's fields (SearchFilter), as a JSON object or query parameters."""
-        if not isinstance(query, str) or not query.strip():
-            raise BadRequest("'query' (or ?q=) must be a non-empty string")
-        if len(query) > MAX_QUERY_CHARS:
-            raise BadRequest(f"the query has {len(query)} characters; at most {MAX_QUERY_CHARS}", 413)
         if k is None:
             k = DEFAULT_K
         if isinstance(k, str) and k.strip().lstrip("-").isdigit():
             k = int(k)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise BadRequest(f"'k' must be an integer from 1 to {MAX_K}, not {k!r}")
+        try:
+            query, k = checked_request(query, k)
+        except InvalidSearchError as exc:
+            raise BadRequest(str(exc), 413 if exc.too_large else 400) from exc
         return cls(query, k, _filter(where))
 
 
