@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +16,19 @@ from typing import NamedTuple, Protocol
 
 MAX_DOCUMENT_BYTES = 2_000_000
 CORPUS_SUFFIXES = (".md", ".txt", ".rst", ".py")
+# A longer run without whitespace is encoded or minified data: the tokenizer reads it as one unknown token,
+# so the chunk would be that run with a vector that says nothing about it.
+MAX_RUN_CHARS = 10_000
+_LONG_RUN = re.compile(rf"(?<!\S)\S{{{MAX_RUN_CHARS + 1},}}")  # from a run's start only: linear
+# Byte-order marks of encodings other than UTF-8, longest first (UTF-32 LE's begins with UTF-16 LE's).
+# Such a file is refused, not decoded: binary data that happens to begin with FF FE decodes as UTF-16
+# into plausible CJK text, so a mark alone is no evidence of text.
+_FOREIGN_MARKS = (
+    (codecs.BOM_UTF32_LE, "UTF-32 LE"),
+    (codecs.BOM_UTF32_BE, "UTF-32 BE"),
+    (codecs.BOM_UTF16_LE, "UTF-16 LE"),
+    (codecs.BOM_UTF16_BE, "UTF-16 BE"),
+)
 
 
 @dataclass(frozen=True)
@@ -24,10 +39,16 @@ class Document:
     source_uri: str
     updated_at: datetime
     mtime_ns: int | None = None
+    size: int | None = None  # bytes as stored at the source, when they differ from the text's UTF-8
 
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def stored_size(self) -> int:
+        """What a scan sees: the file's size (a byte-order mark, CRLF or UTF-16 included)."""
+        return len(self.text.encode("utf-8")) if self.size is None else self.size
 
 
 @dataclass(frozen=True)
@@ -68,11 +89,42 @@ class Quarantined:
 
 
 def problem(text: str) -> str | None:
+    """Why a decoded text cannot be indexed, or None."""
     if "\x00" in text:
         return "contains NUL bytes (binary file?)"
     if not text.strip():
         return "empty or whitespace-only"
+    if run := _LONG_RUN.search(text):
+        line = text.count("\n", 0, run.start()) + 1
+        return (
+            f"a run of {run.end() - run.start():,} characters without whitespace at line {line} (at most "
+            f"{MAX_RUN_CHARS:,}): encoded or minified data, which a model reads as one unknown token"
+        )
     return None
+
+
+def too_large(size: int, what: str = "exceeds") -> str:
+    """The quarantine reason for a document over MAX_DOCUMENT_BYTES (`size`: at least that many bytes)."""
+    return f"{size:,} bytes {what} the {MAX_DOCUMENT_BYTES:,}-byte document limit; not read"
+
+
+def decoded(data: bytes) -> str:
+    """A file's UTF-8 text, a leading byte-order mark dropped, newlines made `\\n` (as text mode reads).
+
+    Raises UnicodeDecodeError, its `reason` saying what the bytes are instead.
+    """
+    for mark, name in _FOREIGN_MARKS:
+        if data.startswith(mark):
+            raise UnicodeDecodeError(
+                "utf-8", data, 0, len(mark), f"a {name} byte-order mark: not UTF-8; save it as UTF-8"
+            )
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        exc.reason = f"not valid UTF-8 at byte {skip + exc.start}"
+        raise
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 class FolderSource:
@@ -101,18 +153,19 @@ class FolderSource:
         return {
             doc_id: (found.st_size, found.st_mtime_ns)
             for doc_id, _, found in self._files()
-            if not isinstance(found, str)
+            if not isinstance(found, Quarantined)
         }
 
     def refused(self) -> dict[str, str]:
-        """doc_id -> why, for each corpus symlink that is not followed (outside the root, broken, a loop)."""
-        return {doc_id: found for doc_id, _, found in self._files() if isinstance(found, str)}
+        """doc_id -> why, for each corpus file that is listed but not read (a link out of the root, broken
+        or in a loop; a name that is not UTF-8; a file gone before it was looked at)."""
+        return {doc_id: found.reason for doc_id, _, found in self._files() if isinstance(found, Quarantined)}
 
     def read(self, known: Manifest | None = None) -> Iterator[SourceItem]:
         known = known or {}
         for doc_id, path, found in self._files():
-            if isinstance(found, str):
-                yield Quarantined(doc_id, Path(path).as_uri(), found, forget=True)
+            if isinstance(found, Quarantined):
+                yield found
                 continue
             size, mtime_ns = found.st_size, found.st_mtime_ns
             entry = known.get(doc_id)
@@ -121,42 +174,70 @@ class FolderSource:
             else:
                 yield self._read_one(Path(path), doc_id, size, mtime_ns)
 
-    def _files(self) -> Iterator[tuple[str, os.PathLike, os.stat_result | str]]:
-        """(doc_id, in-root file to read, its stat) per corpus file, or (doc_id, link, why it is refused),
-        in path order. One lstat per file: a folder of 90,000 files is scanned in a second or two."""
+    def _files(self) -> Iterator[tuple[str, os.PathLike, os.stat_result | Quarantined]]:
+        """(doc_id, in-root file to read, its stat) per corpus file, or (doc_id, the file, why it is not
+        read), in path order. One lstat per file: a folder of 90,000 files is scanned in a second or two."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"corpus folder {self.root} does not exist; run `embedding-assets seed`")
         root = self.root.resolve()
         for doc_id, entry in _walk(str(root), ""):
             if os.path.splitext(entry.name)[1] not in self.suffixes:
                 continue
-            if entry.is_symlink():
-                try:
-                    path = _resolve_inside(Path(entry.path), root)
-                except _Refused as refused:
-                    yield doc_id, Path(entry.path), str(refused)
-                    continue
-                found = path.stat(follow_symlinks=False)
-            else:
-                path, found = entry, entry.stat(follow_symlinks=False)  # a Path only for what is read
+            uri = Path(entry.path).as_uri()
+            if not _is_utf8(doc_id):
+                shown = os.fsencode(doc_id).decode("utf-8", "backslashreplace")
+                yield shown, entry, Quarantined(shown, uri, "file name is not valid UTF-8; not read", True)
+                continue
+            try:
+                if entry.is_symlink():
+                    try:
+                        path = _resolve_inside(Path(entry.path), root)
+                    except _Refused as refused:
+                        yield doc_id, entry, Quarantined(doc_id, uri, str(refused), forget=True)
+                        continue
+                    found = path.stat(follow_symlinks=False)
+                else:
+                    path, found = entry, entry.stat(follow_symlinks=False)  # a Path only for what is read
+            except FileNotFoundError:
+                yield doc_id, entry, Quarantined(doc_id, uri, VANISHED)
+                continue
             if S_ISREG(found.st_mode):
                 yield doc_id, path, found
 
     def _read_one(self, path: Path, doc_id: str, size: int, mtime_ns: int) -> Document | Quarantined:
         uri = path.as_uri()
         if size > MAX_DOCUMENT_BYTES:
-            return Quarantined(
-                doc_id, uri, f"{size} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte document limit"
-            )
+            return Quarantined(doc_id, uri, too_large(size))
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                data = f.read(MAX_DOCUMENT_BYTES + 1)  # it may have grown since its stat
+        except FileNotFoundError:
+            return Quarantined(doc_id, uri, VANISHED)
+        except OSError as exc:
+            return Quarantined(doc_id, uri, f"not readable: {exc.strerror}")
+        if len(data) > MAX_DOCUMENT_BYTES:
+            return Quarantined(doc_id, uri, too_large(len(data), "grew past"))
+        try:
+            text = decoded(data)
         except UnicodeDecodeError as exc:
-            return Quarantined(doc_id, uri, f"not valid UTF-8 at byte {exc.start}")
+            return Quarantined(doc_id, uri, exc.reason)
         if reason := problem(text):
             return Quarantined(doc_id, uri, reason)
         title = text.lstrip().split("\n", 1)[0].lstrip("# ").strip()[:200]
         mtime = datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
-        return Document(doc_id, title, text, uri, mtime, mtime_ns)
+        return Document(doc_id, title, text, uri, mtime, mtime_ns, len(data))
+
+
+VANISHED = "vanished between the folder listing and its read; its last version is kept until a pass sees it"
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (the surrogates os.scandir decodes them to)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _walk(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry]]:
@@ -234,9 +315,12 @@ class BeirSource:
         if not self.corpus_path.is_file():
             raise FileNotFoundError(f"{self.corpus_path} not found: a BEIR dataset needs corpus.jsonl")
         mtime = datetime.fromtimestamp(self.corpus_path.stat().st_mtime, tz=UTC)
-        with open(self.corpus_path, encoding="utf-8") as f:
+        first_line: dict[str, int] = {}
+        with open(self.corpus_path, "rb") as f:
             for line_no, line in enumerate(f, 1):
-                uri = f"{self.uri}#L{line_no}"
+                uri, where = f"{self.uri}#L{line_no}", f"line:{line_no}"
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                     doc_id, title, body = (
@@ -244,9 +328,20 @@ class BeirSource:
                         record.get("title") or "",
                         record.get("text") or "",
                     )
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    yield Quarantined(f"line:{line_no}", uri, f"malformed corpus record: {exc}")
+                    if not isinstance(title, str) or not isinstance(body, str):
+                        raise TypeError("title and text must be strings")
+                except UnicodeDecodeError as exc:
+                    yield Quarantined(where, uri, f"not valid UTF-8 at byte {exc.start} of the line")
                     continue
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    yield Quarantined(where, uri, f"malformed corpus record: {exc!r:.200}")
+                    continue
+                if doc_id in first_line:
+                    yield Quarantined(
+                        where, uri, f"duplicate _id {doc_id!r:.100}: line {first_line[doc_id]} has it; kept"
+                    )
+                    continue
+                first_line[doc_id] = line_no
                 text = f"{title}\n\n{body}" if title else body
                 if reason := problem(text):
                     yield Quarantined(doc_id, uri, reason)

@@ -106,7 +106,7 @@ def _write_documents(
 
 
 def _entry(document: Document) -> ManifestEntry:
-    return ManifestEntry(document.checksum, len(document.text.encode("utf-8")), document.mtime_ns)
+    return ManifestEntry(document.checksum, document.stored_size, document.mtime_ns)
 
 
 def _document_rows(documents: list[Document]) -> pa.Table:
@@ -118,7 +118,7 @@ def _document_rows(documents: list[Document]) -> pa.Table:
                 "text": d.text,
                 "source_uri": d.source_uri,
                 "doc_checksum": d.checksum,
-                "size": len(d.text.encode("utf-8")),
+                "size": d.stored_size,
                 "updated_at": d.updated_at,
                 "mtime_ns": d.mtime_ns,
             }

@@ -147,7 +147,7 @@ def encode_into(
                     lengths=None if lengths is None else lengths[batch],
                     on_batch=lambda n, _, at=done: (report(at + n), bar.update(at + n - bar.n)),
                 )
-                _check_vectors(vectors, version.dimension, version.id)
+                _check_vectors(vectors, version.dimension, version.id, hashes[batch], texts[batch])
                 # Hashes the table lacks, by construction (`unseen_hashes`): appended, not merged.
                 rows = _cache_rows(hashes[batch], vectors, embedder.fingerprint, version.dimension)
                 table.add(rows.cast(table.schema))
@@ -171,13 +171,26 @@ def _progress_log(
     return report
 
 
-def _check_vectors(vectors: np.ndarray, dimension: int, version_id: str) -> None:
+def _check_vectors(
+    vectors: np.ndarray, dimension: int, version_id: str, hashes: list[str], texts: list[str]
+) -> None:
+    """Refuse a batch before it is cached: the wrong width, or any vector that is NaN, infinite or zero
+    (a cosine means nothing for those). ValueError names how many, and the first one's hash and text."""
     if vectors.ndim != 2 or vectors.shape[1] != dimension:
         raise ValueError(
             f"model version {version_id!r} produced shape {vectors.shape}, registry says {dimension}-d"
         )
-    if not np.isfinite(vectors).all():
-        raise ValueError(f"model version {version_id!r} produced non-finite vectors; nothing was cached")
+    for bad, what in (
+        (~np.isfinite(vectors).all(axis=1), "NaN or infinite"),
+        (~(np.abs(vectors) > 0).any(axis=1), "all-zero"),
+    ):
+        if bad.any():
+            first = int(np.argmax(bad))
+            raise ValueError(
+                f"model version {version_id!r} produced {int(bad.sum())} {what} vector(s) in a batch of "
+                f"{len(vectors)} (first: chunk_hash {hashes[first]}, text {texts[first]!r:.80}); this "
+                "batch was not cached"
+            )
 
 
 def _cache_rows(hashes: list[str], vectors: np.ndarray, fingerprint: str, dimension: int) -> pa.Table:

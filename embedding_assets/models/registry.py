@@ -7,10 +7,10 @@ import importlib
 import json
 import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from embedding_assets import locations
 from embedding_assets.models import onnx_int8
@@ -312,9 +312,38 @@ class ModelRegistry(BaseModel):
 def load_registry(
     path: Path = locations.SHIPPED_REGISTRY, models_dir: Path = DEFAULT_MODELS_DIR
 ) -> ModelRegistry:
-    with open(path, encoding="utf-8") as f:
-        registry = ModelRegistry.model_validate(yaml.load(f, Loader=YAML_LOADER) or {"versions": []})
+    """The registry at `path`; ModelRegistryError naming the file, and the line or the entry and field,
+    when it is not YAML or not a registry."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.load(f, Loader=YAML_LOADER)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ModelRegistryError(f"model registry {path} is not valid YAML: {exc}") from None
+    try:
+        registry = ModelRegistry.model_validate(document or {"versions": []})
+    except ValidationError as exc:
+        raise ModelRegistryError(f"model registry {path}: {_problems(exc, document)}") from None
     return registry.with_models_dir(models_dir)
+
+
+def _problems(error: ValidationError, document: Any) -> str:
+    """Each validation error as `versions[0] ('its id').field: message (was value)`."""
+    found = []
+    for problem in error.errors(include_url=False):
+        where, node = "", document
+        for part in problem["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+            node = node[part] if isinstance(node, dict | list) and _has(node, part) else None
+            if isinstance(part, int) and isinstance(node, dict) and "id" in node:
+                where += f" ({node['id']!r})"
+        shown = "input" in problem and problem["type"] != "missing"
+        value = f" (was {problem['input']!r:.80})" if shown else ""
+        found.append(f"{where or 'the file'}: {problem['msg']}{value}")
+    return "; ".join(found)
+
+
+def _has(node: dict | list, key: Any) -> bool:
+    return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
 
 
 def save_registry(registry: ModelRegistry, path: Path = locations.SHIPPED_REGISTRY) -> None:

@@ -29,6 +29,7 @@ from psycopg2.extensions import cursor as PgCursor
 
 from embedding_assets.corpus.postgres.decoding import ChangeBatch, collect, lsn_value, split_table_name
 from embedding_assets.corpus.postgres.settings import PostgresSettings
+from embedding_assets.corpus.sources import MAX_DOCUMENT_BYTES
 
 PLUGIN = "test_decoding"
 DECODING_OPTIONS = ["include-xids", "1", "include-timestamp", "1", "skip-empty-xacts", "1"]
@@ -38,17 +39,22 @@ PENDING_COUNT_LIMIT = 1000
 
 @dataclass(frozen=True)
 class SourceRow:
+    """One row as read: `body` is None when the column is NULL or longer than the limit the feed was
+    given (`body_bytes` tells which); `updated_at` None when NULL."""
+
     doc_id: str
     title: str
-    body: str
-    updated_at: datetime
+    body: str | None
+    updated_at: datetime | None
+    body_bytes: int | None = None
 
 
 class PostgresChangeFeed:
     """Changes to one table through one logical replication slot; see the module docstring for a run."""
 
-    def __init__(self, settings: PostgresSettings):
+    def __init__(self, settings: PostgresSettings, max_body_bytes: int = MAX_DOCUMENT_BYTES):
         self.settings = settings
+        self.max_body_bytes = max_body_bytes
         self._schema, self._name = split_table_name(settings.table)
 
     @contextmanager
@@ -158,10 +164,8 @@ class PostgresChangeFeed:
         with self._cursor() as cur:
             for start in range(0, len(wanted), FETCH_BATCH):
                 cur.execute(
-                    sql.SQL("SELECT id, title, body, updated_at FROM {} WHERE id = ANY(%s)").format(
-                        self._table()
-                    ),
-                    (wanted[start : start + FETCH_BATCH],),
+                    sql.SQL("SELECT {} FROM {} WHERE id = ANY(%s)").format(_COLUMNS, self._table()),
+                    (self.max_body_bytes, wanted[start : start + FETCH_BATCH]),
                 )
                 rows += [_source_row(row) for row in cur.fetchall()]
         return sorted(rows, key=lambda row: row.doc_id)
@@ -170,7 +174,8 @@ class PostgresChangeFeed:
         """Every row, by id: the initial load, read after the slot was created."""
         with self._cursor() as cur:
             cur.execute(
-                sql.SQL("SELECT id, title, body, updated_at FROM {} ORDER BY id").format(self._table())
+                sql.SQL("SELECT {} FROM {} ORDER BY id").format(_COLUMNS, self._table()),
+                (self.max_body_bytes,),
             )
             return [_source_row(row) for row in cur.fetchall()]
 
@@ -210,7 +215,14 @@ def _one(cur: PgCursor) -> tuple[Any, ...]:
     return row
 
 
+# A body over the limit is measured in the database and never sent: a 50 MB row costs its length only.
+_COLUMNS = sql.SQL(
+    "id, title, CASE WHEN octet_length(body) <= %s THEN body END, octet_length(body), updated_at"
+)
+
+
 def _source_row(row: tuple[Any, ...]) -> SourceRow:
-    doc_id, title, body, updated_at = row
-    at = updated_at.replace(tzinfo=UTC) if updated_at.tzinfo is None else updated_at.astimezone(UTC)
-    return SourceRow(doc_id=str(doc_id), title=title or "", body=body, updated_at=at)
+    doc_id, title, body, body_bytes, at = row
+    if at is not None:
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return SourceRow(str(doc_id), title or "", body, at, body_bytes)

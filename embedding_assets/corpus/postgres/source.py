@@ -8,6 +8,7 @@ the replication slot reports as inserted, updated or deleted are read. Reading n
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from embedding_assets.corpus.postgres.decoding import ChangeBatch, ResyncRequired
 from embedding_assets.corpus.postgres.feed import PostgresChangeFeed, SourceRow
@@ -20,6 +21,7 @@ from embedding_assets.corpus.sources import (
     Quarantined,
     SourceItem,
     problem,
+    too_large,
 )
 
 
@@ -74,9 +76,14 @@ class PostgresSource:
 
     def _document(self, row: SourceRow, committed_at=None) -> Document | Quarantined:
         uri = f"{self.uri}#id={row.doc_id}"
+        if row.body is None:
+            if row.body_bytes is None:
+                return Quarantined(row.doc_id, uri, "body is NULL")
+            return Quarantined(row.doc_id, uri, f"body of {too_large(row.body_bytes)}")
         text = f"# {row.title}\n\n{row.body}" if row.title else row.body
         if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
-            return Quarantined(row.doc_id, uri, f"body exceeds the {MAX_DOCUMENT_BYTES}-byte document limit")
+            return Quarantined(row.doc_id, uri, f"title and body: {too_large(len(text.encode()))}")
         if reason := problem(text):
             return Quarantined(row.doc_id, uri, reason)
-        return Document(row.doc_id, row.title, text, uri, committed_at or row.updated_at)
+        updated_at = committed_at or row.updated_at or datetime.now(UTC)
+        return Document(row.doc_id, row.title, text, uri, updated_at)

@@ -7,6 +7,7 @@ from embedding_assets.corpus.sync import sync_corpus
 from embedding_assets.defs import pools
 from embedding_assets.defs.resources import CorpusSourceResource, LanceDBResource
 from embedding_assets.metadata import EXAMPLES
+from embedding_assets.quality.gates.outcome import markdown_table
 
 
 @dg.asset(group_name="ingest", kinds={"lancedb"}, pool=pools.DOCUMENTS_TABLE)
@@ -18,7 +19,7 @@ def corpus(
     sync = sync_corpus(lancedb.connect(), source)
     for q in sync.quarantined:
         context.log.warning(f"quarantined {q.doc_id}: {q.reason}")
-    quarantine = "\n".join(f"| `{q.doc_id}` | {q.reason} |" for q in sync.quarantined[:EXAMPLES])
+    quarantine = [[q.doc_id, q.reason] for q in sync.quarantined[:EXAMPLES]]
     return dg.MaterializeResult(
         metadata={
             "source": source.uri,
@@ -28,7 +29,7 @@ def corpus(
             md.DOCS_DELETED: len(sync.deleted),
             "docs_quarantined": len(sync.quarantined),
             "quarantine": dg.MetadataValue.md(
-                f"| doc_id | reason |\n|---|---|\n{quarantine}" if quarantine else "nothing quarantined"
+                markdown_table(["doc_id", "reason"], quarantine) if quarantine else "nothing quarantined"
             ),
             md.LANCE_TABLE_VERSION: sync.table_version,
             **_change_capture(source),

@@ -46,4 +46,5 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> Markdown:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
+    # A cell is one line: a pipe or line break in a value (a file name may hold both) would end it.
+    return str(value).replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
