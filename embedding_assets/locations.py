@@ -11,6 +11,15 @@ SHIPPED_GOLDEN_DIR = PROJECT_ROOT / "data" / "golden"  # the judged queries live
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
 
 
+def private_folder(path: Path) -> Path:
+    """`path`, made if missing, that only its owner may enter (0700): the databases, the serving pointer
+    and the Dagster home hold documents, vectors and run logs. A folder others could enter is tightened."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def corpus_dir(data_dir: Path) -> Path:
     return data_dir / "corpus"
 

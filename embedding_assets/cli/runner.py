@@ -75,7 +75,7 @@ def dagster_instance() -> dg.DagsterInstance:
     """The instance in $DAGSTER_HOME; without one, a local SQLite instance under the project."""
     home = Path(os.environ.get("DAGSTER_HOME") or locations.DEFAULT_DAGSTER_HOME)
     os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
+    locations.private_folder(home)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(LOCAL_INSTANCE_CONFIG)

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col
 
+from embedding_assets import locations
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 IN_LIST_BATCH = 500
 KEY_SEPARATOR = "\x1f"  # between the parts of a joined key: a unit separator, in no id or hash
@@ -100,7 +102,10 @@ class WriteStats:
 
 
 def connect(uri: str | Path, storage_options: dict[str, str] | None = None) -> lancedb.DBConnection:
-    """The database at `uri` (a folder or an object-store URI), reached with `storage_options`."""
+    """The database at `uri` (a folder or an object-store URI), reached with `storage_options`. A local
+    folder is made private (`locations.private_folder`)."""
+    if "://" not in str(uri) or str(uri).startswith("file://"):
+        locations.private_folder(Path(urlparse(str(uri)).path if "://" in str(uri) else uri))
     return lancedb.connect(str(uri), storage_options=storage_options or None)
 
 

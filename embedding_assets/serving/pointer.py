@@ -17,6 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from embedding_assets import locations
+
 POINTER_FILE = "pointer.json"
 HISTORY_FILE = "history.jsonl"
 LOCK_FILE = ".lock"
@@ -179,7 +181,7 @@ class ServingPointer:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the folder's exclusive lock: promotions and rollbacks, from any process, one at a time."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        locations.private_folder(self.folder)
         fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -196,7 +198,8 @@ class ServingPointer:
     def _append(self, state: ServingState) -> ServingState:
         """Append `state` to the history and replace the pointer; the caller holds the lock."""
         state = state.model_copy(update={"seq": len(self.history())})
-        with open(self.history_path, "a", encoding="utf-8") as f:
+        history = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(history, "a", encoding="utf-8") as f:
             f.write(state.model_dump_json() + "\n")
             f.flush()
             os.fsync(f.fileno())
