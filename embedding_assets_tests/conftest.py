@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated data folder, the real pinned MiniLM model loaded once, a small real corpus."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,12 +15,15 @@ from contextlib import closing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
+from embedding_assets import locations  # noqa: E402
 from embedding_assets.corpus.postgres.settings import PostgresSettings  # noqa: E402
 from embedding_assets.definitions import build_resources  # noqa: E402
 from embedding_assets.models.embedders import Embedder, embedder_for  # noqa: E402
 from embedding_assets.models.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion  # noqa: E402
 from embedding_assets_tests import pg, s3  # noqa: E402
+from embedding_assets_tests.deployments import SECOND  # noqa: E402
 
 # The files that take longest (waiting on daemons, launched runs, object storage and model builds of their
 # own), longest first. Under `-n 2 --dist loadfile` each worker takes the next file in collection order,
@@ -121,3 +125,29 @@ def s3_server() -> Iterator[s3.S3Server]:
     else:
         with s3.throwaway_server() as env:
             yield s3.with_bucket(env)
+
+
+@pytest.fixture(scope="session")
+def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped registry plus SECOND: MiniLM under another id (`deployments`)."""
+    registry = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
+    [minilm] = [v for v in registry["versions"] if v["id"] == DEFAULT_VERSION]
+    registry["versions"].append({**minilm, "id": SECOND, "description": "MiniLM under another id"})
+    path = tmp_path_factory.mktemp("registry") / "model_registry.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    return path
+
+
+@pytest.fixture(scope="session")
+def deployment_bases(
+    built_project, registry_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Deployment folders to start from: MiniLM served ("served"), and SECOND served after it ("migrated")."""
+    root = tmp_path_factory.mktemp("crash-bases")
+    served = built_project.copy(root / "served", registry=registry_path)
+    assert served.migrate(DEFAULT_VERSION).promoted
+    shutil.copy(registry_path, served.root / "model_registry.yaml")
+    migrated = served.copy(root / "migrated", registry=registry_path)
+    assert migrated.migrate(SECOND).promoted
+    shutil.copy(registry_path, migrated.root / "model_registry.yaml")
+    return {"served": served.root, "migrated": migrated.root}

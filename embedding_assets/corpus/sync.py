@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import lancedb
 import pyarrow as pa
 
+from embedding_assets import faults
 from embedding_assets.corpus.sources import Deleted, Document, Manifest, ManifestEntry, Quarantined, Source
 from embedding_assets.index import store, tables
 from embedding_assets.index.change_log import ChangeLog, LoggedWrite
@@ -89,6 +90,7 @@ def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
         sync.documents = len(known) - len(sync.deleted) + len(sync.added)
         logged.touches(sync.deleted)
         _write_documents(table, pending, known, logged)
+        faults.failpoint(faults.CORPUS_WRITTEN)
         store.delete_keys(table, "doc_id", sync.deleted)
     sync.table_version = table.version
     _record_quarantine(db, sync.quarantined, incremental=not source.complete)

@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 
+from embedding_assets import faults
 from embedding_assets import metadata as md
 from embedding_assets.defs import tags
 from embedding_assets.defs.assets.chunks import chunks
@@ -68,6 +69,7 @@ class RefreshReport:
     cdc: dict[str, Any] = field(default_factory=dict)
     maintenance: list[dict[str, Any]] = field(default_factory=list)
     maintenance_seconds: float = 0.0
+    recovered: list[str] = field(default_factory=list)  # what the serving pointer needed after a crash
 
     @property
     def ok(self) -> bool:
@@ -98,8 +100,11 @@ def refresh_live_versions(
     """The whole pass in process: `launch(job, partition)` runs each step and returns its result; a
     version with nothing to do (`up_to_date`) is reported skipped, with the reason, unless `force`."""
     started = time.perf_counter()
+    recovered = serving.pointer().recover()  # a move a crash cut short is finished before anything else
     synced = materialization_metadata(launch(CORPUS_JOB, None), corpus.key)
+    faults.failpoint(faults.CORPUS_SYNCED)
     report = RefreshReport(synced[md.DOCS_ADDED], synced[md.DOCS_CHANGED], synced[md.DOCS_DELETED])
+    report.recovered = recovered
     pointer = serving.pointer()
     for job_name, live in refresh_plan(lancedb, model_registry, serving):
         reason = None if force else skip_reason(instance, lancedb, model_registry, serving, live)
@@ -120,6 +125,7 @@ def refresh_live_versions(
     if end_lsn:
         report.cdc = {"end_lsn": end_lsn, "advanced": report.ok}
         if report.ok:
+            faults.failpoint(faults.CDC_ADVANCING)
             corpus_source.advance(end_lsn)
     report.seconds = time.perf_counter() - started
     maintain_indexes(launch, lancedb, report)
@@ -270,6 +276,7 @@ def change_capture_commit_sensor(context: dg.RunStatusSensorContext, corpus_sour
         return dg.SkipReason(
             f"batch {batch[:8]}: every version refreshed; no change-capture position to commit"
         )
+    faults.failpoint(faults.CDC_ADVANCING)
     corpus_source.advance(end_lsn)
     context.log.info(f"batch {batch[:8]}: every live version indexed up to {end_lsn}; position advanced")
     return dg.SkipReason(f"batch {batch[:8]}: advanced the change-capture position to {end_lsn}")

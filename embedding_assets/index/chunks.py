@@ -9,6 +9,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedding_assets import faults
 from embedding_assets.index import change_log, staging, store, tables
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.models.registry import ModelVersion
@@ -88,6 +89,7 @@ def sync_chunks(db: lancedb.DBConnection, version: ModelVersion, chunker: Chunke
         for rows in chunk_batches(db, to_cut, chunker, config_hash):
             written.add(rows)
         written.flush()
+        faults.failpoint(faults.CHUNKS_WRITTEN)
         replaced = pc.and_(
             pc.is_in(existing["doc_id"], value_set=pa.array(stale_docs, pa.string())),
             pc.invert(pc.is_in(existing["chunk_id"], value_set=written.chunk_ids())),

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from embedding_assets import faults
 from embedding_assets.index import change_log, staging, store, tables
 from embedding_assets.models.embedders import Embedder
 
@@ -150,7 +151,9 @@ def encode_into(
                 _check_vectors(vectors, version.dimension, version.id, hashes[batch], texts[batch])
                 # Hashes the table lacks, by construction (`unseen_hashes`): appended, not merged.
                 rows = _cache_rows(hashes[batch], vectors, embedder.fingerprint, version.dimension)
+                faults.failpoint(faults.EMBEDDINGS_ENCODED)
                 table.add(rows.cast(table.schema))
+                faults.failpoint(faults.EMBEDDINGS_CACHED)
                 done += len(vectors)
     return time.perf_counter() - started
 

@@ -10,6 +10,7 @@ import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedding_assets import faults
 from embedding_assets.index import change_log, store, tables
 from embedding_assets.models.registry import ModelVersion
 
@@ -67,7 +68,9 @@ def sync_index(db: lancedb.DBConnection, version: ModelVersion) -> IndexSync:
         for rows in _index_row_batches(db, version, to_write, fingerprint, config_hash):
             stats = store.append_or_upsert(table, rows, "chunk_id", present)
             written += stats.inserted + stats.updated
+        faults.failpoint(faults.INDEX_UPSERTED)
         deleted = store.delete_keys(table, "chunk_id", obsolete.to_pylist())
+    faults.failpoint(faults.INDEX_DELETED)
     return IndexSync(
         rows_upserted=written,
         rows_deleted=deleted,

@@ -1,7 +1,12 @@
 """The serving pointer: which model version and Lance table version answer queries, with its history.
 
 The pointer is one JSON file replaced atomically (write to a temp file, fsync, rename); every
-promotion and rollback is also appended to a JSON-lines history, so the way back is always known.
+promotion and rollback is then appended to a JSON-lines history, so the way back is always known.
+
+A crash between the two leaves the pointer one move ahead of its history, and one while appending leaves
+a torn last line: the next writer, under the lock, completes the history first (`recover`). A pointer
+file that is missing or damaged while the history holds states is read as the history's last state, so
+queries go on; `damage()` names what is wrong and `recover` rewrites it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from embedding_assets import locations
+from embedding_assets import faults, locations
 
 POINTER_FILE = "pointer.json"
 HISTORY_FILE = "history.jsonl"
@@ -67,6 +72,10 @@ class NothingServedError(RuntimeError):
     """No version has been promoted yet."""
 
 
+class PointerDamagedError(RuntimeError):
+    """A line inside the serving history is damaged: the way back cannot be trusted until it is restored."""
+
+
 class NothingToRollBackError(RuntimeError):
     """The served state replaced nothing, so there is nowhere to go back to."""
 
@@ -86,9 +95,12 @@ class ServingPointer:
         return self.folder / HISTORY_FILE
 
     def current(self) -> ServingState | None:
-        if not self.pointer_path.exists():
-            return None
-        return ServingState.model_validate_json(self.pointer_path.read_text())
+        """What serves: the pointer file, or, when it is missing or damaged, the history's last state."""
+        state = self._pointer_file()
+        if isinstance(state, ServingState):
+            return state
+        history = self.history()
+        return history[-1] if history else None
 
     def require_current(self) -> ServingState:
         state = self.current()
@@ -97,13 +109,70 @@ class ServingPointer:
         return state
 
     def history(self) -> list[ServingState]:
-        if not self.history_path.exists():
-            return []
-        lines = [line for line in self.history_path.read_text().splitlines() if line.strip()]
-        return [
-            ServingState.model_validate_json(line).model_copy(update={"seq": i})
-            for i, line in enumerate(lines)
-        ]
+        """Every state served, oldest first; a torn last line (a crash while appending) is left out, a
+        damaged line before it raises PointerDamagedError."""
+        states, torn = self._history_lines()
+        if torn is not None and torn < len(states):
+            raise PointerDamagedError(
+                f"{self.history_path} line {torn + 1} is damaged: run `embedding-assets repair`"
+            )
+        return [s for s in states if s is not None]
+
+    def damage(self) -> list[str]:
+        """What is wrong with the pointer and its history, each as a sentence; empty when both are sound."""
+        found: list[str] = []
+        pointer = self._pointer_file()
+        states, torn = self._history_lines()
+        if isinstance(pointer, str):
+            if states:
+                found.append(
+                    f"{pointer}; queries are served from the history's last state (#{len(states) - 1})"
+                )
+            elif pointer != "missing":
+                found.append(pointer)
+        if torn is not None:
+            where = (
+                "its last line, torn by a crash while appending"
+                if torn == len(states)
+                else f"line {torn + 1}"
+            )
+            found.append(f"{self.history_path}: {where} is not a serving state")
+        if isinstance(pointer, ServingState) and pointer.seq == len(states):
+            found.append(
+                f"{self.history_path} lacks the served state's line (#{pointer.seq}): a move cut short"
+            )
+        return found
+
+    def _pointer_file(self) -> ServingState | str:
+        """The pointer file's state, or why there is none ('missing' when it was never written)."""
+        try:
+            text = self.pointer_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return f"{self.pointer_path} is missing" if self.history_path.exists() else "missing"
+        try:
+            return ServingState.model_validate_json(text)
+        except ValidationError as exc:
+            return f"{self.pointer_path} is damaged ({exc.error_count()} problems, {len(text)} bytes)"
+
+    def _history_lines(self) -> tuple[list[ServingState | None], int | None]:
+        """The history's states by line (None for a line that does not parse) and the first such line."""
+        try:
+            lines = [
+                line for line in self.history_path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
+        except FileNotFoundError:
+            return [], None
+        states: list[ServingState | None] = []
+        torn = None
+        for i, line in enumerate(lines):
+            try:
+                states.append(ServingState.model_validate_json(line).model_copy(update={"seq": i}))
+            except ValidationError:
+                states.append(None)
+                torn = i if torn is None else torn
+        if torn == len(lines) - 1:
+            states.pop()  # a torn last line: the crash signature, not part of the history
+        return states, torn
 
     def previous(self) -> ServingState | None:
         """The state the served one replaced: where a rollback goes."""
@@ -180,7 +249,19 @@ class ServingPointer:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the folder's exclusive lock: promotions and rollbacks, from any process, one at a time."""
+        """Hold the folder's exclusive lock: promotions and rollbacks, from any process, one at a time. A
+        move a crash interrupted is completed first (`recover`)."""
+        with self._lock():
+            self._recover()
+            yield
+
+    def recover(self) -> list[str]:
+        """Make the pointer and its history whole again, under the lock; what was wrong (`damage()`)."""
+        with self._lock():
+            return self._recover()
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
         locations.private_folder(self.folder)
         fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -190,23 +271,52 @@ class ServingPointer:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def _recover(self) -> list[str]:
+        """Drop a torn last history line, append the pointer's line if a crash left it out, and rewrite a
+        missing or damaged pointer from the history's last state. The caller holds the lock."""
+        found = self.damage()
+        if not found:
+            return found
+        states, torn = self._history_lines()
+        if torn is not None and torn < len(states):
+            raise PointerDamagedError(
+                f"{self.history_path} line {torn + 1} is damaged; restore it from a backup"
+            )
+        if torn is not None:
+            self._write_atomically(self.history_path, "".join(s.model_dump_json() + "\n" for s in states))
+        pointer = self._pointer_file()
+        if isinstance(pointer, ServingState) and pointer.seq == len(states):
+            self._append_history(pointer)
+        elif not isinstance(pointer, ServingState) and states:
+            self._write_atomically(
+                self.pointer_path, json.dumps(states[-1].model_dump(mode="json"), indent=2)
+            )
+        return found
+
     def move_to(self, state: ServingState) -> ServingState:
         """Atomically point at `state` and append it to the history (under the lock)."""
         with self.locked():
             return self._append(state)
 
     def _append(self, state: ServingState) -> ServingState:
-        """Append `state` to the history and replace the pointer; the caller holds the lock."""
+        """Replace the pointer with `state`, then append it to the history; the caller holds the lock."""
         state = state.model_copy(update={"seq": len(self.history())})
+        self._write_atomically(self.pointer_path, json.dumps(state.model_dump(mode="json"), indent=2))
+        faults.failpoint(faults.POINTER_MOVED)
+        self._append_history(state)
+        return state
+
+    def _append_history(self, state: ServingState) -> None:
         history = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(history, "a", encoding="utf-8") as f:
             f.write(state.model_dump_json() + "\n")
             f.flush()
             os.fsync(f.fileno())
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".pointer-", suffix=".json")
+
+    def _write_atomically(self, path: Path, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}-", suffix=path.suffix)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(state.model_dump(mode="json"), indent=2))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.pointer_path)
-        return state
+        os.replace(tmp, path)

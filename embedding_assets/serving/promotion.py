@@ -53,6 +53,7 @@ def promote(
     state = serving_state(
         db, version, table_version, run_id=run_id, gates=gates or {}, overrides=overrides or {}
     )
+    pointer.recover()  # a move a crash cut short is finished first: it may be this very one
     current = pointer.current()
     if current and (current.table, current.table_version) == (state.table, state.table_version):
         return current  # already served exactly this; a second history entry would make rollback a no-op

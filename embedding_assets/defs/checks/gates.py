@@ -19,6 +19,7 @@ import dagster as dg
 import lancedb
 from pydantic import Field
 
+from embedding_assets import faults
 from embedding_assets import metadata as md
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.dagster_private import latest_check_evaluations
@@ -326,6 +327,7 @@ def index_gates(
             description=outcome.summary,
             metadata=metadata,
         )
+        faults.failpoint(faults.GATE_JUDGED)
     if error is not None:
         raise error
 

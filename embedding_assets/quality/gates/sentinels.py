@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedding_assets import faults
 from embedding_assets.index import store, tables
 from embedding_assets.models.registry import GateThresholds, ModelVersion
 from embedding_assets.quality.gates.outcome import GateOutcome, level_for, markdown_table
@@ -88,6 +89,7 @@ def ensure_sentinels(db: lancedb.DBConnection, version: ModelVersion) -> tuple[i
         schema=sentinel_schema(version.dimension),
     )
     db.create_table(name, rows, mode="overwrite")
+    faults.failpoint(faults.SENTINELS_WRITTEN)
     return n, True
 
 
