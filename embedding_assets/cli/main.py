@@ -237,6 +237,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from embedding_assets.serving.health import verify
+
+    wired = _wired()
+    found = verify(wired.lancedb.connect(), wired.serving.pointer())
+    if args.json:
+        _print_json(found)
+    else:
+        for table in found["tables"]:
+            mark = CHECK if table["whole"] else CROSS
+            print(f"  {mark} {table['name']:<44} v{table['version']:<6} {table['rows']}")
+        for problem in found["problems"]:
+            print(f"{CROSS} {problem}")
+        print(
+            f"{CHECK} every table and the serving pointer are whole"
+            if found["ok"]
+            else "run: embedding-assets repair"
+        )
+    return 0 if found["ok"] else 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from embedding_assets.cli.runner import refresh
+    from embedding_assets.serving.health import repair, verify
+
+    wired = _wired()
+    done = repair(wired.lancedb.connect(), wired.serving.pointer())
+    # What changed since a restored version (and a served state moved back) is re-applied and gated.
+    report = refresh(launch=args.launch) if done and not args.no_refresh else None
+    after = verify(wired.lancedb.connect(), wired.serving.pointer())
+    if args.json:
+        _print_json({"repaired": done, "refresh": report.to_json() if report else None, **after})
+    else:
+        for line in done or ["nothing needed repair"]:
+            print(f"- {line}")
+        if report is not None:
+            print(
+                f"refresh: +{report.docs_added} ~{report.docs_changed} -{report.docs_deleted} documents, "
+                f"{report.chunks_embedded} chunks embedded, {report.rows_upserted} rows upserted"
+            )
+        for problem in after["problems"]:
+            print(f"{CROSS} still: {problem}")
+    return 0 if after["ok"] and (report is None or report.ok) else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from embedding_assets.serving.status import collect_status
 
@@ -477,6 +522,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what is served, and row counts per version")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "verify", help="check every table and the serving pointer read back whole (exit 1 if not)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "repair", help="restore damaged tables and the pointer from their last whole versions, then refresh"
+    )
+    p.add_argument("--no-refresh", action="store_true", help="restore only; do not re-apply the delta")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("eval", help="nDCG@10 / recall on judged queries (served index, or a BEIR dataset)")
     p.add_argument("--dataset", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")

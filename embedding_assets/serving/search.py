@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,13 @@ import numpy as np
 from lancedb.expr import col, lit
 
 from embedding_assets.index import ann, store, tables
+from embedding_assets.index.integrity import short_error
 from embedding_assets.models.embedders import Embedder, embedder_for
 from embedding_assets.models.registry import ModelRegistry, ModelVersion
 from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 
+log = logging.getLogger(__name__)
 HIT_COLUMNS = [
     "doc_id",
     "chunk_id",
@@ -204,23 +207,78 @@ def served_searcher(db: lancedb.DBConnection, pointer: ServingPointer, registry:
     return searcher_for_state(pointer.require_current(), db, registry)
 
 
+STORAGE_ERRORS = ("LanceError(IO)", "lance error: Not found")  # how Lance reports a missing or short file
+
+
+def is_storage_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the table state cannot be read (a missing or short data file, a version gone)."""
+    text = str(exc)
+    return isinstance(exc, OSError | ServedStateMissingError) or any(m in text for m in STORAGE_ERRORS)
+
+
 class ServedSearch:
     """Search what is served, keeping the searcher (model, open table) between queries and following the
-    pointer: when serving moves, the next query opens the new state; a query never mixes two states."""
+    pointer: when serving moves, the next query opens the new state; a query never mixes two states.
+
+    When the served table version cannot be read (a data file deleted or truncated), queries are answered
+    from the newest earlier state of the serving history that reads whole, and `fallback` says so; the
+    next pointer move (a `repair`, then a refresh) ends it."""
 
     def __init__(self, db: lancedb.DBConnection, pointer: ServingPointer, registry: ModelRegistry):
         self.db, self.pointer, self.registry = db, pointer, registry
         self._state: tuple[str, int, int] | None = None
         self._searcher: Searcher | None = None
+        self.fallback: dict[str, Any] | None = None
 
     def searcher(self) -> Searcher:
         state = self.pointer.require_current()
         key = (state.version, state.table_version, state.seq)
         if self._searcher is None or key != self._state:
-            self._searcher, self._state = searcher_for_state(state, self.db, self.registry), key
+            self._searcher, self._state = self._open(state), key
         return self._searcher
 
     def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
         """Top-k chunks for `query` from the served index, best first, each with its provenance; only
         rows `where` matches."""
-        return self.searcher().search(query, k, where)
+        searcher = self.searcher()
+        try:
+            return searcher.search(query, k, where)
+        except Exception as exc:
+            if not is_storage_damage(exc) or self.fallback is not None:
+                raise
+            self._searcher = self._fall_back(self.pointer.require_current(), exc)
+            return self._searcher.search(query, k, where)
+
+    def _open(self, state: ServingState) -> Searcher:
+        try:
+            searcher = searcher_for_state(state, self.db, self.registry)
+        except Exception as exc:
+            if not is_storage_damage(exc):
+                raise
+            return self._fall_back(state, exc)
+        self.fallback = None
+        return searcher
+
+    def _fall_back(self, state: ServingState, damage: BaseException) -> Searcher:
+        """A searcher on the newest earlier history state that reads back whole; `damage` if none does."""
+        for earlier in reversed(self.pointer.history()):
+            if (earlier.table, earlier.table_version) == (state.table, state.table_version):
+                continue
+            try:
+                searcher = searcher_for_state(earlier, self.db, self.registry)
+                searcher.search_vector(np.zeros(searcher.version.dimension, np.float32) + 1.0, 1)
+            except Exception as exc:
+                if is_storage_damage(exc):
+                    continue
+                raise
+            self.fallback = {
+                "served": f"{state.version} v{state.table_version}",
+                "damage": short_error(damage),
+                "answering_from": f"{earlier.version} v{earlier.table_version} (history #{earlier.seq})",
+            }
+            log.warning(
+                "serving %(served)s cannot be read (%(damage)s); answering from %(answering_from)s",
+                self.fallback,
+            )
+            return searcher
+        raise damage
