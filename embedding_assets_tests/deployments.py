@@ -53,6 +53,21 @@ class Deployment:
         assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stderr[-4000:]}"
         return json.loads(done.stdout)
 
+    def run_here(self, argv: tuple[str, ...]) -> dict[str, Any]:
+        """`argv` (refresh, migrate or rollback) run by the runner in this process, its JSON as the CLI
+        prints it: the same runs without a process's start-up (Dagster, the model) each time."""
+        from embedding_assets.cli import runner
+        from embedding_assets_tests.project import in_process
+
+        job = in_process(self.root, self.registry)
+        if argv[0] == "refresh":
+            return runner.refresh(**job).to_json()
+        if argv[0] == "migrate":
+            return runner.migrate(argv[argv.index("--to") + 1], **job).to_json()
+        if argv[0] == "rollback":
+            return runner.rollback(**job)
+        raise ValueError(f"no in-process form of {argv}")
+
     def crash(self, argv: tuple[str, ...], point: str) -> None:
         """Run `argv` until it stands at `point`, then SIGKILL it (and anything it started)."""
         marker = self.root / "failpoint.pid"

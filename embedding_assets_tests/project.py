@@ -35,6 +35,27 @@ BUILD = [corpus, model_weights, chunks, embeddings, index]
 MODELS_DIR = build_resources()["model_registry"].models_dir
 
 
+def resources_at(root: Path, registry: Path = locations.SHIPPED_REGISTRY) -> dict[str, Any]:
+    """The resources of a deployment whose data folder is `root` (corpus, lancedb, serving, scratch: the
+    layout `locations` gives EMBEDDING_ASSETS_DATA), read through `registry`."""
+    return {
+        "lancedb": LanceDBResource(uri=str(locations.lancedb_dir(root))),
+        "model_registry": ModelRegistryResource(path=str(registry), models_dir=MODELS_DIR),
+        "corpus_source": CorpusSourceResource(kind="folder", path=str(locations.corpus_dir(root))),
+        "serving": ServingResource(folder=str(locations.serving_dir(root))),
+        "golden_set": GoldenSetResource(
+            path=str(locations.SHIPPED_GOLDEN_DIR), scratch_dir=str(locations.scratch_dir(root))
+        ),
+    }
+
+
+def in_process(root: Path, registry: Path) -> dict[str, Any]:
+    """Keyword arguments that run the runner's functions on the deployment at `root` in this process."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(model_versions.name, load_registry(registry).ids)
+    return {"defs": build_definitions(resources_at(root, registry)), "instance": instance}
+
+
 class Project:
     """A deployment under `root`: a copy of `corpus_dir`, and of `db` and `serving` when given (so vectors
     already computed are reused, never re-encoded)."""
@@ -58,15 +79,7 @@ class Project:
             shutil.copytree(serving, self.pointer.folder)
         self.instance = dg.DagsterInstance.ephemeral()
         self.instance.add_dynamic_partitions(model_versions.name, load_registry().ids)
-        self.resources = {
-            "lancedb": LanceDBResource(uri=str(self.db_uri)),
-            "model_registry": ModelRegistryResource(path=str(registry), models_dir=MODELS_DIR),
-            "corpus_source": CorpusSourceResource(kind="folder", path=str(self.corpus)),
-            "serving": ServingResource(folder=str(self.pointer.folder)),
-            "golden_set": GoldenSetResource(
-                path=str(locations.SHIPPED_GOLDEN_DIR), scratch_dir=str(root / "scratch")
-            ),
-        }
+        self.resources = resources_at(root, registry)
         self.defs = build_definitions(self.resources)
 
     def copy(self, root: Path, registry: Path = locations.SHIPPED_REGISTRY) -> Project:

