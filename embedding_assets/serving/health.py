@@ -31,9 +31,9 @@ def served_damage(db: lancedb.DBConnection, state: ServingState) -> str | None:
 
 def verify(db: lancedb.DBConnection, pointer: ServingPointer) -> dict[str, Any]:
     """Every table's health, the pointer's damage and the served state's; `ok` when all are whole."""
-    tables = integrity.check_database(db)
-    problems = [f"{t.name}: {t.damage}" for t in tables if t.damage]
-    problems += [f"{t.name} tag {tag}: {why}" for t in tables for tag, why in t.damaged_tags.items()]
+    healths = integrity.check_database(db)
+    problems = [f"{t.name}: {t.damage}" for t in healths if t.damage]
+    problems += [f"{t.name} tag {tag}: {why}" for t in healths for tag, why in t.damaged_tags.items()]
     damage = pointer.damage()
     served: dict[str, Any] | None = None
     try:
@@ -52,7 +52,7 @@ def verify(db: lancedb.DBConnection, pointer: ServingPointer) -> dict[str, Any]:
         "problems": problems,
         "served": served,
         "pointer_damage": damage,
-        "tables": [t.to_json() for t in tables],
+        "tables": [t.to_json() for t in healths],
     }
 
 
@@ -67,9 +67,7 @@ def repair(db: lancedb.DBConnection, pointer: ServingPointer) -> list[str]:
         if fallback is None:
             done.append(f"served state: {why}; no whole state in the serving history to fall back to")
         else:
-            pointer.move_to(
-                fallback.model_copy(update={"action": "repair", "supersedes": fallback.supersedes})
-            )
+            pointer.move_to(fallback.model_copy(update={"action": "repair"}))
             done.append(
                 f"served state: {why}; serving moved back to {fallback.version} "
                 f"v{fallback.table_version} (history #{fallback.seq})"
