@@ -2,7 +2,8 @@
 
 With `EMBEDDING_ASSETS_FAILPOINT=<name>` in its environment, a process that reaches `failpoint(<name>)`
 (`<name>:<n>`: the n-th time) writes its pid to the file `EMBEDDING_ASSETS_FAILPOINT_MARKER` names and
-waits there, so a harness can look at what readers see and then kill it with SIGKILL, as a crash would.
+waits there, so a harness can look at what readers see and then kill it with SIGKILL, as a crash would,
+or run a second writer and then delete the marker to let this one go on (a concurrency test).
 Unset (always, outside crash tests), a failpoint costs one environment lookup. The environment is read
 when a failpoint is reached, not at import, so a test sets it per process.
 """
@@ -15,6 +16,7 @@ from collections import Counter
 
 FAILPOINT_ENV = "EMBEDDING_ASSETS_FAILPOINT"
 MARKER_ENV = "EMBEDDING_ASSETS_FAILPOINT_MARKER"
+RESUME_POLL_SECONDS = 0.05
 
 # Where a crash can fall, in the order a refresh (and a promotion or rollback) reaches them.
 CORPUS_WRITTEN = "corpus.written"  # new and changed documents committed; deletions not yet
@@ -46,7 +48,7 @@ _reached: Counter[str] = Counter()
 
 
 def failpoint(name: str) -> None:
-    """Stop here (forever, until killed) if this process's environment names `name`."""
+    """Stop here if this process's environment names `name`: until killed, or until the marker is gone."""
     wanted = os.environ.get(FAILPOINT_ENV)
     if not wanted:
         return
@@ -57,8 +59,10 @@ def failpoint(name: str) -> None:
     if _reached[name] != int(nth or 1):
         return
     marker = os.environ.get(MARKER_ENV)
-    if marker:
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write(str(os.getpid()))
-    while True:
-        time.sleep(3600)
+    if not marker:
+        while True:
+            time.sleep(3600)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    while os.path.exists(marker):
+        time.sleep(RESUME_POLL_SECONDS)

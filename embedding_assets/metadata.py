@@ -9,6 +9,7 @@ MODEL_VERSION = "model_version"
 MODEL_FINGERPRINT = "model_fingerprint"
 PIPELINE_CONFIG_HASH = "pipeline_config_hash"
 LANCE_TABLE_VERSION = "lance_table_version"
+SERVED_VERSION = "served_version"  # what a gate compared a candidate with
 SECONDS = "seconds"
 
 DOCS_ADDED = "docs_added"

@@ -26,6 +26,23 @@ SECOND = f"{DEFAULT_VERSION}-again"  # MiniLM under another id: the same cache, 
 REFRESH = ("refresh", "--json")
 MIGRATE = ("migrate", "--to", SECOND, "--json")
 ROLLBACK = ("rollback", "--json")
+ADDED = {
+    "crash/ledger.md": "# Otter ledger\n\nThe otter ledger counts river stones at each weir every spring.\n",
+    "crash/bells.md": "# Bell tower\n\nThe bell tower rings the tide table out to the harbour boats.\n",
+}
+CHANGED = "library/csv/field_size_limit.md"  # neither is a judged document
+DELETED = "library/argparse/MetavarTypeHelpFormatter.md"
+
+
+def edit_corpus(root: Path) -> None:
+    """Two documents added, one changed, one deleted: every stage has something to write and delete."""
+    corpus = locations.corpus_dir(root)
+    for name, text in ADDED.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(text)
+    changed = corpus / CHANGED
+    changed.write_text(changed.read_text() + "\nA writer flushes the otter ledger after each row.\n")
+    (corpus / DELETED).unlink()
 
 
 class Deployment:
@@ -68,9 +85,9 @@ class Deployment:
             return runner.rollback(**job)
         raise ValueError(f"no in-process form of {argv}")
 
-    def crash(self, argv: tuple[str, ...], point: str) -> None:
-        """Run `argv` until it stands at `point`, then SIGKILL it (and anything it started)."""
-        marker = self.root / "failpoint.pid"
+    def hold(self, argv: tuple[str, ...], point: str) -> Held:
+        """Start `argv` and wait until it stands at `point`."""
+        marker = self.root / f"failpoint-{len(list(self.root.glob('failpoint-*')))}.pid"
         env = {**self.env, faults.FAILPOINT_ENV: point, faults.MARKER_ENV: str(marker)}
         writer = subprocess.Popen(
             [CLI, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -82,10 +99,15 @@ class Deployment:
                 pytest.fail(f"{argv} exited {writer.returncode} before {point}:\n{err.decode()[-3000:]}")
             assert time.monotonic() < deadline, f"{argv} never reached {point}"
             time.sleep(0.05)
+        return Held(argv, writer, marker)
+
+    def crash(self, argv: tuple[str, ...], point: str) -> None:
+        """Run `argv` until it stands at `point`, then SIGKILL it (and anything it started)."""
+        held = self.hold(argv, point)
         time.sleep(0.5)  # the reader keeps querying while the writer stands between two writes
-        os.killpg(writer.pid, signal.SIGKILL)
-        writer.communicate()
-        assert writer.returncode == -signal.SIGKILL
+        os.killpg(held.process.pid, signal.SIGKILL)
+        held.process.communicate()
+        assert held.process.returncode == -signal.SIGKILL
 
     def pointer(self) -> ServingPointer:
         return ServingPointer(locations.serving_dir(self.root))
@@ -120,6 +142,19 @@ class Deployment:
         db = store.connect(locations.lancedb_dir(self.root))
         caches = [n for n in store.table_names(db) if n.startswith(tables.CACHE_TABLE_PREFIX)]
         return sum(db.open_table(name).count_rows() for name in caches)
+
+
+class Held:
+    """A CLI process standing at a failpoint until released."""
+
+    def __init__(self, argv: tuple[str, ...], process: subprocess.Popen, marker: Path):
+        self.argv, self.process, self.marker = argv, process, marker
+
+    def release(self) -> subprocess.CompletedProcess[str]:
+        """Let it go on from the failpoint; how it ended."""
+        self.marker.unlink()
+        out, err = self.process.communicate(timeout=900)
+        return subprocess.CompletedProcess(self.argv, self.process.returncode, out.decode(), err.decode())
 
 
 def run(deployment: Deployment, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -25,26 +25,9 @@ from embedding_assets.index import store, tables
 from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.serving.pointer import ServingPointer
 from embedding_assets_tests import crash_reader
-from embedding_assets_tests.deployments import MIGRATE, REFRESH, ROLLBACK, Deployment, run
+from embedding_assets_tests.deployments import MIGRATE, REFRESH, ROLLBACK, Deployment, edit_corpus, run
 
 pytestmark = pytest.mark.slow
-ADDED = {
-    "crash/ledger.md": "# Otter ledger\n\nThe otter ledger counts river stones at each weir every spring.\n",
-    "crash/bells.md": "# Bell tower\n\nThe bell tower rings the tide table out to the harbour boats.\n",
-}
-CHANGED = "library/csv/field_size_limit.md"  # neither is a judged document
-DELETED = "library/argparse/MetavarTypeHelpFormatter.md"
-
-
-def edit_corpus(root: Path) -> None:
-    """Two documents added, one changed, one deleted: every stage has something to write and delete."""
-    corpus = locations.corpus_dir(root)
-    for name, text in ADDED.items():
-        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
-        (corpus / name).write_text(text)
-    changed = corpus / CHANGED
-    changed.write_text(changed.read_text() + "\nA writer flushes the otter ledger after each row.\n")
-    (corpus / DELETED).unlink()
 
 
 class Reader:

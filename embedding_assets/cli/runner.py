@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from embedding_assets.defs.tags import (
     SHARDS,
     run_tags,
 )
+from embedding_assets.index import store, tables
 from embedding_assets.memory import freeze_loaded
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.quality.gates.data_quality import preload_expectations, stop_idle_validator
@@ -66,6 +68,7 @@ DAEMON_HEARTBEAT_SECONDS = 120  # a queued run needs a daemon that beat this rec
 RETRY_WAIT_SECONDS = 30  # how long a failed run's retry may take to appear
 PARENT_RUN_ID = "dagster/parent_run_id"  # Dagster's tags on a retried run and on the run it retries
 WILL_RETRY = "dagster/will_retry"
+INSTANCE_LOCK = ".instance.lock"
 LOCAL_INSTANCE_CONFIG = (
     "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
 )
@@ -76,10 +79,11 @@ def dagster_instance() -> dg.DagsterInstance:
     home = Path(os.environ.get("DAGSTER_HOME") or locations.DEFAULT_DAGSTER_HOME)
     os.environ["DAGSTER_HOME"] = str(home)
     locations.private_folder(home)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(LOCAL_INSTANCE_CONFIG)
-    return dg.DagsterInstance.get()
+    with locations.exclusive(home / INSTANCE_LOCK):  # two commands on a new home: one creates its storage
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text(LOCAL_INSTANCE_CONFIG)
+        return dg.DagsterInstance.get()
 
 
 def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry) -> list[str]:
@@ -122,12 +126,29 @@ def run_job(
     if DATA_QUALITY in {key.name for key in job_def.asset_layer.asset_graph.asset_check_keys}:
         preload_expectations()  # the gate's validator starts with the run, not three steps in
     freeze_loaded()
-    return job_def.execute_in_process(
-        instance=instance,
-        run_config=_run_config(ops_config),
-        raise_on_error=raise_on_error,
-        partition_key=partition_key or version_id,
-        tags=tags,
+    with _one_writer(defs, instance, version_id):
+        return job_def.execute_in_process(
+            instance=instance,
+            run_config=_run_config(ops_config),
+            raise_on_error=raise_on_error,
+            partition_key=partition_key or version_id,
+            tags=tags,
+        )
+
+
+def _one_writer(
+    defs: dg.Definitions, instance: dg.DagsterInstance, version_id: str | None
+) -> AbstractContextManager[None]:
+    """In-process runs of one model version take turns, as the instance's tag concurrency limit makes
+    queued runs of one partition do: two refreshes never write the same version's tables at once."""
+    if version_id is None:
+        return nullcontext()
+    db = initialized(defs.resources["lancedb"], instance).connect()
+    log = dg.get_dagster_logger()
+    return store.writer_lock(
+        db,
+        tables.version_tables(version_id),
+        lambda: log.info(f"waiting for another run writing {version_id} to finish"),
     )
 
 

@@ -47,8 +47,13 @@ def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
     (change-capture) source names its deletions, and whatever it does not mention is unchanged.
     Documents are written SYNC_WRITE_BATCH at a time as the source yields them, so memory holds one
     batch of texts, not the corpus. Every document written with new content, or deleted, is logged first
-    (`index.change_log`), so the stages after read only those.
+    (`index.change_log`), so the stages after read only those. One sync at a time (`store.writer_lock`).
     """
+    with store.writer_lock(db, tables.DOCUMENTS_TABLE):
+        return _sync(db, source)
+
+
+def _sync(db: lancedb.DBConnection, source: Source) -> CorpusSync:
     known = read_manifest(db)
     sync = CorpusSync()
     seen: set[str] = set()

@@ -50,9 +50,24 @@ def sync_embeddings(
     instead of encoded. `progress` draws a terminal bar; `log` (a run's logger) gets a line at about
     every tenth of the work. When the change logs can tell, only the chunk hashes of documents whose chunks
     changed since this version's last pass are compared with the cache (`reused` counts among those).
+    Versions that share the encoder share its cache: one of them writes it at a time, so a text is
+    encoded once (`store.writer_lock`).
     """
+    name = tables.cache_table(embedder.version.encoder_key())
+    waiting = (lambda: log(f"waiting for another writer of {name}")) if log else None
+    with store.writer_lock(db, name, waiting):
+        return _sync(db, embedder, name, progress=progress, log=log)
+
+
+def _sync(
+    db: lancedb.DBConnection,
+    embedder: Embedder,
+    name: str,
+    *,
+    progress: bool,
+    log: Callable[[str], None] | None,
+) -> EmbedSync:
     version = embedder.version
-    name = tables.cache_table(version.encoder_key())
     chunk_table = tables.chunks_table(version.id)
     settings = f"{version.id}/{embedder.fingerprint}"  # the cache is shared: its log tells versions apart
     scope = change_log.scope(db, chunk_table, name, settings)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +17,8 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from embedding_assets import locations
+
+LOCKS_FOLDER = ".locks"  # beside the tables: writer_lock's lock files
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 IN_LIST_BATCH = 500
@@ -107,6 +112,23 @@ def connect(uri: str | Path, storage_options: dict[str, str] | None = None) -> l
     if "://" not in str(uri) or str(uri).startswith("file://"):
         locations.private_folder(Path(urlparse(str(uri)).path if "://" in str(uri) else uri))
     return lancedb.connect(str(uri), storage_options=storage_options or None)
+
+
+def writer_lock(
+    db: lancedb.DBConnection, name: str, waiting: Callable[[], None] | None = None
+) -> AbstractContextManager[None]:
+    """One writer at a time of `name` (a table, or a model version's tables) in processes on this machine.
+
+    LanceDB's commit checks do not stop two writers that both find a key absent from inserting it twice
+    (lance-format/lance#8949), so a read-then-write step holds this. The lock file sits in a local
+    database's `.locks` folder; for an object store, in this machine's temporary folder. Across
+    machines, the instance's concurrency limits (one run per version, one corpus sync) do the same."""
+    uri = str(db.uri)
+    if "://" in uri and not uri.startswith("file://"):
+        folder = Path(tempfile.gettempdir()) / LOCKS_FOLDER / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    else:
+        folder = Path(urlparse(uri).path if "://" in uri else uri) / LOCKS_FOLDER
+    return locations.exclusive(folder / f"{name}.lock", waiting)
 
 
 def is_s3(uri: str | Path) -> bool:

@@ -13,6 +13,11 @@ CHANGE_LOG_TABLE_PREFIX = "changes__"  # which documents each write to a table t
 STAGING_TABLE_PREFIX = "staging__"  # what one corpus shard staged for its version's stages to fold in
 
 
+def version_tables(version: str) -> str:
+    """The name `store.writer_lock` gives all of a version's tables (chunks, index, sentinels)."""
+    return f"version__{version}"
+
+
 def chunks_table(version: str) -> str:
     return f"{CHUNKS_TABLE_PREFIX}{version}"
 

@@ -11,12 +11,11 @@ queries go on; `damage()` names what is wrong and `recover` rewrites it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,6 +77,13 @@ class PointerDamagedError(RuntimeError):
 
 class NothingToRollBackError(RuntimeError):
     """The served state replaced nothing, so there is nowhere to go back to."""
+
+
+class ServingMovedError(RuntimeError):
+    """Another version serves than the one a candidate's gates compared it with: judge it again."""
+
+
+ANY_SERVED = "*"  # promote(served_when_judged=...): the gates compared with nothing in particular
 
 
 class ServingPointer:
@@ -181,20 +187,40 @@ class ServingPointer:
             return None
         return self.history()[current.supersedes]
 
-    def promote(self, state: ServingState) -> ServingState:
+    def promote(self, state: ServingState, served_when_judged: str | None = ANY_SERVED) -> ServingState:
         """Serve `state`, remembering the state it replaces; a newer table of the served version is a
-        refresh, which keeps the way back (and the serving start) of the state it refreshes."""
+        refresh, which keeps the way back (and the serving start) of the state it refreshes.
+
+        `served_when_judged` is the version the gates compared `state` with (None: nothing served then).
+        If another version serves now (a rollback or a promotion since), the verdict is stale and the move
+        is refused with ServingMovedError, decided under the lock."""
         with self.locked():
             current = self.current()
-            if current is not None and current.version == state.version:
-                update = {
-                    "action": "refresh",
-                    "supersedes": current.supersedes,
-                    "since": current.serving_since,
-                }
-            else:
-                update = {"supersedes": current.seq if current else None, "since": state.at}
-            return self._append(state.model_copy(update=update))
+            now = current.version if current else None
+            moved = served_when_judged != ANY_SERVED and now not in (served_when_judged, state.version)
+            if moved:
+                raise ServingMovedError(
+                    f"the gates judged {state.version} against {served_when_judged or 'nothing served'}, "
+                    f"but {now or 'nothing'} serves now: run its gates again before promoting it"
+                )
+            return self._promoted(current, state)
+
+    def _promoted(self, current: ServingState | None, state: ServingState) -> ServingState:
+        """Serve `state` in place of `current`; the caller holds the lock."""
+        if current is not None and current.version == state.version:
+            update = {"action": "refresh", "supersedes": current.supersedes, "since": current.serving_since}
+        else:
+            update = {"supersedes": current.seq if current else None, "since": state.at}
+        return self._append(state.model_copy(update=update))
+
+    def refresh(self, state: ServingState) -> ServingState | None:
+        """Serve `state`, a newer table of a version, only if that version still serves: a refresh never
+        moves serving back to a version a promotion or rollback replaced while it ran. None if not."""
+        with self.locked():
+            current = self.current()
+            if current is None or current.version != state.version:
+                return None
+            return self._promoted(current, state)
 
     def follow(self, expected: ServingState, state: ServingState, action: str) -> bool:
         """Serve `state`, the same rows as `expected` at another table version of the same version (an
@@ -260,16 +286,8 @@ class ServingPointer:
         with self._lock():
             return self._recover()
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        locations.private_folder(self.folder)
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _lock(self) -> AbstractContextManager[None]:
+        return locations.exclusive(self.folder / LOCK_FILE)
 
     def _recover(self) -> list[str]:
         """Drop a torn last history line, append the pointer's line if a crash left it out, and rewrite a

@@ -6,7 +6,7 @@ import lancedb
 
 from embedding_assets.index import store, tables
 from embedding_assets.models.registry import ModelVersion
-from embedding_assets.serving.pointer import ServingPointer, ServingState
+from embedding_assets.serving.pointer import ANY_SERVED, ServingPointer, ServingState
 
 SERVED_TAG_PREFIX = "served-"
 
@@ -48,8 +48,13 @@ def promote(
     run_id: str | None = None,
     gates: dict | None = None,
     overrides: dict | None = None,
-) -> ServingState:
-    """Serve `version` at `table_version`; the pointer move is one atomic rename."""
+    served_when_judged: str | None = ANY_SERVED,
+    refresh_only: bool = False,
+) -> ServingState | None:
+    """Serve `version` at `table_version`; the pointer move is one atomic rename.
+
+    `served_when_judged`: see ServingPointer.promote. `refresh_only`: serve the newer table only if
+    `version` still serves (ServingPointer.refresh); None when it does not."""
     state = serving_state(
         db, version, table_version, run_id=run_id, gates=gates or {}, overrides=overrides or {}
     )
@@ -57,7 +62,7 @@ def promote(
     current = pointer.current()
     if current and (current.table, current.table_version) == (state.table, state.table_version):
         return current  # already served exactly this; a second history entry would make rollback a no-op
-    served = pointer.promote(state)
+    served = pointer.refresh(state) if refresh_only else pointer.promote(state, served_when_judged)
     release_unreachable_tags(db, pointer)
     return served
 

@@ -11,18 +11,18 @@ import lancedb
 from pydantic import Field
 
 from embedding_assets import metadata as md
-from embedding_assets.defs import pools
+from embedding_assets.defs import pools, tags
 from embedding_assets.defs.assets.index import index
-from embedding_assets.defs.checks.gates import GATES
+from embedding_assets.defs.checks.gates import GATES, GOLDEN_QUALITY
 from embedding_assets.defs.checks.verdict import latest_verdict
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource, ServingResource
 from embedding_assets.models.registry import ModelRegistry
 from embedding_assets.serving.live import live_versions
 from embedding_assets.serving.overview import gates_passed, gates_table, history_table, move_summary, roles
-from embedding_assets.serving.pointer import ServingPointer, ServingState
+from embedding_assets.serving.pointer import ServingMovedError, ServingPointer, ServingState
 from embedding_assets.serving.promotion import promote, release_unreachable_tags, serving_state
 
-ROLLBACK_KEYS = ("served_version", "previous_version")  # what a rollback reports
+ROLLBACK_KEYS = (md.SERVED_VERSION, "previous_version")  # what a rollback reports
 
 
 class ServingChoice(dg.Config):
@@ -56,7 +56,9 @@ def serving_overview(
     }
 
 
-@dg.asset(group_name="serving", deps=[index], kinds={"lancedb"}, pool=pools.SERVING_POINTER)
+@dg.asset(
+    group_name="serving", deps=[index], kinds={"lancedb"}, pool=pools.SERVING_POINTER, output_required=False
+)
 def serving_index(
     context: dg.AssetExecutionContext,
     config: ServingChoice,
@@ -64,7 +66,11 @@ def serving_index(
     model_registry: ModelRegistryResource,
     serving: ServingResource,
 ) -> dg.MaterializeResult:
-    """The served model version, pinned to the Lance table version its gates judged; history kept."""
+    """The served model version, pinned to the Lance table version its gates judged; history kept.
+
+    In a refresh run the version is served again only if it still serves: a promotion or a rollback
+    while the refresh ran wins, and the step materializes nothing. A promotion whose gates compared the
+    candidate with a version that no longer serves is refused: the verdict is stale."""
     version_id = config.version or (context.partition_key if context.has_partition_key else "")
     if not version_id:
         raise dg.Failure(
@@ -81,18 +87,31 @@ def serving_index(
     previous = pointer.current()
     registry = model_registry.load()
     db = lancedb.connect()
-    state = promote(
-        db,
-        registry.get(version_id),
-        pointer,
-        table_version=verdict.table_version,
-        run_id=context.run_id,
-        gates=verdict.history_record(),
-        overrides=verdict.overrides(),
-    )
+    refreshing = bool(context.run.tags.get(tags.REFRESH))
+    try:
+        state = promote(
+            db,
+            registry.get(version_id),
+            pointer,
+            table_version=verdict.table_version,
+            run_id=context.run_id,
+            gates=verdict.history_record(),
+            overrides=verdict.overrides(),
+            served_when_judged=verdict.compared_with(GOLDEN_QUALITY),
+            refresh_only=refreshing,
+        )
+    except ServingMovedError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    if state is None:
+        now = pointer.current()
+        context.log.info(
+            f"{version_id} was not served again: {now.version if now else 'nothing'} serves now "
+            f"(moved while this refresh ran); its refreshed table v{verdict.table_version} stays gated"
+        )
+        return
     move = move_summary(state.action, previous, state)
     context.log.info(move)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata=serving_overview(db, pointer, registry, serving.retention, state, move)
     )
 
@@ -138,4 +157,4 @@ def move_pointer_back(
             },
         )
     )
-    return {"served_version": now.version, "previous_version": rolled_back_from.version}
+    return {md.SERVED_VERSION: now.version, "previous_version": rolled_back_from.version}

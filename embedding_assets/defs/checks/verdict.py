@@ -14,6 +14,7 @@ import dagster as dg
 from embedding_assets import metadata as md
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.dagster_private import latest_check_evaluations
+from embedding_assets.serving.pointer import ANY_SERVED
 
 INDEX_KEY = index.key
 
@@ -62,6 +63,14 @@ class GateVerdict:
             for c in self.checks
             if c["metadata"].get(md.OVERRIDES)
         }
+
+    def compared_with(self, gate: str) -> str | None:
+        """The version `gate` compared the candidate with (None: nothing served then); ANY_SERVED when
+        the verdict has no such comparison."""
+        for check in self.checks:
+            if check["name"] == gate:
+                return check["metadata"].get(md.SERVED_VERSION)
+        return ANY_SERVED
 
     def history_record(self) -> dict[str, Any]:
         """The compact summary kept with a promotion: each gate's verdict, level and numbers."""

@@ -7,6 +7,7 @@ import json
 
 import lancedb
 
+from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelVersion
 from embedding_assets.quality.evaluation import RANKING, JudgedQueries, evaluate, restrict_to
@@ -81,7 +82,7 @@ def golden_quality(
         drop = baseline["ndcg@10"] - candidate["ndcg@10"]
         metadata.update(
             {
-                "served_version": served.version,
+                md.SERVED_VERSION: served.version,
                 "served_table_version": served.table_version,
                 SERVED_SCORES_RECORDED: recorded is not None,  # else evaluated now
                 **{f"served_{m}": baseline[m] for m in METRICS},
