@@ -23,17 +23,24 @@ from embedding_assets.definitions import build_resources  # noqa: E402
 from embedding_assets.models.embedders import Embedder, embedder_for  # noqa: E402
 from embedding_assets.models.registry import DEFAULT_VERSION, ModelRegistry, ModelVersion  # noqa: E402
 from embedding_assets_tests import pg, s3  # noqa: E402
-from embedding_assets_tests.deployments import SECOND  # noqa: E402
+from embedding_assets_tests.deployments import FIRST, SECOND  # noqa: E402
 
-# The files that take longest (waiting on daemons, launched runs, object storage and model builds of their
-# own), longest first. Under `-n 2 --dist loadfile` each worker takes the next file in collection order,
-# so these start first and the suite does not end on a long file begun late by one worker.
-LONGEST_FILES = (  # summed test times of a run on 2 cores: 511, 325, 153, 125 and 109 s of 1,571
-    "test_production_instance.py",
-    "test_object_storage.py",
-    "test_gates.py",
-    "test_pipeline.py",
-    "test_builds.py",
+# The files that take longest (real CLI processes, daemons, launched runs, object storage), longest first.
+# Under `-n 2 --dist loadfile` each worker takes the next file in collection order, so these start first
+# and the suite does not end on a long file begun late by one worker.
+LONGEST_FILES = (  # summed test times of a run on 2 cores (923 s of wall time, 1,759 s of tests)
+    "test_production_instance.py",  # 254 s
+    "test_runbooks.py",  # 188 s
+    "test_concurrent_writers.py",  # 175 s
+    "test_crash_matrix_moves.py",  # 174 s
+    "test_crash_matrix.py",  # 148 s
+    "test_object_storage.py",  # 139 s
+    "test_damaged_storage.py",  # 138 s
+    "test_gates.py",  # 79 s
+    "test_refresh.py",  # 66 s
+    "test_data_quality.py",  # 60 s
+    "test_pipeline.py",  # 56 s
+    "test_embedders.py",  # 50 s
 )
 
 SMALL_CORPUS_PREFIXES = ("library/argparse/", "library/getopt/", "library/json/", "library/csv/")
@@ -129,10 +136,10 @@ def s3_server() -> Iterator[s3.S3Server]:
 
 @pytest.fixture(scope="session")
 def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped registry plus SECOND: MiniLM under another id (`deployments`)."""
+    """The shipped registry plus SECOND: FIRST under another id (`deployments`)."""
     registry = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
-    [minilm] = [v for v in registry["versions"] if v["id"] == DEFAULT_VERSION]
-    registry["versions"].append({**minilm, "id": SECOND, "description": "MiniLM under another id"})
+    [first] = [v for v in registry["versions"] if v["id"] == FIRST]
+    registry["versions"].append({**first, "id": SECOND, "description": f"{FIRST} under another id"})
     path = tmp_path_factory.mktemp("registry") / "model_registry.yaml"
     path.write_text(yaml.safe_dump(registry))
     return path
@@ -140,12 +147,16 @@ def registry_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def deployment_bases(
-    built_project, registry_path: Path, tmp_path_factory: pytest.TempPathFactory
+    small_corpus: Path, registry_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """Deployment folders to start from: MiniLM served ("served"), and SECOND served after it ("migrated")."""
+    """Deployment folders to start from: FIRST built and served ("served"), and SECOND served after it
+    ("migrated"). FIRST is MiniLM on onnxruntime: each CLI process of the tests that encodes loads it in
+    a fraction of a second where sentence-transformers' import alone takes five."""
+    from embedding_assets_tests.project import Project
+
     root = tmp_path_factory.mktemp("crash-bases")
-    served = built_project.copy(root / "served", registry=registry_path)
-    assert served.migrate(DEFAULT_VERSION).promoted
+    served = Project(root / "served", small_corpus, registry=registry_path)
+    assert served.migrate(FIRST).promoted
     shutil.copy(registry_path, served.root / "model_registry.yaml")
     migrated = served.copy(root / "migrated", registry=registry_path)
     assert migrated.migrate(SECOND).promoted

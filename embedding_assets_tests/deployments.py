@@ -18,11 +18,15 @@ import pytest
 
 from embedding_assets import faults, locations
 from embedding_assets.index import store, tables
-from embedding_assets.models.registry import DEFAULT_VERSION, load_registry
+from embedding_assets.models.registry import ONNX_INT8_VERSION, load_registry
 from embedding_assets.serving.pointer import ServingPointer
 
 CLI = Path(sys.executable).parent / "embedding-assets"
-SECOND = f"{DEFAULT_VERSION}-again"  # MiniLM under another id: the same cache, so a migration encodes nothing
+# The version the deployments serve first: MiniLM as int8 ONNX (a process loads it without importing
+# sentence-transformers), and SECOND, the same under another id: the same cache, so a migration encodes
+# nothing.
+FIRST = ONNX_INT8_VERSION
+SECOND = f"{FIRST}-again"
 REFRESH = ("refresh", "--json")
 MIGRATE = ("migrate", "--to", SECOND, "--json")
 ROLLBACK = ("rollback", "--json")

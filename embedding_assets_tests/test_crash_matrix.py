@@ -22,16 +22,15 @@ import pytest
 
 from embedding_assets import faults, locations
 from embedding_assets.index import store, tables
-from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.serving.pointer import ServingPointer
 from embedding_assets_tests import crash_reader
-from embedding_assets_tests.deployments import MIGRATE, REFRESH, ROLLBACK, Deployment, edit_corpus, run
+from embedding_assets_tests.deployments import FIRST, MIGRATE, REFRESH, ROLLBACK, Deployment, edit_corpus, run
 
 pytestmark = pytest.mark.slow
 
 
 class Reader:
-    """crash_reader's loop on a thread of the test process (a process apart from the writer, with MiniLM
+    """crash_reader's loop on a thread of the test process (a process apart from the writer, with the model
     already loaded), querying the deployment until stopped."""
 
     def __init__(self, deployment: Deployment):
@@ -213,7 +212,7 @@ def test_a_crash_before_the_change_capture_advance_replays_the_changes_and_conve
     try:
         # The judged queries are about other documents: a floor of 0 lets this corpus be served.
         # Built beside nothing served: a live candidate (two judged queries are too few to promote on).
-        built = run(deployment, "materialize", "--no-promote", "--json")
+        built = run(deployment, "materialize", "--version", FIRST, "--no-promote", "--json")
         assert built.returncode in (0, 1) and json.loads(built.stdout)["gates_run_id"], built.stderr[-3000:]
         execute(settings, "UPDATE {t} SET body = body || ' Then dry it.' WHERE id = %s", "pg/kettle.md")
         execute(settings, "DELETE FROM {t} WHERE id = %s", "pg/lamps.md")
@@ -240,5 +239,5 @@ def test_a_crash_before_the_change_capture_advance_replays_the_changes_and_conve
     assert [v["indexed"] for v in resumed["versions"]] == [True], resumed["versions"]
     live = ["pg/ferns.md", "pg/kettle.md", "pg/new.md"]
     db = store.connect(locations.lancedb_dir(deployment.root))
-    for name in (tables.DOCUMENTS_TABLE, tables.index_table(DEFAULT_VERSION)):
+    for name in (tables.DOCUMENTS_TABLE, tables.index_table(FIRST)):
         assert sorted(set(db.open_table(name).to_arrow()["doc_id"].to_pylist())) == live, name

@@ -17,9 +17,9 @@ import pytest
 
 from embedding_assets import locations
 from embedding_assets.index import store, tables
-from embedding_assets.models.registry import DEFAULT_VERSION, load_registry
+from embedding_assets.models.registry import load_registry
 from embedding_assets.serving.search import ServedSearch
-from embedding_assets_tests.deployments import REFRESH, Deployment, run
+from embedding_assets_tests.deployments import FIRST, REFRESH, Deployment, run
 
 pytestmark = pytest.mark.slow
 NOTE = "notes/damage.md"
@@ -52,7 +52,7 @@ def test_a_damaged_data_file_is_named_served_around_and_repaired(
     refreshed = deployment.pointer().require_current()
     assert refreshed.table_version > before.table_version
 
-    broken = newest_data_file(deployment, tables.index_table(DEFAULT_VERSION))  # the note's rows
+    broken = newest_data_file(deployment, tables.index_table(FIRST))  # the note's rows
     if damage == "deleted":
         broken.unlink()
     else:
@@ -62,7 +62,7 @@ def test_a_damaged_data_file_is_named_served_around_and_repaired(
     checked = run(deployment, "verify", "--json")
     assert checked.returncode == 1
     report = json.loads(checked.stdout)
-    index = next(t for t in report["tables"] if t["name"] == tables.index_table(DEFAULT_VERSION))
+    index = next(t for t in report["tables"] if t["name"] == tables.index_table(FIRST))
     assert not index["whole"] and (broken.name in index["damage"] or "LanceError(IO)" in index["damage"])
     assert report["served"]["damage"] and (damage == "truncated" or broken.name in report["served"]["damage"])
 

@@ -4,9 +4,9 @@ EMBEDDING_ASSETS_S3_* variables. Migrate (build, gates, promote) two versions, s
 with a document added and one removed, roll back; the secret access key never shows in output, Dagster's
 run storage or the data folder.
 
-The built project's database is uploaded as it is, embedding cache included, and the second version is
-MiniLM again under another id (same encoder key, so the same cache): only the document the test adds is
-ever encoded."""
+A deployment base's database (FIRST built, `deployments`) is uploaded as it is, embedding cache included,
+and the second version is FIRST again under another id (same encoder key, so the same cache): only the
+document the test adds is ever encoded."""
 
 import json
 import os
@@ -23,14 +23,13 @@ from embedding_assets import locations
 from embedding_assets.definitions import build_resources
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, INDEX_CHECKS
 from embedding_assets.index import tables
-from embedding_assets.models.registry import DEFAULT_VERSION
 from embedding_assets.quality.evaluation import load_judged
 from embedding_assets.wiring import initialized
+from embedding_assets_tests.deployments import FIRST, SECOND
 
 pytestmark = pytest.mark.slow
 CLI = Path(sys.executable).parent / "embedding-assets"
 PREFIX = "deployments/object-storage"
-SECOND = f"{DEFAULT_VERSION}-again"
 ADDED = "notes/object-storage.md"
 ADDED_TEXT = (
     "# Quokka ledger replication\n\n"
@@ -48,8 +47,8 @@ class Deployment:
         self.data, self.home = root / "data", root / "dagster_home"
         shutil.copytree(corpus, locations.corpus_dir(self.data))
         registry = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
-        [minilm] = [v for v in registry["versions"] if v["id"] == DEFAULT_VERSION]
-        registry["versions"].append({**minilm, "id": SECOND, "description": "MiniLM under another id"})
+        [first] = [v for v in registry["versions"] if v["id"] == FIRST]
+        registry["versions"].append({**first, "id": SECOND, "description": f"{FIRST} under another id"})
         (root / "model_registry.yaml").write_text(yaml.safe_dump(registry))
         self.secret = s3_server.secret
         self.env = {
@@ -106,21 +105,22 @@ def _gates_passed(run: dict) -> dict:
     return {c["name"]: c["metadata"] for c in run["checks"]}
 
 
-def test_lancedb_on_s3_end_to_end(built_project, s3_server, tmp_path):
+def test_lancedb_on_s3_end_to_end(deployment_bases, s3_server, tmp_path):
     started = time.perf_counter()
-    deployment = Deployment(tmp_path, s3_server, built_project.corpus)
-    uploaded = s3_server.upload(built_project.db_uri, PREFIX)
-    built_rows = deployment.db().open_table(tables.index_table(DEFAULT_VERSION)).count_rows()
+    base = deployment_bases["served"]
+    deployment = Deployment(tmp_path, s3_server, locations.corpus_dir(base))
+    uploaded = s3_server.upload(locations.lancedb_dir(base), PREFIX)
+    built_rows = deployment.db().open_table(tables.index_table(FIRST)).count_rows()
 
     # Build (incremental: nothing to encode), gate and promote, all on S3; then search it.
-    first = deployment.cli("migrate", "--to", DEFAULT_VERSION, "--json")
-    assert first["promoted"] and first["served_version"] == DEFAULT_VERSION
+    first = deployment.cli("migrate", "--to", FIRST, "--json")
+    assert first["promoted"] and first["served_version"] == FIRST
     counts = _gates_passed(first)[COUNT_RECONCILIATION]
     status = deployment.cli("status", "--json")
-    assert status["served_version"] == DEFAULT_VERSION and status["documents"] > 0
+    assert status["served_version"] == FIRST and status["documents"] > 0
     assert status["rows"] == status["served_rows"] == status["chunks"] == built_rows
     served = deployment.pointer()
-    assert served["table"] == tables.index_table(DEFAULT_VERSION)
+    assert served["table"] == tables.index_table(FIRST)
     assert status["served_table_version"] == served["table_version"]
     assert deployment.served_table(served).count_rows() == built_rows
     hits = deployment.cli("search", QUERY, "--k", "5", "--json")
@@ -143,7 +143,7 @@ def test_lancedb_on_s3_end_to_end(built_project, s3_server, tmp_path):
     refreshed = deployment.cli("refresh", "--json")
     assert (refreshed["docs_added"], refreshed["docs_changed"], refreshed["docs_deleted"]) == (1, 0, 1)
     assert 1 <= refreshed["chunks_embedded"] <= 2
-    assert {v["id"] for v in refreshed["versions"]} == {DEFAULT_VERSION, SECOND}
+    assert {v["id"] for v in refreshed["versions"]} == {FIRST, SECOND}
     assert all(v["rows_deleted"] == removed_rows and v["gates_passed"] for v in refreshed["versions"])
     fresh = deployment.pointer()
     assert fresh["version"] == SECOND
@@ -154,9 +154,9 @@ def test_lancedb_on_s3_end_to_end(built_project, s3_server, tmp_path):
 
     # Roll back: MiniLM serves again, at its refreshed and gated S3 table version (dual write).
     rolled = deployment.cli("rollback", "--json")
-    assert rolled == {"served_version": DEFAULT_VERSION, "previous_version": SECOND}
+    assert rolled == {"served_version": FIRST, "previous_version": SECOND}
     back = deployment.pointer()
-    assert back["version"] == DEFAULT_VERSION and back["table_version"] > served["table_version"]
+    assert back["version"] == FIRST and back["table_version"] > served["table_version"]
     rolled_table = deployment.served_table(back)
     assert rolled_table.count_rows(f"doc_id = '{ADDED}'") == refreshed["chunks_embedded"]
     assert rolled_table.count_rows(f"doc_id = '{removed}'") == 0
@@ -168,7 +168,7 @@ def test_lancedb_on_s3_end_to_end(built_project, s3_server, tmp_path):
     assert not locations.lancedb_dir(deployment.data).exists()
     keys = s3_server.keys(PREFIX)
     names = deployment.db().list_tables().tables
-    assert {tables.index_table(DEFAULT_VERSION), tables.index_table(SECOND)} <= set(names)
+    assert {tables.index_table(FIRST), tables.index_table(SECOND)} <= set(names)
     # The secret key stays an EnvVar: never printed, never in run config, the event log or the data.
     stored = [p for root in (deployment.home, deployment.data) for p in root.rglob("*") if p.is_file()]
     assert any(p.suffix == ".db" for p in stored)  # the SQLite run and event storage is among them

@@ -1,7 +1,7 @@
 """The production instance for real: the shipped dagster.yaml (PostgreSQL run, event and schedule storage,
 queued run coordinator) with `dagster-daemon`. A corpus change is picked up by the folder sensor, the
 refresh runs are queued, launched and succeed, and run history and check results survive a daemon
-restart. Real PostgreSQL, real daemon, real MiniLM (its vectors come from the session's built project)."""
+restart. Real PostgreSQL, real daemon, real MiniLM (as int8 ONNX, `deployments.FIRST`)."""
 
 import json
 import os
@@ -26,7 +26,7 @@ from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks.gates import COUNT_RECONCILIATION, INDEX_CHECKS
 from embedding_assets.defs.dagster_private import latest_check_evaluations
 from embedding_assets.defs.jobs import CHECK_JOB, CORPUS_JOB, MIGRATE_JOB, PROMOTE_JOB, REFRESH_SERVED_JOB
-from embedding_assets.models.registry import DEFAULT_VERSION
+from embedding_assets_tests.deployments import FIRST
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -35,13 +35,13 @@ ADDED = "notes/daemon.md"
 
 
 @pytest.fixture(scope="module")
-def production(built_project, postgres, tmp_path_factory) -> Iterator[dict]:
+def production(small_corpus, postgres, tmp_path_factory) -> Iterator[dict]:
     """A deployment under a temp data folder and a Dagster home holding the shipped dagster.yaml, its
-    storage in a fresh database of the test PostgreSQL server; MiniLM served through the CLI."""
+    storage in a fresh database of the test PostgreSQL server; FIRST (`deployments`) built and served
+    through the CLI, so the runs the daemon launches load the model without sentence-transformers."""
     root = tmp_path_factory.mktemp("production")
     data, home = root / "data", root / "dagster_home"
-    shutil.copytree(built_project.corpus, locations.corpus_dir(data))
-    shutil.copytree(built_project.db_uri, locations.lancedb_dir(data))
+    shutil.copytree(small_corpus, locations.corpus_dir(data))
     home.mkdir()
     shutil.copyfile(locations.PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     database = f"dagster_{uuid.uuid4().hex[:8]}"
@@ -60,7 +60,7 @@ def production(built_project, postgres, tmp_path_factory) -> Iterator[dict]:
         "HF_HUB_OFFLINE": "1",
     }
     served = subprocess.run(
-        [BIN / "embedding-assets", "migrate", "--to", DEFAULT_VERSION, "--json"],
+        [BIN / "embedding-assets", "migrate", "--to", FIRST, "--json"],
         env=env,
         capture_output=True,
         text=True,
@@ -126,7 +126,7 @@ def test_a_corpus_change_flows_through_the_daemon_and_history_survives_a_restart
     assert (
         sync.tags["embedding_assets/trigger"] == "folder" and refresh.tags["embedding_assets/refresh_batch"]
     )
-    assert refresh.tags["dagster/partition"] == DEFAULT_VERSION
+    assert refresh.tags["dagster/partition"] == FIRST
     since = datetime.fromtimestamp(changed_at, UTC)
     for job_name in (CORPUS_JOB, REFRESH_SERVED_JOB):  # one batch: no second sync raced the first
         assert len(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, created_after=since))) == 1
@@ -149,7 +149,7 @@ def test_a_corpus_change_flows_through_the_daemon_and_history_survives_a_restart
         refresh.run_id,
     }
     key = dg.AssetCheckKey(index.key, COUNT_RECONCILIATION)
-    evaluation = latest_check_evaluations(again, [key], DEFAULT_VERSION)[key]
+    evaluation = latest_check_evaluations(again, [key], FIRST)[key]
     assert evaluation is not None and evaluation.passed
     assert evaluation.target_materialization_data.run_id == refresh.run_id  # the gate result survived
 
@@ -191,19 +191,19 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
     env, log = production["env"], production["root"] / "daemon.log"
     instance = instance_of(env)
     with daemon(env, log):
-        migrated = _cli(env, "migrate", "--to", DEFAULT_VERSION, "--launch", "--json")
+        migrated = _cli(env, "migrate", "--to", FIRST, "--launch", "--json")
         out, err = migrated.communicate(timeout=WAIT_SECONDS)
         assert migrated.returncode == 0, err[-3000:]
         migration = json.loads(out)  # already served at this table version: the promotion re-affirms it
-        assert migration["promoted"] and migration["served_version"] == DEFAULT_VERSION
+        assert migration["promoted"] and migration["served_version"] == FIRST
         assert {c["name"] for c in migration["checks"]} == set(INDEX_CHECKS)
         assert all(c["passed"] for c in migration["checks"])
         # Build, gates and promotion each went through the queue, tagged with what started them.
         runs = [instance.get_run_by_id(migration[k]) for k in ("run_id", "gates_run_id", "promote_run_id")]
         assert [r.job_name for r in runs] == [MIGRATE_JOB, CHECK_JOB, PROMOTE_JOB]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-        assert all(r.tags[tags.TRIGGER] == "cli" and r.tags[tags.VERSION] == DEFAULT_VERSION for r in runs)
-        assert all(r.tags[tags.PARTITION] == DEFAULT_VERSION for r in runs) and "success" in err.lower()
+        assert all(r.tags[tags.TRIGGER] == "cli" and r.tags[tags.VERSION] == FIRST for r in runs)
+        assert all(r.tags[tags.PARTITION] == FIRST for r in runs) and "success" in err.lower()
         assert all(instance.all_logs(r.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED) for r in runs)
         assert runs[2].tags[tags.MIGRATION] == migration["run_id"]
         rollback = _cli(env, "rollback", "--launch", "--json")
@@ -238,5 +238,5 @@ def test_cli_launches_on_the_queue_and_one_writer_waits_for_the_other(production
         f"waited in the queue and started {second_start - first_end:.1f}s after the first ended"
     )
     key = dg.AssetCheckKey(index.key, COUNT_RECONCILIATION)
-    evaluation = latest_check_evaluations(instance, [key], DEFAULT_VERSION)[key]
+    evaluation = latest_check_evaluations(instance, [key], FIRST)[key]
     assert evaluation.passed and evaluation.target_materialization_data.run_id in served

@@ -15,8 +15,7 @@ import pytest
 
 from embedding_assets import locations
 from embedding_assets.index import store, tables
-from embedding_assets.models.registry import DEFAULT_VERSION
-from embedding_assets_tests.deployments import REFRESH, SECOND, Deployment
+from embedding_assets_tests.deployments import FIRST, REFRESH, SECOND, Deployment
 
 pytestmark = pytest.mark.slow
 RUNBOOKS = locations.PROJECT_ROOT / "docs" / "runbooks"
@@ -39,7 +38,7 @@ def damage_newest_index_file(deployment: Deployment) -> None:
     """A refresh writes the note's rows, then their data file is deleted (the served version's)."""
     add_note(deployment)
     deployment.cli(REFRESH)
-    folder = locations.lancedb_dir(deployment.root) / f"{tables.index_table(DEFAULT_VERSION)}.lance" / "data"
+    folder = locations.lancedb_dir(deployment.root) / f"{tables.index_table(FIRST)}.lance" / "data"
     max(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns).unlink()
 
 
@@ -79,13 +78,13 @@ def test_a_runbook_walks_end_to_end(deployment_bases, tmp_path: Path, name: str)
     )
     served = deployment.pointer().require_current()
     if name == "model-migration.md":
-        assert "promoted" in walked.stdout and served.version == DEFAULT_VERSION  # promoted, then rolled back
+        assert "promoted" in walked.stdout and served.version == FIRST  # promoted, then rolled back
     elif name == "full-reindex.md":
         assert served.version == variables["NEW"]
     else:  # the note the situation added is served again
         table = store.connect(locations.lancedb_dir(deployment.root)).open_table(served.table)
         table.checkout(served.table_version)
-        assert served.version == DEFAULT_VERSION and NOTE in table.to_arrow()["doc_id"].to_pylist()
+        assert served.version == FIRST and NOTE in table.to_arrow()["doc_id"].to_pylist()
     assert deployment.pointer().damage() == []
     if report := os.environ.get("RUNBOOK_REPORT"):  # how long each takes, for a closing note
         with open(report, "a", encoding="utf-8") as f:

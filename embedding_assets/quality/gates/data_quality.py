@@ -315,6 +315,9 @@ def stop_idle_validator() -> bool:
     for process in _preloaded:
         process.terminate()
         process.join(timeout=10)
+        if process.is_alive():  # at the lowest priority on a busy machine it may not get to its handler
+            process.kill()
+            process.join()
     _preloaded.clear()
     validator.cache_clear()
     preload_expectations.cache_clear()
