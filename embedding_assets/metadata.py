@@ -32,3 +32,4 @@ LAG_SECONDS = {"p50": "lag_p50_seconds", "p99": "lag_p99_seconds", "max": "lag_m
 GATE_LEVEL = "level"
 OVERRIDES = "overrides"
 OVERRIDE_REASON = "override_reason"
+PER_QUERY_NDCG = "per_query_ndcg@10"  # {query id: nDCG@10}: the served history keeps it for paired gates

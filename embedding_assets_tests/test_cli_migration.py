@@ -19,7 +19,7 @@ from embedding_assets.defs.sensors import (
     gates_after_build_sensor,
     promote_after_gates_sensor,
 )
-from embedding_assets.models.registry import DEFAULT_VERSION, ONNX_INT8_VERSION
+from embedding_assets.models.registry import DEFAULT_VERSION, load_registry
 from embedding_assets.wiring import wiring
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,11 @@ def _states(capsys) -> dict[str, str]:
     code, status, _ = run(capsys, "status", "--json")
     assert code == 0 and all({"id", "state", "rows"} <= set(v) for v in status["versions"])
     return {v["id"]: v["state"] for v in status["versions"]}
+
+
+def _roles(built: dict[str, str]) -> dict[str, str]:
+    """Every shipped version's expected state: `built`, and "registered" for the others."""
+    return {**dict.fromkeys(load_registry().ids, "registered"), **built}
 
 
 def _blocked_observation(run_id: str) -> dg.AssetObservation:
@@ -109,12 +114,15 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert all({"name", "passed", "severity", "metadata"} == set(c) for c in first["checks"])
     _, served_before, _ = run(capsys, "search", QUERY, "--json")
 
-    code, blocked, _ = run(capsys, "migrate", "--to", static, "--json")
+    # On the test corpus's few judged queries the static model's drop from MiniLM is not significant (golden
+    # quality only warns); held to a floor of 0.9 nDCG@10 for this migration, it is blocked.
+    strict = ("--override", "golden_ndcg_floor=0.9", "--reason", "hold the cheap model to 0.9")
+    code, blocked, _ = run(capsys, "migrate", "--to", static, *strict, "--json")
     assert code == 1 and not blocked["promoted"] and blocked["served_version"] == MINILM
     failing = [c for c in blocked["checks"] if not c["passed"]]
     assert [c["name"] for c in failing] == [GOLDEN_QUALITY] and failing[0]["severity"] == "ERROR"
     assert failing[0]["metadata"]["served_ndcg@10"] > failing[0]["metadata"]["ndcg@10"]
-    assert _states(capsys) == {MINILM: "served", static: "candidate", ONNX_INT8_VERSION: "registered"}
+    assert _states(capsys) == _roles({MINILM: "served", static: "candidate"})
     observation = _blocked_observation(blocked["gates_run_id"])
     assert observation.metadata["blocked_version"].value == static
     assert observation.metadata["served_version"].value == MINILM
@@ -124,19 +132,21 @@ def test_migrate_rollback_round_trip(cli, capsys):
     code, _, err = run(capsys, "promote", "--version", static)  # a later run reads the same verdict
     assert code == 1 and "blocked from serving: golden_quality" in err
 
-    code, _, err = run(capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--json")
+    code, _, err = run(capsys, "migrate", "--to", static, "--override", "golden_ndcg_floor=0.5", "--json")
     assert code == 2 and "--reason" in err
 
     code, promoted, _ = run(
-        capsys, "migrate", "--to", static, "--override", "golden_ndcg_margin=1", "--reason", "cost", "--json"
+        capsys, "migrate", "--to", static, "--override", "golden_ndcg_floor=0.5", "--reason", "cost", "--json"
     )
     assert code == 0 and promoted["promoted"] and promoted["served_version"] == static
-    assert _states(capsys) == {MINILM: "previous", static: "served", ONNX_INT8_VERSION: "registered"}
+    assert _states(capsys) == _roles({MINILM: "previous", static: "served"})
     overview = _serving_overview()
     assert overview["served_version"] == static and overview["previous_version"] == MINILM
-    assert overview["move"].startswith(f"promote: {MINILM} ") and "5/5 gates passed" in overview["move"]
+    assert overview["move"].startswith(f"promote: {MINILM} ") and "4/5 gates passed" in overview["move"]
+    [warned] = [c for c in promoted["checks"] if not c["passed"]]  # a drop not ruled out: a warning
+    assert warned["name"] == GOLDEN_QUALITY and warned["severity"] == "WARN"
     run_tags = dagster_instance().get_run_by_id(promoted["run_id"]).tags
-    assert run_tags[tags.OVERRIDES] == "golden_ndcg_margin=1" and run_tags[tags.REASON] == "cost"
+    assert run_tags[tags.OVERRIDES] == "golden_ndcg_floor=0.5" and run_tags[tags.REASON] == "cost"
     assert run_tags[tags.TRIGGER] == "cli" and run_tags[tags.VERSION] == static
 
     code, rolled, _ = run(capsys, "rollback", "--json")
@@ -146,7 +156,10 @@ def test_migrate_rollback_round_trip(cli, capsys):
     assert served_after == served_before
 
     code, gates, _ = run(capsys, "checks", "--version", static, "--json")
-    assert code == 1 and not gates["promoted"] and {c["name"] for c in gates["checks"]} == set(INDEX_CHECKS)
+    assert code == 0 and not gates["promoted"] and {c["name"] for c in gates["checks"]} == set(INDEX_CHECKS)
+    assert [c["severity"] for c in gates["checks"] if not c["passed"]] == [
+        "WARN"
+    ]  # golden, at its default floor
 
 
 def test_rollback_with_nothing_before_is_a_clear_error(cli, capsys):

