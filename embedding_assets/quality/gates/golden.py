@@ -156,12 +156,16 @@ def golden_quality(
     return GateOutcome(level, "; ".join([*warnings, summary]) if warnings else summary, metadata)
 
 
-def judge_delta(name: str, delta: PairedDelta, margin: float, blocks: list[str], warnings: list[str]) -> None:
-    """Add a block when the whole interval is past `margin` below zero, a warning when part of it is."""
+def judge_delta(name: str, delta: PairedDelta, margin: float, blocks: list[str], warnings: list[str]) -> str:
+    """Add a block when the whole interval is past `margin` below zero, a warning when part of it is;
+    return the verdict ("worse", "not ruled out" or "ok")."""
     if delta.worse_beyond(margin):
         blocks.append(f"{name}: nDCG@10 worse than served beyond the margin {margin}: {delta.describe()}")
-    elif delta.may_be_worse_beyond(margin):
+        return "worse"
+    if delta.may_be_worse_beyond(margin):
         warnings.append(f"{name}: a drop beyond the margin {margin} is not ruled out: {delta.describe()}")
+        return "not ruled out"
+    return "ok"
 
 
 def slice_table(
@@ -178,17 +182,10 @@ def slice_table(
         delta = paired_bootstrap(
             {q: candidate[q] for q in queries}, {q: served[q] for q in queries if q in served}
         )
-        judged = delta.queries >= thresholds.golden_slice_queries
-        if judged:
-            judge_delta(f"slice {name}", delta, thresholds.golden_slice_margin, blocks, warnings)
         verdict = (
-            "too few queries"
-            if not judged
-            else "worse"
-            if delta.worse_beyond(thresholds.golden_slice_margin)
-            else "not ruled out"
-            if delta.may_be_worse_beyond(thresholds.golden_slice_margin)
-            else "ok"
+            judge_delta(f"slice {name}", delta, thresholds.golden_slice_margin, blocks, warnings)
+            if delta.queries >= thresholds.golden_slice_queries
+            else "too few queries"
         )
         rows.append(
             [name, delta.queries, delta.mean, delta.low, delta.high, delta.wins, delta.losses, verdict]
