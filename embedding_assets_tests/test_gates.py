@@ -16,7 +16,7 @@ from embedding_assets.defs.checks.gates import (
     NEIGHBOUR_STABILITY,
     SENTINEL_DRIFT,
 )
-from embedding_assets.index import store, tables
+from embedding_assets.index import lexical, store, tables
 from embedding_assets.models.registry import DEFAULT_VERSION, FingerprintMismatchError, WeightsSource
 from embedding_assets.quality.gates.golden import PER_QUERY
 from embedding_assets.quality.gates.sentinels import sentinel_drift
@@ -223,3 +223,27 @@ def test_a_gate_that_raises_fails_the_step_after_the_others_report(served, stati
     run = served.gates(static_id)
     assert {c["name"] for c in run.checks} == set(INDEX_CHECKS) - {SENTINEL_DRIFT}
     assert not run.gates_passed and any("sentinel store unreadable" in e for e in run.errors), run.errors
+
+
+def test_a_hybrid_version_is_gated_as_it_retrieves_and_encodes_nothing(served):
+    """The shipped hybrid version has MiniLM's vectors: a migration to it reuses every cached vector,
+    builds the full-text index, and golden quality judges the fused rankings against the dense ones
+    served."""
+    hybrid = next(v for v in served.registry().versions if v.retrieval.mode == "hybrid")
+    cache = served.db().open_table(tables.cache_table(hybrid.encoder_key()))
+    cached = cache.count_rows()
+    before = served.pointer.require_current()
+    run = served.migrate(hybrid.id)
+    assert cache.count_rows() == cached
+    golden = _check(run, GOLDEN_QUALITY)["metadata"]
+    assert golden["model_version"] == hybrid.id and golden["served_version"] == before.version
+    assert golden["ndcg@10"] != golden["served_ndcg@10"]  # ranked otherwise than the served dense ones
+    assert golden["delta_ndcg@10_low"] <= golden["delta_ndcg@10"] <= golden["delta_ndcg@10_high"]
+    table = served.db().open_table(tables.index_table(hybrid.id))
+    assert lexical.text_index_name(table) is not None
+    assert run.promoted, run.to_json()
+    now = served.pointer.require_current()
+    hits = searcher_for_state(now, served.db(), served.registry()).search("write rows to a csv file", 5).hits
+    assert any(h["bm25"] is not None for h in hits) and all("dense_score" in h for h in hits)
+    runner.rollback(**served.job())
+    assert served.pointer.require_current().version == before.version

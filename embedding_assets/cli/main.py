@@ -303,6 +303,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     wired = _wired()
     registry = wired.model_registry.load()
+    if args.compare_retrieval:
+        return _compare_retrieval(args, wired, registry)
     if args.dataset:
         result = evaluate_dataset(
             Path(args.dataset),
@@ -332,6 +334,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{result['version']} on {result['dataset']}: nDCG@10={result['ndcg@10']:.4f} "
             f"recall@10={result['recall@10']:.4f} recall@100={result['recall@100']:.4f} "
             f"({result['queries']} queries, {result['documents']} documents)"
+        )
+    return 0
+
+
+def _compare_retrieval(args: argparse.Namespace, wired, registry) -> int:
+    from embedding_assets.quality.evaluation import compare_retrieval
+
+    if not args.dataset:
+        raise SystemExit("--compare-retrieval needs --dataset (a BEIR folder)")
+    result = compare_retrieval(
+        Path(args.dataset), registry.get(args.version or DEFAULT_VERSION), Path(wired.golden_set.scratch_dir)
+    )
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"{result['version']} on {result['dataset']} ({result['documents']} documents):")
+    print("| retrieval | nDCG@10 | recall@10 | recall@100 | Δ nDCG@10 vs better single [95%] |")
+    print("|---|---|---|---|---|")
+    for row in result["retrievals"]:
+        delta = (
+            f"{row['delta']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}] vs {row['against']}"
+            if "delta" in row
+            else ""
+        )
+        print(
+            f"| {row['retrieval']} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} | "
+            f"{row['recall@100']:.4f} | {delta} |"
         )
     return 0
 
@@ -550,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="nDCG@10 / recall on judged queries (served index, or a BEIR dataset)")
     p.add_argument("--dataset", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
     p.add_argument("--version", help="built version to score (default: served; with --dataset: the default)")
+    p.add_argument(
+        "--compare-retrieval",
+        action="store_true",
+        help="with --dataset: BM25, dense and hybrid (RRF, linear) side by side, one index",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

@@ -126,7 +126,7 @@ def ensure_vector_index(
         action = "current"
         if _index_type(table, name) != INDEX_TYPE:  # built before INDEX_TYPE was chosen
             name, action = retrain(table, name, rows), "retrained"
-        elif _unindexed(table, name) > fold_share * rows:
+        elif unindexed_in(table, name) > fold_share * rows:
             if _off_partitions(table, name, rows):  # too many or too few for the table as it is now
                 name, action = retrain(table, name, rows), "retrained"
             else:
@@ -204,7 +204,8 @@ def _index_type(table: lancedb.table.Table, name: str) -> str | None:
     return str(stats.index_type) if stats else None
 
 
-def _unindexed(table: lancedb.table.Table, name: str) -> int:
+def unindexed_in(table: lancedb.table.Table, name: str) -> int:
+    """Rows the index `name` does not cover yet (every row if it has no statistics)."""
     stats = table.index_stats(name)
     return int(stats.num_unindexed_rows) if stats else table.count_rows()
 
@@ -212,7 +213,7 @@ def _unindexed(table: lancedb.table.Table, name: str) -> int:
 def unindexed_rows(table: lancedb.table.Table) -> int:
     """Rows searched exactly beside the table's vector index (0 without an index: every row is)."""
     name = vector_index_name(table)
-    return _unindexed(table, name) if name else 0
+    return unindexed_in(table, name) if name else 0
 
 
 def tuned(query, has_index: bool, filtered_rows: int | None = None):

@@ -170,6 +170,18 @@ class WeightsSource(BaseModel):
         raise ModelRegistryError("weights need either a package or an artifact")
 
 
+class RetrievalConfig(BaseModel):
+    """How the version's index answers a query: by vectors alone, or fused with BM25 over chunk text."""
+
+    mode: Literal["dense", "hybrid"] = Field("dense", description="hybrid: dense and BM25 results fused")
+    fusion: Literal["rrf", "linear"] = Field(
+        "rrf", description="rrf: reciprocal rank fusion; linear: a weighted sum of min-max scaled scores"
+    )
+    rrf_k: int = Field(60, ge=1, description="rrf: the rank offset k in 1 / (k + rank)")
+    dense_weight: float = Field(0.5, ge=0, le=1, description="linear: the dense score's weight")
+    depth: int = Field(100, ge=10, le=1000, description="candidates each retriever gives the fusion")
+
+
 class ModelVersion(BaseModel):
     """One pinned model version: exact weights plus everything that shapes its vectors."""
 
@@ -187,6 +199,7 @@ class ModelVersion(BaseModel):
     )
     chunking: ChunkingConfig = ChunkingConfig()
     gates: GateThresholds = GateThresholds()
+    retrieval: RetrievalConfig = RetrievalConfig()
     description: str = ""
     models_dir: str | None = Field(None, exclude=True, description="artifact folder, set by the registry")
 

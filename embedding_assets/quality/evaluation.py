@@ -14,20 +14,21 @@ import lancedb
 
 from embedding_assets.corpus.sources import BeirSource
 from embedding_assets.corpus.sync import sync_corpus
-from embedding_assets.index import ann, store
+from embedding_assets.index import ann, lexical, store
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import sync_chunks
 from embedding_assets.index.embeddings import sync_embeddings
 from embedding_assets.index.rows import sync_index
 from embedding_assets.models.embedders import embedder_for
-from embedding_assets.models.registry import ModelVersion
+from embedding_assets.models.registry import ModelVersion, RetrievalConfig
+from embedding_assets.quality.bootstrap import paired_bootstrap
 from embedding_assets.quality.exact_memo import exact_top_k_memoized
 from embedding_assets.serving.search import Searcher
 
 Qrels = dict[str, dict[str, int]]
 CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so 100 distinct documents surface
 METRICS = ("ndcg@10", "recall@10", "recall@100")
-RANKING = "exact"  # how `evaluate` ranks (documents_by_best_chunk): scores ranked otherwise differ
+RANKING = "exact"  # how `evaluate` ranks a dense version (documents_by_best_chunk): other rankings differ
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,15 @@ def recall_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> f
     return len(set(ranked[:k]) & set(relevant)) / len(relevant) if relevant else 0.0
 
 
+def ranked_metrics(ranked: Sequence[str], relevant: Mapping[str, int]) -> dict[str, float]:
+    """nDCG@10, recall@10 and recall@100 of one ranking, rounded to 4 decimals (as history keeps them)."""
+    return {
+        "ndcg@10": round(ndcg_at_k(ranked, relevant, 10), 4),
+        "recall@10": round(recall_at_k(ranked, relevant, 10), 4),
+        "recall@100": round(recall_at_k(ranked, relevant, 100), 4),
+    }
+
+
 def ranked_documents(searcher: Searcher, queries: list[str], limit: int) -> list[list[str]]:
     """For each query, the documents of its best chunks as served (through the ANN index when the table
     has one), best first: one multi-vector search, `limit` * CHUNKS_PER_DOCUMENT_RANK chunks deep."""
@@ -114,16 +124,15 @@ def score_queries(
     """Each judged query's nDCG@10, recall@10 and recall@100 on `searcher`'s version, ranked exactly;
     rounded to 4 decimals, as the serving history keeps them."""
     ids = list(judged.queries)
-    vectors = list(searcher.encode_queries([judged.queries[q] for q in ids]))
-    rankings = documents_by_best_chunk(searcher.table, vectors, 100, progress=progress, memo=memo)
-    return {
-        qid: {
-            "ndcg@10": round(ndcg_at_k(ranked, judged.qrels[qid], 10), 4),
-            "recall@10": round(recall_at_k(ranked, judged.qrels[qid], 10), 4),
-            "recall@100": round(recall_at_k(ranked, judged.qrels[qid], 100), 4),
-        }
-        for qid, ranked in zip(ids, rankings, strict=True)
-    }
+    texts = [judged.queries[q] for q in ids]
+    vectors = searcher.encode_queries(texts)
+    if searcher.version.retrieval.mode == "dense":
+        rankings = documents_by_best_chunk(searcher.table, list(vectors), 100, progress=progress, memo=memo)
+    else:  # judged as served: the fused lists, the dense half through the ANN index when it has one
+        depth = 100 * CHUNKS_PER_DOCUMENT_RANK
+        found = searcher.search_texts(texts, vectors, depth, ["doc_id"])
+        rankings = [list(dict.fromkeys(hit["doc_id"] for hit in hits))[:100] for hits in found]
+    return {qid: ranked_metrics(ranked, judged.qrels[qid]) for qid, ranked in zip(ids, rankings, strict=True)}
 
 
 def mean_scores(per_query: Mapping[str, Mapping[str, float]]) -> dict:
@@ -177,7 +186,58 @@ def build_dataset_index(
 def evaluate_dataset(
     dataset: Path, version: ModelVersion, scratch_dir: Path, *, progress: bool = True
 ) -> dict:
-    """Evaluate `version` on a BEIR dataset without touching the served index."""
+    """Evaluate `version` on a BEIR dataset without touching the served index, retrieving as the
+    version does (dense, or hybrid over a full-text index built beside its vectors)."""
     db, build = build_dataset_index(dataset, version, scratch_dir, progress=progress)
-    metrics = evaluate(Searcher(db, version), load_judged(dataset), progress=progress)
+    searcher = Searcher(db, version)
+    if version.retrieval.mode == "hybrid":
+        lexical.ensure_text_index(searcher.table)
+    metrics = evaluate(searcher, load_judged(dataset), progress=progress)
     return {"version": version.id, "dataset": str(dataset), **metrics, **build}
+
+
+def lexical_scores(searcher: Searcher, judged: JudgedQueries) -> dict[str, dict[str, float]]:
+    """Each judged query's metrics with BM25 alone over the version's chunk text (documents by their
+    best chunk, as dense ranking does)."""
+    depth = 100 * CHUNKS_PER_DOCUMENT_RANK
+    per_query = {}
+    for qid, text in judged.queries.items():
+        hits = lexical.lexical_search(searcher.table, text, depth, ["doc_id"])
+        ranked = list(dict.fromkeys(hit["doc_id"] for hit in hits))[:100]
+        per_query[qid] = ranked_metrics(ranked, judged.qrels[qid])
+    return per_query
+
+
+def compare_retrieval(
+    dataset: Path, version: ModelVersion, scratch_dir: Path, *, progress: bool = True
+) -> dict:
+    """BM25 alone, `version` dense alone, and the two fused (RRF, and the linear blend), on a BEIR
+    dataset: one index and one full-text index, every ranking on the same judged queries, with the
+    paired interval of each fusion against the better single retriever."""
+    db, build = build_dataset_index(dataset, version, scratch_dir, progress=progress)
+    judged = load_judged(dataset)
+    dense = Searcher(db, version.model_copy(update={"retrieval": RetrievalConfig(mode="dense")}))
+    text_index = lexical.ensure_text_index(dense.table)
+    per_query = {"bm25": lexical_scores(dense, judged), "dense": score_queries(dense, judged)}
+    for fusion in ("rrf", "linear"):
+        config = version.retrieval.model_copy(update={"mode": "hybrid", "fusion": fusion})
+        fused = Searcher(db, version.model_copy(update={"retrieval": config}))
+        per_query[f"hybrid ({fusion})"] = score_queries(fused, judged)
+    best_single = max(("bm25", "dense"), key=lambda name: mean_scores(per_query[name])[METRICS[0]])
+    rows = []
+    for name, scores in per_query.items():
+        row = {"retrieval": name, **mean_scores(scores)}
+        if name.startswith("hybrid"):
+            delta = paired_bootstrap(
+                {q: s[METRICS[0]] for q, s in scores.items()},
+                {q: s[METRICS[0]] for q, s in per_query[best_single].items()},
+            )
+            row.update(against=best_single, delta=delta.mean, low=delta.low, high=delta.high)
+        rows.append(row)
+    return {
+        "version": version.id,
+        "dataset": str(dataset),
+        "retrievals": rows,
+        "fts_index_seconds": text_index.seconds,
+        **build,
+    }

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import lancedb
 
-from embedding_assets.index import ann, store, tables
+from embedding_assets.index import ann, lexical, store, tables
 from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.serving.pointer import ServingPointer
@@ -74,6 +74,8 @@ def maintain(
     unindexed = ann.unindexed_rows(table)
     with ChangeLog(db, name).same_rows():
         state = ann.ensure_vector_index(table, fold_share=0.0)
+        if version.retrieval.mode == "hybrid":
+            lexical.ensure_text_index(table, fold_share=0.0)
     after = table.version
     done = dict(
         version=version.id,

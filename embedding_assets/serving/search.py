@@ -10,10 +10,11 @@ import lancedb
 import numpy as np
 from lancedb.expr import col, lit
 
-from embedding_assets.index import ann, store, tables
+from embedding_assets.index import ann, lexical, store, tables
 from embedding_assets.index.integrity import short_error
 from embedding_assets.models.embedders import Embedder, embedder_for
 from embedding_assets.models.registry import ModelRegistry, ModelVersion
+from embedding_assets.serving import fusion
 from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 
@@ -175,9 +176,41 @@ class Searcher:
             found[i].append(row)
         return found
 
+    def search_texts(
+        self,
+        queries: list[str],
+        vectors: np.ndarray,
+        k: int,
+        columns: list[str],
+        where: SearchFilter | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Each query's top-k rows as the version retrieves: by vector (`search_vectors`), or for a
+        hybrid version its dense and BM25 candidates fused (`fusion`), each hit's `score` the fused one
+        beside its `dense_score` and `bm25` (None where that retriever did not find it)."""
+        config = self.version.retrieval
+        if config.mode == "dense":
+            return self.search_vectors(vectors, k, columns, where)
+        depth = max(k, config.depth)
+        wanted = list(dict.fromkeys([*columns, "chunk_id"]))
+        dense = self.search_vectors(vectors, depth, wanted, where)
+        expression = where.expression() if where is not None else None
+        found = []
+        for query, by_vector in zip(queries, dense, strict=True):
+            by_text = lexical.lexical_search(self.table, query, depth, wanted, expression)
+            rows = {hit["chunk_id"]: {**hit, "dense_score": hit["score"], "bm25": None} for hit in by_vector}
+            for hit in by_text:
+                rows.setdefault(hit["chunk_id"], {**hit, "dense_score": None})["bm25"] = hit["bm25"]
+            fused = fusion.fuse(
+                config,
+                [(hit["chunk_id"], hit["score"]) for hit in by_vector],
+                [(hit["chunk_id"], hit["bm25"]) for hit in by_text],
+            )
+            found.append([{**rows[key], "score": round(score, 6)} for key, score in fused[:k]])
+        return found
+
     def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
         query, k = checked_request(query, k)
-        hits = self.search_vector(self.encode_queries([query])[0], k, where=where)
+        hits = self.search_texts([query], self.encode_queries([query]), k, HIT_COLUMNS, where)[0]
         return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
 
 

@@ -9,7 +9,7 @@ from embedding_assets import metadata as md
 from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.partitions import model_versions
 from embedding_assets.defs.resources import LanceDBResource, ModelRegistryResource
-from embedding_assets.index import ann, store, tables
+from embedding_assets.index import ann, lexical, store, tables
 from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.index.rows import sync_index
 from embedding_assets.quality.freshness import indexing_lag
@@ -39,6 +39,9 @@ def index(
     table = db.open_table(tables.index_table(version.id))
     with ChangeLog(db, table.name).same_rows():
         vector_index = ann.ensure_vector_index(table)
+        text_index = lexical.ensure_text_index(table) if version.retrieval.mode == "hybrid" else None
+    if text_index is not None and text_index.action != "current":
+        context.log.info(f"full-text index {text_index.index} {text_index.action} in {text_index.seconds} s")
     if vector_index.action in ("created", "optimized"):
         context.log.info(
             f"vector index {vector_index.index} {vector_index.action} on {vector_index.rows} rows in "
@@ -67,6 +70,7 @@ def index(
             "sentinels": sentinels,
             "docs_indexed": len(sync.docs_written),
             **vector_index.to_metadata(),
+            **(text_index.to_metadata() if text_index is not None else {}),
             **{md.LAG_SECONDS[q]: lag[q] for q in md.LAG_SECONDS},
         }
     )
