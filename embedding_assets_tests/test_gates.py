@@ -1,25 +1,30 @@
 """Each gate proven on a real failure: real models (altered where the failure is a model change), real
 LanceDB, the project's jobs on an ephemeral instance. Serving must not move when a gate blocks."""
 
+import dagster as dg
 import pyarrow.compute as pc
 import pytest
 import yaml
 
 from embedding_assets import locations
 from embedding_assets.cli import runner
+from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.checks import gates as checks
 from embedding_assets.defs.checks.gates import (
     COUNT_RECONCILIATION,
     GATES,
     GOLDEN_QUALITY,
     INDEX_CHECKS,
+    MIGRATION_REPORT,
     NEIGHBOUR_STABILITY,
+    SCORE_CALIBRATION,
     SENTINEL_DRIFT,
 )
 from embedding_assets.index import lexical, store, tables
 from embedding_assets.models.registry import DEFAULT_VERSION, FingerprintMismatchError, WeightsSource
 from embedding_assets.quality.gates.golden import PER_QUERY
 from embedding_assets.quality.gates.sentinels import sentinel_drift
+from embedding_assets.quality.migration_report import REPORT_FILE, REPORTS_FOLDER
 from embedding_assets.serving.search import (
     EncoderMismatchError,
     Searcher,
@@ -161,7 +166,16 @@ def test_worse_model_is_blocked_by_golden_quality_then_passes_with_a_recorded_ov
     assert len(meta[PER_QUERY]) == meta["queries_scored"]
     stability = _check(blocked, NEIGHBOUR_STABILITY)
     assert stability["passed"] and stability["metadata"]["cross_version"] == MINILM
+    calibration = _check(blocked, SCORE_CALIBRATION)  # MiniLM's thresholds, in the static model's space
+    assert not calibration["passed"] and calibration["severity"] == "WARN"
+    mapped = calibration["metadata"]["thresholds_mapped"]
+    assert set(mapped) == {"dedup", "related"} and mapped["dedup"] > mapped["related"]
+    assert (
+        "Set `thresholds:" in calibration["description"]
+        and "| dedup |" in calibration["metadata"]["thresholds"]
+    )
     assert served.pointer.require_current() == before
+    _assert_migration_report(served, blocked, static_id)
 
     reason = "accept lower quality for 67x cheaper encoding"
     run = strict.migrate(static_id, overrides={"golden_ndcg_floor": 0.5}, reason=reason)
@@ -171,6 +185,34 @@ def test_worse_model_is_blocked_by_golden_quality_then_passes_with_a_recorded_ov
     assert state.overrides == {GOLDEN_QUALITY: {"thresholds": {"golden_ndcg_floor": 0.5}, "reason": reason}}
     assert served.pointer.history()[-1].overrides == state.overrides
     assert state.gates[GOLDEN_QUALITY][PER_QUERY] == _check(run, GOLDEN_QUALITY)["metadata"][PER_QUERY]
+
+
+def _assert_migration_report(project, run: runner.GateRun, candidate: str) -> None:
+    """The blocked migration's report: a markdown file with its plots beside the serving history, and an
+    observation of the candidate's index partition in Dagster carrying it."""
+    [folder] = list((project.pointer.folder / REPORTS_FOLDER).glob(f"*-{MINILM}-to-{candidate}"))
+    report = (folder / REPORT_FILE).read_text()
+    assert f"Migration report: {MINILM} → {candidate}" in report and "**blocked** by golden_quality" in report
+    for section in ("## Golden quality", "| kind: library page |", "## Neighbours", "| 100 |", "| dedup |"):
+        assert section in report, section
+    assert "float32 per million vectors" in report and "model tokens in them" in report
+    plots = {p.name for p in folder.glob("*.png")}
+    assert {"overlap.png", "drift.png", "scores_query_top.png"} <= plots
+    assert all(f"]({name})" in report for name in plots)
+    records = project.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=index.key, asset_partitions=[candidate]), limit=1
+    ).records
+    observed = records[0].asset_observation.metadata
+    assert (
+        observed["report"].value == str(folder / REPORT_FILE) and observed[MIGRATION_REPORT].value == report
+    )
+    assert (
+        0
+        <= observed["containment@10"].value
+        <= observed["containment@50"].value
+        <= observed["containment@100"].value
+        <= 1
+    )
 
 
 def test_rollback_restores_the_results_served_before_the_promotion(served, static_id):

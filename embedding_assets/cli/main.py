@@ -231,9 +231,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from embedding_assets.serving.service import SearchService, serve
 
     wired = _wired()
-    served = ServedSearch(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    db, registry = wired.lancedb.connect(), wired.model_registry.load()
+    served = ServedSearch(db, wired.serving.pointer(), registry)
+    shadow = None
+    if args.shadow:
+        from embedding_assets.serving.shadow import Shadow, ShadowLog
+
+        log = ShadowLog(Path(wired.serving.folder))
+        shadow = Shadow(db, registry.get(args.shadow), args.shadow_share, log)
+        print(f"mirroring {args.shadow_share:.0%} of queries to {args.shadow} (log: {log.path(args.shadow)})")
     print(f"serving search on http://{args.host}:{args.port}/search (Ctrl-C stops)", flush=True)
-    serve(SearchService(served), args.host, args.port, args.log_level)
+    serve(SearchService(served, shadow), args.host, args.port, args.log_level)
     return 0
 
 
@@ -362,6 +370,31 @@ def _compare_retrieval(args: argparse.Namespace, wired, registry) -> int:
             f"| {row['retrieval']} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} | "
             f"{row['recall@100']:.4f} | {delta} |"
         )
+    return 0
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from embedding_assets.quality.calibration import current_profile, map_threshold
+    from embedding_assets.quality.gates.golden import judged_digest
+    from embedding_assets.serving.search import Searcher
+
+    wired = _wired()
+    registry = wired.model_registry.load()
+    db = wired.lancedb.connect()
+    judged = wired.golden_set.judged()
+    digest = judged_digest(judged)
+    source, target = (
+        current_profile(db, Searcher(db, registry.get(v)), judged, digest)[0]
+        for v in (args.source, args.target)
+    )
+    mapped = map_threshold("threshold", args.value, source, target, db)
+    if args.json:
+        _print_json(mapped.to_json())
+        return 0
+    print(mapped.describe())
+    for flip in mapped.flips[: args.show]:
+        scores = " -> ".join(f"{v:.4f}" for v in list(flip.values())[3:])
+        print(f"  {flip['kind']:<13} {scores}  {flip['left'][:50]!r} ~ {flip['right'][:50]!r}")
     return 0
 
 
@@ -557,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--shadow", metavar="VERSION", help="mirror a share of queries to this built candidate")
+    p.add_argument(
+        "--shadow-share", type=float, default=0.1, help="with --shadow: the share of queries mirrored (0-1]"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="what is served, and row counts per version")
@@ -586,6 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "threshold", help="map a similarity threshold from one built version's space into another's"
+    )
+    p.add_argument("--from", dest="source", required=True, help="the version the threshold was tuned in")
+    p.add_argument("--to", dest="target", required=True, help="the version to map it into")
+    p.add_argument("value", type=float, help="the threshold (a cosine similarity)")
+    p.add_argument("--show", type=int, default=10, help="flipped pairs to list")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("pin", help="fingerprint weights and write a registry entry")
     p.add_argument("--id", required=True)

@@ -135,6 +135,11 @@ class ServingResource(dg.ConfigurableResource):
     folder: str = Field(description="pointer and history folder")
     retention_hours: float = Field(168.0, description="how long a replaced version stays live (dual write)")
     freshness_slo_minutes: float = Field(15.0, description="served data may lag the corpus this long")
+    price_per_million_tokens: float = Field(
+        0.02,
+        ge=0,
+        description="what embedding a million tokens costs (an API's price, say), for migration reports",
+    )
 
     def pointer(self) -> ServingPointer:
         return ServingPointer(Path(self.folder))

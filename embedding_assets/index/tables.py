@@ -10,6 +10,7 @@ CACHE_TABLE_PREFIX = "embedding_cache__"
 SENTINELS_TABLE_PREFIX = "sentinels__"
 EXACT_MEMO_TABLE_PREFIX = "exact_memo__"  # each version's exact top-k lists from its last evaluation
 CHANGE_LOG_TABLE_PREFIX = "changes__"  # which documents each write to a table touched (change_log)
+SCORE_PROFILE_TABLE_PREFIX = "score_profile__"  # each version's score distributions (`calibration`)
 STAGING_TABLE_PREFIX = "staging__"  # what one corpus shard staged for its version's stages to fold in
 
 
@@ -32,6 +33,10 @@ def cache_table(encoder_key: str) -> str:
 
 def sentinels_table(version: str) -> str:
     return f"{SENTINELS_TABLE_PREFIX}{version}"
+
+
+def score_profile_table(version: str) -> str:
+    return f"{SCORE_PROFILE_TABLE_PREFIX}{version}"
 
 
 def exact_memo_table(version: str, purpose: str = "") -> str:

@@ -355,7 +355,7 @@ def _built_bytes(version: ModelVersion) -> str | None:
 def embedder_for(version: ModelVersion) -> Embedder:
     """The embedder for `version`, shared within the process; the fingerprint is checked on first use."""
     key = (
-        version.model_dump_json(exclude={"gates", "description"}),
+        version.model_dump_json(exclude={"gates", "description", "retrieval", "thresholds"}),
         version.models_dir,
         _built_bytes(version),
     )

@@ -100,6 +100,9 @@ class GateThresholds(BaseModel):
     )
     golden_slice_margin: float = Field(0.05, ge=0, description="the same, per slice of the judged queries")
     golden_slice_queries: int = Field(8, ge=2, description="queries a slice needs before it is judged")
+    shadow_queries: int = Field(
+        0, ge=0, description="live queries mirrored to it (serve --shadow) before it may replace what serves"
+    )
 
 
 class StaticBuild(BaseModel):
@@ -200,6 +203,11 @@ class ModelVersion(BaseModel):
     chunking: ChunkingConfig = ChunkingConfig()
     gates: GateThresholds = GateThresholds()
     retrieval: RetrievalConfig = RetrievalConfig()
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="business thresholds tuned in this version's space (e.g. dedup: 0.95), each a cosine "
+        "similarity; a migration maps them into the next version's space by quantile (`calibration`)",
+    )
     description: str = ""
     models_dir: str | None = Field(None, exclude=True, description="artifact folder, set by the registry")
 
@@ -208,6 +216,14 @@ class ModelVersion(BaseModel):
         if self.activations != FLOAT_ACTIVATIONS and self.loader != "onnx":
             raise ValueError(f"version {self.id!r}: activations {self.activations!r} needs the onnx loader")
         return self
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_are_similarities(cls, value: dict[str, float]) -> dict[str, float]:
+        wrong = {name: t for name, t in value.items() if not -1.0 <= t <= 1.0}
+        if wrong:
+            raise ValueError(f"thresholds are cosine similarities from -1 to 1, not {wrong}")
+        return value
 
     @field_validator("id")
     @classmethod

@@ -53,7 +53,7 @@ def gates_table(gates: dict) -> Markdown:
 
 
 def move_summary(action: str, before: ServingState | None, after: ServingState) -> str:
-    """One line: 'promote: A (table v3) -> B (table v5), 5/5 gates passed'."""
+    """One line: 'promote: A (table v3) -> B (table v5), 6/6 gates passed'."""
     start = f"{before.version} (table v{before.table_version})" if before else "nothing"
     end = f"{after.version} (table v{after.table_version})"
     return f"{action}: {start} -> {end}, {_gates_passed(after)} gates passed"

@@ -7,7 +7,10 @@ otherwise; request bodies, query lengths and k are capped.
 
     GET  /search?q=...&k=10        the JSON of `embedding-assets search --json`
     POST /search {"query": ..., "k": 10}
-    GET  /health                   what is served, and since when
+    GET  /health                   what is served, and since when (and the shadow's counts)
+
+With a shadow (`serve --shadow V`), a share of queries is mirrored to candidate V off the answer's path
+(`shadow`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from starlette.routing import Route
 
 from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.search import InvalidSearchError, ServedSearch, checked_request
+from embedding_assets.serving.shadow import Shadow
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8477
@@ -78,16 +82,21 @@ def _filter(where: Any) -> SearchFilter | None:
 class SearchService:
     """The search behind the HTTP API: one `ServedSearch`, its searcher switched under a lock."""
 
-    def __init__(self, served: ServedSearch):
-        self.served = served
+    def __init__(self, served: ServedSearch, shadow: Shadow | None = None):
+        self.served, self.shadow = served, shadow
         self._lock = threading.Lock()
         self.queries = 0
 
     def search(self, request: SearchRequest) -> dict[str, Any]:
+        """The served state's answer; with a shadow, a share of queries is then mirrored to its
+        candidate in the background (never while the served version is the candidate itself)."""
         with self._lock:  # the pointer is read, and a new state opened, by one request at a time
             searcher = self.served.searcher()
             self.queries += 1
-        return searcher.search(request.query, request.k, request.where).to_json()
+        answer = searcher.search(request.query, request.k, request.where).to_json()
+        if self.shadow is not None and answer["model_version"] != self.shadow.searcher.version.id:
+            self.shadow.offer(request.query, request.k, request.where, answer)
+        return answer
 
     def health(self) -> dict[str, Any]:
         state = self.served.pointer.current()
@@ -97,6 +106,7 @@ class SearchService:
             "table_version": state.table_version if state else None,
             "serving_since": state.serving_since.isoformat() if state else None,
             "queries": self.queries,
+            **({"shadow": self.shadow.stats()} if self.shadow is not None else {}),
         }
 
 
@@ -152,4 +162,8 @@ def serve(service: SearchService, host: str = LOOPBACK, port: int = DEFAULT_PORT
         service.served.searcher()  # load the model and open the table before the first request
     except RuntimeError as exc:  # nothing served yet: answer 503 until something is
         print(f"warning: {exc}")
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+    try:
+        uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        if service.shadow is not None:
+            service.shadow.drain()

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import lancedb
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from embedding_assets import faults
 from embedding_assets import metadata as md
+from embedding_assets.defs.assets.embeddings import embeddings
 from embedding_assets.defs.assets.index import index
 from embedding_assets.defs.dagster_private import latest_check_evaluations
 from embedding_assets.defs.partitions import model_versions
@@ -34,23 +36,41 @@ from embedding_assets.index.rows import MissingEmbeddingsError
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import GateThresholds, ModelRegistry, ModelRegistryError, ModelVersion
 from embedding_assets.quality.gates.ann_recall import ann_recall
+from embedding_assets.quality.gates.calibration import score_calibration
 from embedding_assets.quality.gates.counts import count_gate
 from embedding_assets.quality.gates.data_quality import check_version_data_quality, preload_expectations
 from embedding_assets.quality.gates.golden import golden_quality
 from embedding_assets.quality.gates.outcome import GateOutcome, Markdown
 from embedding_assets.quality.gates.sentinels import sentinel_drift
+from embedding_assets.quality.gates.shadow import shadow_agreement
 from embedding_assets.quality.gates.stability import neighbour_stability
-from embedding_assets.serving.pointer import ServingPointer
-from embedding_assets.serving.search import EncoderMismatchError, ServedStateMissingError
+from embedding_assets.quality.migration_report import MigrationInputs, write_report
+from embedding_assets.serving.pointer import ServingPointer, ServingState
+from embedding_assets.serving.search import (
+    EncoderMismatchError,
+    Searcher,
+    ServedStateMissingError,
+    searcher_for_state,
+)
 
 COUNT_RECONCILIATION = "count_reconciliation"
 SENTINEL_DRIFT = "sentinel_drift"
 NEIGHBOUR_STABILITY = "neighbour_stability"
 GOLDEN_QUALITY = "golden_quality"
 DATA_QUALITY = "data_quality"
-GATES = (COUNT_RECONCILIATION, SENTINEL_DRIFT, NEIGHBOUR_STABILITY, GOLDEN_QUALITY, DATA_QUALITY)
-ANN_RECALL = "ann_recall"  # a signal beside the gates: it warns, never blocks
-INDEX_CHECKS = (*GATES, ANN_RECALL)
+SHADOW_AGREEMENT = "shadow_agreement"
+GATES = (
+    COUNT_RECONCILIATION,
+    SENTINEL_DRIFT,
+    NEIGHBOUR_STABILITY,
+    GOLDEN_QUALITY,
+    DATA_QUALITY,
+    SHADOW_AGREEMENT,
+)
+ANN_RECALL = "ann_recall"  # signals beside the gates: they warn, never block
+SCORE_CALIBRATION = "score_calibration"
+MIGRATION_REPORT = "migration_report"  # the observation's markdown: the whole report
+INDEX_CHECKS = (*GATES, ANN_RECALL, SCORE_CALIBRATION)
 
 # Partitioned asset checks are a Dagster preview feature; the warning repeats on every import.
 warnings.filterwarnings(
@@ -90,12 +110,14 @@ class GateOverrides(dg.Config):
     golden_recall_floor: float | None = _override("golden_recall_floor")
     golden_ndcg_margin: float | None = _override("golden_ndcg_margin")
     golden_slice_margin: float | None = _override("golden_slice_margin")
+    shadow_queries: int | None = _override("shadow_queries")
 
 
 OVERRIDABLE: dict[str, tuple[str, ...]] = {  # the thresholds each gate reads
     SENTINEL_DRIFT: ("sentinel_warn", "sentinel_block"),
     NEIGHBOUR_STABILITY: ("stability_warn", "stability_block"),
     GOLDEN_QUALITY: ("golden_ndcg_floor", "golden_recall_floor", "golden_ndcg_margin", "golden_slice_margin"),
+    SHADOW_AGREEMENT: ("shadow_queries",),
 }
 GATES_OP = "index_gates"
 GATE_THREADS = 2  # six threads contended in LanceDB and took longer than one (2.09 s against 1.82 s)
@@ -105,6 +127,8 @@ RUN_ORDER = (
     NEIGHBOUR_STABILITY,
     COUNT_RECONCILIATION,
     ANN_RECALL,
+    SCORE_CALIBRATION,
+    SHADOW_AGREEMENT,
     SENTINEL_DRIFT,
 )
 
@@ -259,10 +283,22 @@ GATE_DEFINITIONS: dict[str, Gate] = {
         "vectors.",
         _data_quality,
     ),
+    SHADOW_AGREEMENT: Gate(
+        "Live queries mirrored to this version by `serve --shadow`: top-1 match and top-10 overlap with "
+        "the served version; blocks until the registry's shadow_queries have been answered.",
+        lambda g: shadow_agreement(g.version, g.pointer, g.thresholds),
+    ),
     ANN_RECALL: Gate(
         "recall@10 of the ANN index against exact search on the judged queries; warns below 0.95, never "
         "blocks (a table under the ANN threshold searches exactly and passes).",
         _ann_recall,
+        blocking=False,
+    ),
+    SCORE_CALIBRATION: Gate(
+        "The served version's thresholds (registry `thresholds:`) mapped into this version's space by "
+        "quantile of their score profiles, with the pair decisions that flip; warns when this version "
+        "does not carry them, never blocks.",
+        lambda g: score_calibration(g.db, g.version, g.pointer, g.registry, g.golden.judged()),
         blocking=False,
     ),
 }
@@ -312,6 +348,7 @@ def index_gates(
     with ThreadPoolExecutor(GATE_THREADS, thread_name_prefix="gate") as pool:
         judged = {name: pool.submit(judge, name) for name in selected}
     error: Exception | None = None
+    reported: dict[str, GateOutcome] = {}
     for name in (n for n in INDEX_CHECKS if n in judged):
         try:
             outcome, metadata = judged[name].result()
@@ -319,6 +356,7 @@ def index_gates(
             context.log.error(f"{name} [{version.id}] raised {type(exc).__name__}: {exc}")
             error = error or exc
             continue
+        reported[name] = outcome
         context.log.info(f"{name} [{version.id}]: {outcome.level}: {outcome.summary}")
         yield dg.AssetCheckResult(
             asset_key=index.key,
@@ -331,6 +369,66 @@ def index_gates(
         faults.failpoint(faults.GATE_JUDGED)
     if error is not None:
         raise error
+    served = pointer.current()
+    if len(reported) == len(INDEX_CHECKS) and served is not None and served.version != version.id:
+        observation = migration_report(
+            context, lancedb.connect(), registry, version, served, serving, golden_set, reported
+        )
+        if observation is not None:
+            context.op_execution_context.log_event(observation)
+
+
+def migration_report(
+    context: dg.AssetCheckExecutionContext,
+    db: lancedb.DBConnection,
+    registry: ModelRegistry,
+    version: ModelVersion,
+    served: ServingState,
+    serving: ServingResource,
+    golden_set: GoldenSetResource,
+    reported: dict[str, GateOutcome],
+) -> dg.AssetObservation | None:
+    """Write the migration report of `version` against what serves, as an observation of its index
+    partition; a report that cannot be written is logged, never a reason to fail the gates."""
+    try:
+        embedded = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=embeddings.key, asset_partitions=[version.id]), limit=1
+        ).records
+        inputs = MigrationInputs(
+            candidate=version,
+            served=registry.get(served.version),
+            served_table_version=served.table_version,
+            checks=reported,
+            blocking={n for n, gate in GATE_DEFINITIONS.items() if gate.blocking},
+            embedded={k: v.value for k, v in embedded[0].asset_materialization.metadata.items()}
+            if embedded
+            else {},
+            price_per_million_tokens=serving.price_per_million_tokens,
+            run_id=context.run.run_id,
+        )
+        path, summary = write_report(
+            db,
+            Path(serving.folder),
+            inputs,
+            Searcher(db, version),
+            searcher_for_state(served, db, registry),
+            golden_set.judged(),
+        )
+    except Exception as exc:  # noqa: BLE001  (the gates judged; the report only tells their story)
+        context.log.error(
+            f"the migration report of {version.id} could not be written: {type(exc).__name__}: {exc}"
+        )
+        return None
+    context.log.info(f"migration report: {path}")
+    return dg.AssetObservation(
+        asset_key=index.key,
+        partition=version.id,
+        description=f"migration report: {served.version} -> {version.id}",
+        metadata={
+            **{k: dg.MetadataValue.path(v) if k == "report" else v for k, v in summary.items()},
+            MIGRATION_REPORT: dg.MetadataValue.md(path.read_text(encoding="utf-8")),
+        },
+    )
 
 
 def override_run_config(overrides: dict[str, float], reason: str) -> dict:

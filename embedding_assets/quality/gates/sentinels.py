@@ -19,6 +19,7 @@ from embedding_assets.models.registry import GateThresholds, ModelVersion
 from embedding_assets.quality.gates.outcome import GateOutcome, level_for, markdown_table
 
 WORST_SHOWN = 5
+DISTANCES = "distances"  # every sentinel's distance, in metadata for the migration report's histogram
 
 
 class Encoder(Protocol):
@@ -141,6 +142,7 @@ def sentinel_drift(
             "p95_distance": round(p95, 6),
             "max_distance": round(worst, 6),
             "mean_distance": round(float(distances.mean()), 6),
+            DISTANCES: [round(float(d), 6) for d in distances],
             "warn_above": thresholds.sentinel_warn,
             "block_above": thresholds.sentinel_block,
             "stored_fingerprint": sentinels["model_fingerprint"][0].as_py(),

@@ -26,6 +26,7 @@ WORST_SHOWN = 5
 RANKINGS = "rankings"
 RANKED_STATE = "ranked_table_state"
 RANKED_QUERIES = "ranked_queries"
+CROSS_VERSION_OVERLAPS = "cross_version_overlaps"  # per query, for the migration report
 BASELINE_FROM = "baseline_from"  # "recorded" (this gate's last ranking) or "searched" (searched again now)
 
 
@@ -141,4 +142,8 @@ def _cross_version(
     except (ModelRegistryError, EncoderMismatchError, ServedStateMissingError) as exc:
         return {"cross_version": served.version, "cross_version_overlap": f"unavailable: {exc}"}
     overlaps = [top_k_overlap(a, b) for a, b in zip(current, other, strict=True)]
-    return {"cross_version": served.version, "cross_version_overlap": round(sum(overlaps) / len(overlaps), 4)}
+    return {
+        "cross_version": served.version,
+        "cross_version_overlap": round(sum(overlaps) / len(overlaps), 4),
+        CROSS_VERSION_OVERLAPS: [round(o, 4) for o in overlaps],
+    }
