@@ -23,10 +23,11 @@ from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import ModelVersion, RetrievalConfig
 from embedding_assets.quality.bootstrap import paired_bootstrap
 from embedding_assets.quality.exact_memo import exact_top_k_memoized
-from embedding_assets.serving.search import Searcher
+from embedding_assets.serving.search import Searcher, hit_documents
 
 Qrels = dict[str, dict[str, int]]
-CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so 100 distinct documents surface
+RANKED = 100  # documents ranked per query: recall@100 reads that deep
+CHUNKS_PER_DOCUMENT_RANK = 4  # chunks fetched per document rank, so RANKED distinct documents surface
 METRICS = ("ndcg@10", "recall@10", "recall@100")
 RANKING = "exact"  # how `evaluate` ranks a dense version (documents_by_best_chunk): other rankings differ
 
@@ -82,7 +83,7 @@ def ranked_metrics(ranked: Sequence[str], relevant: Mapping[str, int]) -> dict[s
     return {
         "ndcg@10": round(ndcg_at_k(ranked, relevant, 10), 4),
         "recall@10": round(recall_at_k(ranked, relevant, 10), 4),
-        "recall@100": round(recall_at_k(ranked, relevant, 100), 4),
+        "recall@100": round(recall_at_k(ranked, relevant, RANKED), 4),
     }
 
 
@@ -91,7 +92,7 @@ def ranked_documents(searcher: Searcher, queries: list[str], limit: int) -> list
     has one), best first: one multi-vector search, `limit` * CHUNKS_PER_DOCUMENT_RANK chunks deep."""
     depth = limit * CHUNKS_PER_DOCUMENT_RANK
     found = searcher.search_vectors(searcher.encode_queries(queries), depth, ["doc_id"])
-    return [list(dict.fromkeys(hit["doc_id"] for hit in hits))[:limit] for hits in found]
+    return [hit_documents(hits, limit) for hits in found]
 
 
 def documents_by_best_chunk(
@@ -127,11 +128,13 @@ def score_queries(
     texts = [judged.queries[q] for q in ids]
     vectors = searcher.encode_queries(texts)
     if searcher.version.retrieval.mode == "dense":
-        rankings = documents_by_best_chunk(searcher.table, list(vectors), 100, progress=progress, memo=memo)
+        rankings = documents_by_best_chunk(
+            searcher.table, list(vectors), RANKED, progress=progress, memo=memo
+        )
     else:  # judged as served: the fused lists, the dense half through the ANN index when it has one
-        depth = 100 * CHUNKS_PER_DOCUMENT_RANK
+        depth = RANKED * CHUNKS_PER_DOCUMENT_RANK
         found = searcher.search_texts(texts, vectors, depth, ["doc_id"])
-        rankings = [list(dict.fromkeys(hit["doc_id"] for hit in hits))[:100] for hits in found]
+        rankings = [hit_documents(hits, RANKED) for hits in found]
     return {qid: ranked_metrics(ranked, judged.qrels[qid]) for qid, ranked in zip(ids, rankings, strict=True)}
 
 
@@ -199,12 +202,11 @@ def evaluate_dataset(
 def lexical_scores(searcher: Searcher, judged: JudgedQueries) -> dict[str, dict[str, float]]:
     """Each judged query's metrics with BM25 alone over the version's chunk text (documents by their
     best chunk, as dense ranking does)."""
-    depth = 100 * CHUNKS_PER_DOCUMENT_RANK
+    depth = RANKED * CHUNKS_PER_DOCUMENT_RANK
     per_query = {}
     for qid, text in judged.queries.items():
         hits = lexical.lexical_search(searcher.table, text, depth, ["doc_id"])
-        ranked = list(dict.fromkeys(hit["doc_id"] for hit in hits))[:100]
-        per_query[qid] = ranked_metrics(ranked, judged.qrels[qid])
+        per_query[qid] = ranked_metrics(hit_documents(hits, RANKED), judged.qrels[qid])
     return per_query
 
 

@@ -61,6 +61,11 @@ def checked_request(query: Any, k: Any) -> tuple[str, int]:
     return query, k
 
 
+def hit_documents(hits: list[dict[str, Any]], limit: int) -> list[str]:
+    """The documents of `hits` (rows with a `doc_id`), best first, each once, at most `limit`."""
+    return list(dict.fromkeys(hit["doc_id"] for hit in hits))[:limit]
+
+
 class EncoderMismatchError(RuntimeError):
     """The query encoder is not the model that produced the table's vectors."""
 

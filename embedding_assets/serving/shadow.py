@@ -27,7 +27,7 @@ import numpy as np
 
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.serving.filters import SearchFilter
-from embedding_assets.serving.search import Searcher
+from embedding_assets.serving.search import Searcher, hit_documents
 
 log = logging.getLogger(__name__)
 SHADOW_FOLDER = "shadow"  # in the serving folder: one JSON-lines log per candidate version
@@ -39,11 +39,6 @@ HASH_SPACE = 2**32
 def shadowed(query: str, share: float) -> bool:
     """Whether `query` is in the mirrored share: a stable choice by a hash of its text."""
     return int(hashlib.sha256(query.encode()).hexdigest()[:8], 16) < share * HASH_SPACE
-
-
-def documents(hits: list[dict[str, Any]], depth: int = SHADOW_DEPTH) -> list[str]:
-    """The documents of `hits`, best first, each once, at most `depth`."""
-    return list(dict.fromkeys(hit["doc_id"] for hit in hits))[:depth]
 
 
 @dataclass(frozen=True)
@@ -146,7 +141,7 @@ class Shadow:
             started = time.perf_counter()
             result = self.searcher.search(query, k, where)
             ms = (time.perf_counter() - started) * 1000
-            old, new = documents(served["hits"]), documents(result.hits)
+            old, new = hit_documents(served["hits"], SHADOW_DEPTH), hit_documents(result.hits, SHADOW_DEPTH)
             depth = min(SHADOW_DEPTH, max(len(old), 1))
             self.log.append(
                 ShadowRecord(
