@@ -19,6 +19,7 @@ from embedding_assets.defs.checks.gates import (
     NEIGHBOUR_STABILITY,
     SCORE_CALIBRATION,
     SENTINEL_DRIFT,
+    SHADOW_AGREEMENT,
 )
 from embedding_assets.index import lexical, store, tables
 from embedding_assets.models.registry import DEFAULT_VERSION, FingerprintMismatchError, WeightsSource
@@ -28,9 +29,12 @@ from embedding_assets.quality.migration_report import REPORT_FILE, REPORTS_FOLDE
 from embedding_assets.serving.search import (
     EncoderMismatchError,
     Searcher,
+    ServedSearch,
     ServedStateMissingError,
     searcher_for_state,
 )
+from embedding_assets.serving.service import SearchRequest, SearchService
+from embedding_assets.serving.shadow import Shadow, ShadowLog
 from embedding_assets_tests.altered_encoders import (
     int8_onnx_encoder,
     noisy_weights_encoder,
@@ -267,25 +271,70 @@ def test_a_gate_that_raises_fails_the_step_after_the_others_report(served, stati
     assert not run.gates_passed and any("sentinel store unreadable" in e for e in run.errors), run.errors
 
 
-def test_a_hybrid_version_is_gated_as_it_retrieves_and_encodes_nothing(served):
+SHADOW_QUERIES = [
+    "read a csv file row by row",
+    "parse command line options",
+    "format a date as ISO 8601",
+    "sort a list of dictionaries by a key",
+    "run a function in a thread pool",
+]
+
+
+def with_shadow_required(project, version_id: str, queries: int, folder) -> object:
+    """The project read through a registry whose `version_id` needs `queries` shadow queries to serve."""
+    document = yaml.safe_load(locations.SHIPPED_REGISTRY.read_text())
+    next(v for v in document["versions"] if v["id"] == version_id)["gates"] = {"shadow_queries": queries}
+    edited = folder / "model_registry.yaml"
+    edited.write_text(yaml.safe_dump(document))
+    return project.with_registry(edited)
+
+
+def test_a_hybrid_version_is_gated_as_it_retrieves_and_waits_for_shadow_traffic(served, tmp_path):
     """The shipped hybrid version has MiniLM's vectors: a migration to it reuses every cached vector,
     builds the full-text index, and golden quality judges the fused rankings against the dense ones
-    served."""
+    served. Requiring 4 shadow queries, it is held until `serve --shadow` has mirrored them: live
+    answers still come from what serves, the log keeps digests, never query text."""
     hybrid = next(v for v in served.registry().versions if v.retrieval.mode == "hybrid")
     cache = served.db().open_table(tables.cache_table(hybrid.encoder_key()))
     cached = cache.count_rows()
     before = served.pointer.require_current()
-    run = served.migrate(hybrid.id)
+    shadowing = with_shadow_required(served, hybrid.id, 4, tmp_path)
+    held = shadowing.migrate(hybrid.id)
     assert cache.count_rows() == cached
-    golden = _check(run, GOLDEN_QUALITY)["metadata"]
+    golden = _check(held, GOLDEN_QUALITY)["metadata"]
     assert golden["model_version"] == hybrid.id and golden["served_version"] == before.version
     assert golden["ndcg@10"] != golden["served_ndcg@10"]  # ranked otherwise than the served dense ones
     assert golden["delta_ndcg@10_low"] <= golden["delta_ndcg@10"] <= golden["delta_ndcg@10_high"]
-    table = served.db().open_table(tables.index_table(hybrid.id))
-    assert lexical.text_index_name(table) is not None
+    assert lexical.text_index_name(served.db().open_table(tables.index_table(hybrid.id))) is not None
+    shadow_gate = _check(held, SHADOW_AGREEMENT)
+    assert not held.promoted and not shadow_gate["passed"] and shadow_gate["metadata"]["shadow_queries"] == 0
+    assert f"serve --shadow {hybrid.id}" in shadow_gate["description"]
+
+    db, registry = served.db(), shadowing.registry()
+    log = ShadowLog(served.pointer.folder)
+    shadow = Shadow(db, registry.get(hybrid.id), 1.0, log)
+    service = SearchService(ServedSearch(db, served.pointer, registry), shadow)
+    answers = [service.search(SearchRequest(q, 5)) for q in SHADOW_QUERIES]
+    shadow.drain()
+    assert {a["model_version"] for a in answers} == {before.version}  # answered from what serves
+    assert service.health()["shadow"] == {
+        "candidate": hybrid.id,
+        "share": 1.0,
+        "mirrored": len(SHADOW_QUERIES),
+        "dropped": 0,
+        "failed": 0,
+        "pending": 0,
+    }
+    assert not any(q in log.path(hybrid.id).read_text() for q in SHADOW_QUERIES)
+
+    run = shadowing.migrate(hybrid.id)
     assert run.promoted, run.to_json()
+    meta = _check(run, SHADOW_AGREEMENT)["metadata"]
+    assert meta["shadow_queries"] == len(SHADOW_QUERIES) and meta["compared_with"] == before.version
+    assert 0 <= meta["top1_agreement"] <= 1 and 0 <= meta["mean_overlap@10"] <= 1
     now = served.pointer.require_current()
-    hits = searcher_for_state(now, served.db(), served.registry()).search("write rows to a csv file", 5).hits
+    assert now.gates[SHADOW_AGREEMENT]["shadow_queries"] == len(SHADOW_QUERIES)
+    hits = searcher_for_state(now, db, registry).search("write rows to a csv file", 5).hits
     assert any(h["bm25"] is not None for h in hits) and all("dense_score" in h for h in hits)
     runner.rollback(**served.job())
     assert served.pointer.require_current().version == before.version
