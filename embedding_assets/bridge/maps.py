@@ -158,6 +158,17 @@ class ResidualMlpMap(BridgeMap):
     def fit(cls, new: np.ndarray, old: np.ndarray) -> ResidualMlpMap:
         import torch
 
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # matrices this small train faster on one core, and alike on every machine
+        try:
+            return cls._train(new, old)
+        finally:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def _train(cls, new: np.ndarray, old: np.ndarray) -> ResidualMlpMap:
+        import torch
+
         torch.manual_seed(SEED)
         fit_rows, held = _split(len(new))
         x, y = (torch.from_numpy(np.asarray(a, np.float32)) for a in (new, old))
