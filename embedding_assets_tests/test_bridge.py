@@ -15,7 +15,7 @@ from embedding_assets.bridge.store import MIN_RETENTION, BridgeRefusedError, bri
 from embedding_assets.cli.main import main
 from embedding_assets.index import store
 from embedding_assets.models.embedders import embedder_for
-from embedding_assets.models.registry import ONNX_INT8_VERSION, ModelRegistry
+from embedding_assets.models.registry import ONNX_INT8_VERSION, ModelRegistry, ModelRegistryError
 from embedding_assets_tests.test_hybrid import write_dataset
 
 L3_VERSION = "paraphrase-minilm-l3-v2"
@@ -178,13 +178,18 @@ def stored_twin(dataset, twin_registry, tmp_path_factory):
     return verdict
 
 
-def test_a_passing_bridge_serves_new_model_queries_from_the_old_index(stored_twin, twin_registry):
+def test_a_passing_bridge_serves_new_model_queries_when_the_old_model_is_gone(stored_twin, twin_registry):
     best = stored_twin.measurement.best()
     assert best.retention >= MIN_RETENTION
-    folder = stored_twin.stored.parent
-    searcher = bridged_searcher(
-        searcher_db(stored_twin), twin_registry, folder, ONNX_INT8_VERSION, TWIN_VERSION
+    old = twin_registry.get(ONNX_INT8_VERSION)
+    gone = old.model_copy(update={"weights": old.weights.model_copy(update={"subdir": "removed"})})
+    with pytest.raises(ModelRegistryError, match="weights folder .* is missing"):
+        embedder_for(gone)
+    registry = twin_registry.model_copy(
+        update={"versions": [gone if v.id == old.id else v for v in twin_registry.versions]}
     )
+    folder = stored_twin.stored.parent
+    searcher = bridged_searcher(searcher_db(stored_twin), registry, folder, ONNX_INT8_VERSION, TWIN_VERSION)
     result = searcher.search(QUERIES["q-git"][0], 3)
     assert result.hits[0]["doc_id"] == "git"
     assert result.model_version == ONNX_INT8_VERSION and result.bridged_from["new"] == TWIN_VERSION
