@@ -10,12 +10,13 @@ import pytest
 
 from embedding_assets.bridge import maps
 from embedding_assets.bridge.command import judge_pair_on_dataset
-from embedding_assets.bridge.serving import bridged_searcher
+from embedding_assets.bridge.serving import bridged_searcher, served_bridged_searcher
 from embedding_assets.bridge.store import MIN_RETENTION, BridgeRefusedError, bridge_paths
 from embedding_assets.cli.main import main
-from embedding_assets.index import store
+from embedding_assets.index import store, tables
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import ONNX_INT8_VERSION, ModelRegistry, ModelRegistryError
+from embedding_assets.serving.pointer import ServingPointer, ServingState
 from embedding_assets_tests.test_hybrid import write_dataset
 
 L3_VERSION = "paraphrase-minilm-l3-v2"
@@ -227,3 +228,28 @@ def test_a_record_below_the_bar_or_altered_arrays_are_refused(stored_twin, twin_
     np.savez(copied_arrays, **altered)
     with pytest.raises(BridgeRefusedError, match="not the map its record measured"):
         bridged_searcher(db, twin_registry, folder, ONNX_INT8_VERSION, TWIN_VERSION)
+
+
+def test_the_served_version_answers_new_model_queries_through_its_bridge(
+    stored_twin, twin_registry, tmp_path
+):
+    db = searcher_db(stored_twin)
+    old = twin_registry.get(ONNX_INT8_VERSION)
+    table = db.open_table(tables.index_table(old.id))
+    pointer = ServingPointer(tmp_path / "serving")
+    state = ServingState(
+        version=old.id,
+        model_fingerprint=old.pinned_fingerprint(),
+        pipeline_config_hash=old.pipeline_config_hash(),
+        table=table.name,
+        table_version=table.version,
+        lance_tag="test",
+        rows=table.count_rows(),
+    )
+    pointer.promote(state)
+    with pytest.raises(BridgeRefusedError, match="no bridge from"):
+        served_bridged_searcher(db, pointer, twin_registry, tmp_path / "bridges", TWIN_VERSION)
+    searcher = served_bridged_searcher(db, pointer, twin_registry, stored_twin.stored.parent, TWIN_VERSION)
+    result = searcher.search(QUERIES["q-tide"][0], 1)
+    assert result.hits[0]["doc_id"] == "tide" and result.table_version == table.version
+    assert result.to_json()["bridged_from"]["retention"] >= MIN_RETENTION
