@@ -61,3 +61,8 @@ def scratch_dir(data_dir: Path) -> Path:
 
 def serving_dir(data_dir: Path) -> Path:
     return data_dir / "serving"
+
+
+def bridges_dir(serving: Path) -> Path:
+    """Fitted bridges (`embedding_assets.bridge.store`): serving artifacts, beside the pointer."""
+    return serving / "bridges"

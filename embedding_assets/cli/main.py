@@ -208,18 +208,28 @@ def cmd_search(args: argparse.Namespace) -> int:
     from embedding_assets.serving.search import ServedSearch
 
     wired = _wired()
-    served = ServedSearch(wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load())
+    db, pointer, registry = wired.lancedb.connect(), wired.serving.pointer(), wired.model_registry.load()
     where = SearchFilter(
         doc_id_prefix=args.doc_id_prefix,
         source_prefix=args.source_prefix,
         embedded_after=args.embedded_after,
         embedded_before=args.embedded_before,
     )
-    result = served.search(args.query, args.k, where).to_json()
+    if args.bridge_from:
+        from embedding_assets.bridge.serving import served_bridged_searcher
+
+        searcher = served_bridged_searcher(db, pointer, registry, wired.serving.bridges(), args.bridge_from)
+        result = searcher.search(args.query, args.k, where).to_json()
+    else:
+        result = ServedSearch(db, pointer, registry).search(args.query, args.k, where).to_json()
     if args.json:
         _print_json(result)
         return 0
     print(f"model {result['model_version']} ({result['model_fingerprint'][:19]}...)")
+    if bridged := result.get("bridged_from"):
+        print(
+            f"queries by {bridged['new']} through its {bridged['method']} bridge ({bridged['retention']:.3f})"
+        )
     for rank, hit in enumerate(result["hits"], 1):
         snippet = " ".join(hit["text"].split())[:110]
         print(f"{rank:2d}. {hit['score']:.3f}  {hit['chunk_id']}\n      {snippet}")
@@ -395,6 +405,33 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     for flip in mapped.flips[: args.show]:
         scores = " -> ".join(f"{v:.4f}" for v in list(flip.values())[3:])
         print(f"  {flip['kind']:<13} {scores}  {flip['left'][:50]!r} ~ {flip['right'][:50]!r}")
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from embedding_assets.bridge.command import judge_pair, judge_pair_on_dataset
+
+    wired = _wired()
+    registry = wired.model_registry.load()
+    old, new = registry.get(args.old), registry.get(args.new)
+    scratch = Path(wired.golden_set.scratch_dir)
+    options = {"samples": tuple(args.samples)} if args.samples else {}
+    if args.dataset:
+        verdict = judge_pair_on_dataset(Path(args.dataset), scratch, old, new, **options)
+    else:
+        db, judged = wired.lancedb.connect(), wired.golden_set.judged()
+        verdict = judge_pair(db, scratch, old, new, judged, wired.serving.bridges(), **options)
+    if args.json:
+        _print_json(verdict.to_json())
+    else:
+        m = verdict.measurement
+        print(f"{new.id} queries -> {old.id}'s index, {m.queries} judged queries:")
+        print(verdict.table())
+        if verdict.stored is not None:
+            print(f"{CHECK} stored {verdict.stored}")
+    if verdict.refused is not None:
+        print(f"error: {verdict.refused}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -581,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-prefix", help="only documents whose source URI starts with this")
     p.add_argument("--embedded-after", help="only vectors made at or after (ISO 8601, with a zone)")
     p.add_argument("--embedded-before", help="only vectors made before (ISO 8601, with a zone)")
+    p.add_argument(
+        "--bridge-from",
+        metavar="NEW",
+        help="encode the query with version NEW and search the served index through the stored bridge",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -633,6 +675,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10, help="flipped pairs to list")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_threshold)
+
+    p = sub.add_parser(
+        "bridge",
+        help="fit maps from NEW's query space into OLD's index, measure retention, store the best passing",
+    )
+    p.add_argument("--old", default=DEFAULT_VERSION, help="the version whose index is searched")
+    p.add_argument("--new", required=True, help="the version that encodes the queries")
+    p.add_argument("--dataset", help="BEIR folder: OLD's scratch index of it and its judged queries")
+    p.add_argument("--samples", type=int, nargs="+", help="fit sample sizes (default: 128 1024 4096)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("pin", help="fingerprint weights and write a registry entry")
     p.add_argument("--id", required=True)

@@ -16,6 +16,7 @@ import dagster as dg
 import lancedb
 from pydantic import Field
 
+from embedding_assets import locations
 from embedding_assets.corpus.postgres.settings import (
     DEFAULT_PORT,
     DEFAULT_SLOT,
@@ -143,6 +144,10 @@ class ServingResource(dg.ConfigurableResource):
 
     def pointer(self) -> ServingPointer:
         return ServingPointer(Path(self.folder))
+
+    def bridges(self) -> Path:
+        """The folder of fitted bridges that may serve new-model queries against a version's index."""
+        return locations.bridges_dir(Path(self.folder))
 
     @property
     def retention(self) -> timedelta:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import lancedb
 import numpy as np
@@ -74,18 +74,28 @@ class ServedStateMissingError(RuntimeError):
     """The table version a serving state names no longer exists as it was served."""
 
 
+class QueryEncoder(Protocol):
+    """What turns queries into vectors of a table's space: the version's own embedder, or a bridge."""
+
+    fingerprint: str  # the space the vectors are in: the fingerprint of the table's rows
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class SearchResult:
     model_version: str
     model_fingerprint: str
     table_version: int
     hits: list[dict[str, Any]]
+    bridged_from: dict[str, Any] | None = None  # queries encoded by another model and mapped (bridge)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,
             "model_fingerprint": self.model_fingerprint,
             "table_version": self.table_version,
+            **({"bridged_from": self.bridged_from} if self.bridged_from else {}),
             "hits": [
                 {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in h.items()}
                 for h in self.hits
@@ -99,11 +109,18 @@ _PROVEN_STATES: set[tuple[str, str, int, object, str]] = set()
 
 
 class Searcher:
-    """A table of one version opened once, queried with that version's verified encoder."""
+    """A table of one version opened once, queried with that version's verified encoder (or `encoder`,
+    a bridge into its space, when the queries come from another model)."""
 
-    def __init__(self, db: lancedb.DBConnection, version: ModelVersion, table_version: int | None = None):
+    def __init__(
+        self,
+        db: lancedb.DBConnection,
+        version: ModelVersion,
+        table_version: int | None = None,
+        encoder: QueryEncoder | None = None,
+    ):
         self.version = version
-        self.embedder: Embedder = embedder_for(version)
+        self.encoder: QueryEncoder = encoder if encoder is not None else embedder_for(version)
         self.table = db.open_table(tables.index_table(version.id))
         if table_version is not None:
             self.table.checkout(table_version)
@@ -114,16 +131,21 @@ class Searcher:
             self.table.name,
             self.table.version,
             self.committed_at,
-            self.embedder.fingerprint,
+            self.encoder.fingerprint,
         )
         if state not in _PROVEN_STATES:
             self._refuse_foreign_vectors()
             _PROVEN_STATES.add(state)
         self.vector_index = ann.vector_index_name(self.table)  # None: this table state searches exactly
 
+    @property
+    def embedder(self) -> Embedder:
+        """The version's own embedder (its model loaded on first use when a bridge encodes the queries)."""
+        return embedder_for(self.version)
+
     def _refuse_foreign_vectors(self) -> None:
         """Scan the table once for a row of another fingerprint: vectors of two spaces never mix."""
-        fp = self.embedder.fingerprint
+        fp = self.encoder.fingerprint
         foreign = (
             self.table.search()
             .where(col("model_fingerprint") != lit(fp))
@@ -139,7 +161,7 @@ class Searcher:
             )
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        return self.embedder.encode_queries(queries)
+        return self.encoder.encode_queries(queries)
 
     def search_vector(
         self,
@@ -216,11 +238,18 @@ class Searcher:
     def search(self, query: str, k: int = 10, where: SearchFilter | None = None) -> SearchResult:
         query, k = checked_request(query, k)
         hits = self.search_texts([query], self.encode_queries([query]), k, HIT_COLUMNS, where)[0]
-        return SearchResult(self.version.id, self.embedder.fingerprint, self.table.version, hits)
+        bridged = getattr(self.encoder, "bridged_from", None)
+        return SearchResult(self.version.id, self.encoder.fingerprint, self.table.version, hits, bridged)
 
 
-def searcher_for_state(state: ServingState, db: lancedb.DBConnection, registry: ModelRegistry) -> Searcher:
-    """A searcher for a serving state: its version's pinned model, at the exact Lance table version."""
+def searcher_for_state(
+    state: ServingState,
+    db: lancedb.DBConnection,
+    registry: ModelRegistry,
+    encoder: QueryEncoder | None = None,
+) -> Searcher:
+    """A searcher for a serving state: its version's pinned model (or `encoder`, a bridge into its
+    space), at the exact Lance table version."""
     version = registry.get(state.version)
     if version.pinned_fingerprint() != state.model_fingerprint:
         raise EncoderMismatchError(
@@ -228,7 +257,7 @@ def searcher_for_state(state: ServingState, db: lancedb.DBConnection, registry: 
             f"but the registry now pins {version.pinned_fingerprint()}; re-materialize and promote it"
         )
     try:
-        searcher = Searcher(db, version, state.table_version)
+        searcher = Searcher(db, version, state.table_version, encoder)
     except (ValueError, OSError) as exc:  # Lance cannot check out that version any more
         raise ServedStateMissingError(f"{state.table} v{state.table_version} is gone: {exc}") from exc
     committed = searcher.committed_at

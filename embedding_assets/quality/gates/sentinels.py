@@ -49,6 +49,13 @@ def sentinel_schema(dimension: int) -> pa.Schema:
     )
 
 
+def sentinel_hashes(hashes: pa.Array | pa.ChunkedArray, count: int) -> pa.Array:
+    """The sentinel sample of chunk `hashes`: the `count` distinct ones that sort first (sha256, so a
+    uniform, deterministic sample)."""
+    distinct = pc.unique(hashes)
+    return distinct.take(pc.sort_indices(distinct)[:count])
+
+
 def ensure_sentinels(db: lancedb.DBConnection, version: ModelVersion) -> tuple[int, bool]:
     """Store the version's sentinels if it has none yet; return (how many it has, whether just created).
 
@@ -59,8 +66,7 @@ def ensure_sentinels(db: lancedb.DBConnection, version: ModelVersion) -> tuple[i
     if name in store.table_names(db) and (n := db.open_table(name).count_rows()):
         return n, False
     hashes = store.read_columns(db, tables.chunks_table(version.id), ["chunk_hash"])["chunk_hash"]
-    distinct = pc.unique(hashes)
-    chosen = distinct.take(pc.sort_indices(distinct)[: version.gates.sentinel_count])
+    chosen = sentinel_hashes(hashes, version.gates.sentinel_count)
     if not len(chosen):
         return 0, False
     # Only the chosen hashes' rows are read (no table of texts or vectors); per hash, its lowest chunk id.
