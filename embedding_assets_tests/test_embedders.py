@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from embedding_assets.defs.checks.gates import GOLDEN_QUALITY, INDEX_CHECKS
+from embedding_assets.defs.checks.gates import GOLDEN_QUALITY, INDEX_CHECKS, SCORE_CALIBRATION
 from embedding_assets.models import onnx_fusions
 from embedding_assets.models.embedders import ENCODE_MAX_BATCH, embedder_for, padded_ids, token_batches
 from embedding_assets.models.onnx_int8 import INTEGER_MATMUL, integer_matmul_model
@@ -196,5 +196,15 @@ def test_a_migration_from_minilm_to_the_onnx_version_is_blocked_by_no_gate(built
     assert {c["name"] for c in migration.checks} == set(INDEX_CHECKS)
     failed = [c for c in migration.checks if not c["passed"]]
     assert migration.promoted and not migration.errors, migration.errors
-    assert [(c["name"], c["severity"]) for c in failed] in ([], [(GOLDEN_QUALITY, "WARN")]), failed
+    assert {(c["name"], c["severity"]) for c in failed} <= {
+        (GOLDEN_QUALITY, "WARN"),
+        (SCORE_CALIBRATION, "WARN"),
+    }
     assert project.pointer.require_current().version == ONNX_INT8_VERSION
+    # MiniLM's thresholds land within 0.02 of themselves in its int8 export's space (its entry names none,
+    # so score_calibration warns with the values to set); a model of its own would move them further.
+    [calibration] = [c for c in migration.checks if c["name"] == SCORE_CALIBRATION]
+    mapped = calibration["metadata"]["thresholds_mapped"]
+    assert mapped and all(
+        abs(mapped[name] - t) < 0.02 for name, t in project.registry().get(DEFAULT_VERSION).thresholds.items()
+    )
