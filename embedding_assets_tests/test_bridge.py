@@ -17,7 +17,7 @@ from embedding_assets.index import store, tables
 from embedding_assets.models.embedders import embedder_for
 from embedding_assets.models.registry import ONNX_INT8_VERSION, ModelRegistry, ModelRegistryError
 from embedding_assets.serving.pointer import ServingPointer, ServingState
-from embedding_assets_tests.test_hybrid import write_dataset
+from embedding_assets_tests.beir import write_dataset
 
 L3_VERSION = "paraphrase-minilm-l3-v2"
 TWIN_VERSION = "minilm-int8-twin"  # the int8 MiniLM under a second id: a pair whose bridge must pass
@@ -80,14 +80,12 @@ QUERIES = {
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A BEIR folder of a few dozen one-sentence documents and ten judged queries."""
-    folder = write_dataset(tmp_path_factory.mktemp("bridge-beir"), {d: (d, t) for d, t in TOPICS.items()})
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in QUERIES.items())
+    return write_dataset(
+        tmp_path_factory.mktemp("bridge-beir"),
+        {d: (d, t) for d, t in TOPICS.items()},
+        {q: t for q, (t, _) in QUERIES.items()},
+        {q: d for q, (_, d) in QUERIES.items()},
     )
-    (folder / "qrels.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in QUERIES.items())
-    )
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Hybrid retrieval on a real index: BM25 over chunk text (LanceDB's full-text index) fused with the
 vectors of a real model, filters applied to both halves, new rows searchable before they are indexed."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from embedding_assets.models.registry import ONNX_INT8_VERSION, RetrievalConfig
 from embedding_assets.quality.evaluation import build_dataset_index, compare_retrieval
 from embedding_assets.serving.filters import SearchFilter
 from embedding_assets.serving.search import Searcher
+from embedding_assets_tests import beir
 
 DOCUMENTS = {
     "gear": ("Landing gear", "The landing gear retracts into the fuselage after take-off."),
@@ -34,16 +34,7 @@ QRELS = {"q1": "part", "q2": "wing", "q3": "heat"}
 
 
 def write_dataset(folder: Path, documents: dict[str, tuple[str, str]]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"_id": d, "title": t, "text": x}) for d, (t, x) in documents.items()]
-    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items())
-    )
-    (folder / "qrels.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in QRELS.items())
-    )
-    return folder
+    return beir.write_dataset(folder, documents, QUERIES, QRELS)
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,17 @@ def text_index_name(table: lancedb.table.Table) -> str | None:
     return None
 
 
+def require_text_index(table: lancedb.table.Table) -> str:
+    """The name of the table's text index, or LookupError saying how to build it."""
+    name = text_index_name(table)
+    if name is None:
+        raise LookupError(
+            f"table {table.name} has no full-text index on {TEXT_COLUMN!r}: materialize the version "
+            "again (hybrid versions build it with their index)"
+        )
+    return name
+
+
 def ensure_text_index(
     table: lancedb.table.Table, fold_share: float = ann.OPTIMIZE_UNINDEXED
 ) -> TextIndexState:
@@ -66,12 +77,8 @@ def lexical_search(
     table: lancedb.table.Table, query: str, k: int, columns: list[str], where: Any = None
 ) -> list[dict[str, Any]]:
     """The top-k rows by BM25 of `query` against chunk text, best first, each with its `bm25` score;
-    only rows `where` (a LanceDB expression) matches, filtered before ranking."""
-    if text_index_name(table) is None:
-        raise LookupError(
-            f"table {table.name} has no full-text index on {TEXT_COLUMN!r}: materialize the version "
-            "again (hybrid versions build it with their index)"
-        )
+    only rows `where` (a LanceDB expression) matches, filtered before ranking. The table needs its text
+    index (`require_text_index`)."""
     search = table.search(query, query_type="fts")
     if where is not None:
         search = search.where(where, prefilter=True)

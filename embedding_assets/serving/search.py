@@ -137,6 +137,7 @@ class Searcher:
             self._refuse_foreign_vectors()
             _PROVEN_STATES.add(state)
         self.vector_index = ann.vector_index_name(self.table)  # None: this table state searches exactly
+        self._text_index: str | None = None  # a hybrid version's, looked up at its first search
 
     @property
     def embedder(self) -> Embedder:
@@ -217,6 +218,8 @@ class Searcher:
         config = self.version.retrieval
         if config.mode == "dense":
             return self.search_vectors(vectors, k, columns, where)
+        if self._text_index is None:  # once per searcher, not per query
+            self._text_index = lexical.require_text_index(self.table)
         depth = max(k, config.depth)
         wanted = list(dict.fromkeys([*columns, "chunk_id"]))
         dense = self.search_vectors(vectors, depth, wanted, where)

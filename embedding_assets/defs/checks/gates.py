@@ -44,7 +44,6 @@ from embedding_assets.quality.gates.outcome import GateOutcome, Markdown
 from embedding_assets.quality.gates.sentinels import sentinel_drift
 from embedding_assets.quality.gates.shadow import shadow_agreement
 from embedding_assets.quality.gates.stability import neighbour_stability
-from embedding_assets.quality.migration_report import MigrationInputs, write_report
 from embedding_assets.serving.pointer import ServingPointer, ServingState
 from embedding_assets.serving.search import (
     EncoderMismatchError,
@@ -390,6 +389,9 @@ def migration_report(
 ) -> dg.AssetObservation | None:
     """Write the migration report of `version` against what serves, as an observation of its index
     partition; a report that cannot be written is logged, never a reason to fail the gates."""
+    # Imported here: matplotlib would add 0.4 s to every process that loads the definitions.
+    from embedding_assets.quality.migration_report import MigrationInputs, write_report
+
     try:
         embedded = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=embeddings.key, asset_partitions=[version.id]), limit=1
