@@ -32,12 +32,9 @@ def read_manifest(db: lancedb.DBConnection) -> Manifest:
     """doc_id -> checksum, size and mtime as the documents table holds them."""
     columns = ["doc_id", "doc_checksum", "size", "mtime_ns"]
     if tables.DOCUMENTS_TABLE not in store.table_names(db):
-        return {}
+        return Manifest([], [], [], [])
     rows = store.read_columns(db, tables.DOCUMENTS_TABLE, columns)  # never the texts
-    return {
-        doc_id: ManifestEntry(checksum, size, mtime_ns)
-        for doc_id, checksum, size, mtime_ns in zip(*(rows[c].to_pylist() for c in columns), strict=True)
-    }
+    return Manifest(*(rows[c].to_pylist() for c in columns))
 
 
 def sync_corpus(db: lancedb.DBConnection, source: Source) -> CorpusSync:
