@@ -20,6 +20,7 @@ import pytest
 
 from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
+from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.index.chunking import SPECIAL_TOKENS
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.quality.gates import data_quality as dq
@@ -429,3 +430,49 @@ def test_after_a_validation_that_passed_only_rows_written_since_are_read_and_the
     db.create_table(tables.index_table(minilm.id), index_rows)
     remade = check_version_data_quality(db, minilm, clean_state)
     assert remade.rows == len(IDS) and remade.since[dq.VECTORS_SUITE] is None
+
+
+def test_rows_a_compaction_moved_are_not_read_again_where_the_change_log_names_what_was_written(
+    tmp_path: Path, minilm: ModelVersion
+) -> None:
+    """Index maintenance compacts fragments, which moves every row it touches into a new fragment. With
+    the writes logged (as the pipeline logs them), the validation after a compaction and an edit reads
+    the edited document's rows only, and still finds their damage."""
+    db = lancedb.connect(tmp_path)
+    chunk_rows, index_rows = stored_rows(minilm, IDS, SENTENCES, unit_vectors(len(IDS), minilm.dimension))
+    names = (tables.chunks_table(minilm.id), tables.index_table(minilm.id))
+
+    def logged_write(rows_of: dict[str, pa.Table], write: Callable[[str, pa.Table], None]) -> None:
+        for name, rows in rows_of.items():
+            with ChangeLog(db, name).write("settings", None) as logged:
+                logged.touches(rows["doc_id"])
+                write(name, rows)
+
+    first, rest = (
+        {n: r.slice(0, 3) for n, r in zip(names, (chunk_rows, index_rows), strict=True)},
+        {n: r.slice(3) for n, r in zip(names, (chunk_rows, index_rows), strict=True)},
+    )
+    logged_write(first, lambda name, rows: db.create_table(name, rows))
+    logged_write(rest, lambda name, rows: db.open_table(name).add(rows))  # a second fragment
+    validated = check_version_data_quality(db, minilm)
+    assert validated.passed and (validated.chunks, validated.rows) == (len(IDS), len(IDS))
+    state = {md.GATE_LEVEL: "pass", **validated.to_metadata()}
+
+    for name in names:
+        with ChangeLog(db, name).same_rows():
+            db.open_table(name).optimize()  # both fragments rewritten into one new fragment
+    damaged = unit_vectors(1, minilm.dimension, seed=7) * 2.0
+    edit = dict(
+        zip(names, stored_rows(minilm, [IDS[3]], ["An edited sentence about JSON."], damaged), strict=True)
+    )
+
+    def upsert(name: str, rows: pa.Table) -> None:
+        db.open_table(name).merge_insert(
+            "chunk_id"
+        ).when_matched_update_all().when_not_matched_insert_all().execute(rows)
+
+    logged_write(edit, upsert)
+    edited = check_version_data_quality(db, minilm, state)
+    assert (edited.chunks, edited.rows) == (1, 1)  # the edited document's rows, not the compacted ones
+    assert failing(edited) == {("vectors", "expect_column_values_to_be_between", "vector_norm")}
+    assert edited.failures()[0].observed["partial_unexpected_list"] == [IDS[3]]

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from embedding_assets import metadata as md
 from embedding_assets.index import store, tables
+from embedding_assets.index.change_log import DOC_KEY, ChangeLog
 from embedding_assets.index.chunking import SPECIAL_TOKENS
 from embedding_assets.models.registry import ModelVersion
 from embedding_assets.quality.gates.expectations import (
@@ -57,7 +58,8 @@ class TableMark:
     """How far a validation read one table: the table version, when it was committed (a number alone
     repeats once a table is dropped and made again), and the newest data fragment it held. Lance writes
     each new or rewritten row into a new fragment of a higher id, so the rows past the mark are exactly
-    those written since (a compaction rewrites old rows too: they are validated again, never skipped)."""
+    those written since. A compaction rewrites old rows too: unless the table's change log names the
+    documents written since, they are validated again, never skipped."""
 
     version: int
     committed_at: str
@@ -177,8 +179,15 @@ def _rows_since(
     new_mark = TableMark(table.version, committed, fragment)
     if written.num_rows == 0:
         return ValidatedRows(None, new_mark, mark)
-    parts = [frame(part) for part in store.table_batches_for_keys(table, ID, written[ID], columns)]
-    return ValidatedRows(pd.concat(parts, ignore_index=True), new_mark, mark)
+    # A compaction moves old rows into new fragments: where the table's change log names the documents
+    # written since the mark, only their rows are read (at 248k rows, 2.6k instead of the 67k a compaction
+    # had moved). A duplicate key belongs to the same document, so it is still read.
+    changed = ChangeLog(db, name).changed_after(
+        f"{mark.version}@{mark.committed_at}", f"{table.version}@{committed}"
+    )
+    key, keys = (ID, written[ID]) if changed is None else (DOC_KEY, changed)
+    parts = [frame(part) for part in store.table_batches_for_keys(table, key, keys, columns)]
+    return ValidatedRows(pd.concat(parts, ignore_index=True) if parts else None, new_mark, mark)
 
 
 def _newest_fragment(addresses: pa.Array | pa.ChunkedArray) -> int:
