@@ -10,7 +10,7 @@ from lancedb.index import BTree
 
 from embedding_assets.corpus.sources import FolderSource
 from embedding_assets.corpus.sync import sync_corpus
-from embedding_assets.index import change_log, store, tables
+from embedding_assets.index import change_log, compaction, embeddings, store, tables
 from embedding_assets.index.change_log import ChangeLog
 from embedding_assets.index.chunking import Chunker
 from embedding_assets.index.chunks import sync_chunks
@@ -180,3 +180,57 @@ def test_a_log_that_names_the_wrong_document_is_caught_by_the_totals(stages):
         index.delete("chunk_id = 'notes/quarry.md#0'")  # not the document it logged
     wrong = reconcile(db, version, passed_at)
     assert not wrong.from_change_logs and wrong.problems["missing_rows"] == ["notes/quarry.md#0"]
+
+
+def test_compaction_merges_small_fragments_moves_no_row_and_keeps_the_logs_usable(stages, monkeypatch):
+    """Each refresh appends a fragment to every table; maintenance compacts the documents, chunks and
+    cache tables and the change logs once past the limit, and the next refresh still reads only the
+    documents its logs name."""
+    monkeypatch.setattr(compaction, "MAX_SMALL_FRAGMENTS", 2)
+    for n, topic in enumerate(TOPICS[:3]):
+        _write(stages.root, f"notes/{topic}", f"{topic} and its {n} keepers, edited for compaction")
+        stages.run()
+    keys = {
+        tables.DOCUMENTS_TABLE: ["doc_id", "doc_checksum"],
+        tables.chunks_table(stages.version.id): ["chunk_id", "chunk_hash"],
+        tables.cache_table(stages.version.encoder_key()): ["chunk_hash"],
+    }
+
+    def rows() -> dict[str, list]:
+        return {
+            name: sorted(store.read_columns(stages.db, name, c).to_pylist(), key=str)
+            for name, c in keys.items()
+        }
+
+    before = rows()
+    due = set(compaction.fragmented(stages.db, stages.version))
+    assert set(keys) <= due and tables.change_log_table(tables.index_table(stages.version.id)) in due
+    done = compaction.compact_pipeline_tables(stages.db, stages.version)
+    assert {c.table for c in done} == due
+    assert all(c.small_fragments_after < c.small_fragments_before for c in done)
+    assert compaction.fragmented(stages.db, stages.version) == []
+    assert rows() == before
+
+    stages.scopes.clear()
+    _write(stages.root, "notes/quarry", "quarry and its keepers, edited after compaction")
+    stages.run()
+    assert [s.to_pylist() for s in stages.scopes] == [["notes/quarry.md"]] * 3  # logs still name the change
+    _whole_table_pass_finds_nothing(stages, monkeypatch)
+
+
+def test_a_build_that_writes_many_cache_batches_leaves_the_cache_compacted(
+    tmp_path, minilm, minilm_embedder, monkeypatch
+):
+    """A full build writes the cache a batch per commit (so a crash keeps what was encoded), then merges
+    those fragments before a refresh has to look keys up in them."""
+    monkeypatch.setattr(embeddings, "CACHE_WRITE_BATCH", 1)
+    monkeypatch.setattr(compaction, "MAX_SMALL_FRAGMENTS", 2)
+    root = tmp_path / "corpus"
+    for n, topic in enumerate(TOPICS[:4]):
+        _write(root, f"built/{topic}", f"{topic} built in one batch per chunk, number {n}")
+    built = Stages(root, store.connect(tmp_path / "lancedb"), minilm, minilm_embedder)
+    *_, embedded, _ = built.run()
+    cache = built.db.open_table(tables.cache_table(minilm.encoder_key()))
+    assert embedded.encoded == 4 and cache.count_rows() == 4
+    assert compaction.small_fragments(cache) == 1
+    assert ChangeLog(built.db, cache.name).head() is not None  # the merge is logged as moving no row

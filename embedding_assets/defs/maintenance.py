@@ -2,7 +2,8 @@
 rows into its vector index and, when that version serves the table version it started from, moves the
 pointer to the maintained table version (same rows; see serving/maintenance.py); then it measures the
 changed index's ANN recall as the ann_recall check's evaluation, which the next refresh's check reports
-again instead of measuring on the refresh's clock. After a refresh run that a sensor or schedule started,
+again instead of measuring on the refresh's clock; and it compacts the other tables a refresh looks keys
+up in (`index.compaction`). After a refresh run that a sensor or schedule started,
 `optimize_after_refresh_sensor` requests it; the CLI's `refresh` runs it itself. A run per version
 partition, so the queue keeps it apart from that version's other writers."""
 
@@ -23,15 +24,18 @@ from embedding_assets.defs.resources import (
 )
 from embedding_assets.defs.sensors import next_step
 from embedding_assets.defs.tags import LAUNCHPAD
-from embedding_assets.index import ann, store, tables
+from embedding_assets.index import ann, compaction, store, tables
 from embedding_assets.serving.maintenance import MAINTAIN_ACTION, maintain
 from embedding_assets.serving.overview import move_summary
+
+COMPACTED = "compacted"  # metadata: the pipeline tables compacted beside the index (`index.compaction`)
 
 
 @dg.op(
     description="Fold the version's unindexed rows into its vector index (a delta segment on the trained "
     "partitions, or a new training when they no longer fit the table); serve the maintained table version "
-    "if it served the one this started from; measure the new index's recall (the ann_recall check).",
+    "if it served the one this started from; measure the new index's recall (the ann_recall check); "
+    "compact the documents, chunks and cache tables a refresh looks keys up in.",
     pool=pools.SERVING_POINTER,
 )
 def optimize_index_table(
@@ -48,7 +52,17 @@ def optimize_index_table(
     before = pointer.current()
     done = maintain(db, version, pointer, run_id=context.run_id)
     context.log.info(done.summary)
-    metadata = {**done.to_metadata(), tags.VERSION: version.id}
+    compacted = compaction.compact_pipeline_tables(db, version)
+    if compacted:
+        context.log.info(
+            "compacted "
+            + ", ".join(f"{c.table} ({c.small_fragments_before} small fragments)" for c in compacted)
+        )
+    metadata = {
+        **done.to_metadata(),
+        tags.VERSION: version.id,
+        COMPACTED: [c.to_metadata() for c in compacted],
+    }
     context.log_event(
         dg.AssetObservation(
             asset_key=index.key, partition=version.id, description=done.summary, metadata=metadata
@@ -89,15 +103,32 @@ def optimize_index_job():
     monitored_jobs=[refresh_served_job, refresh_version_job],
     request_job=optimize_index_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a version's refresh run succeeded and left rows outside its vector index, requests "
-    "the optimize_index run that folds them in (and moves serving to the maintained table version).",
+    description="After a version's refresh run succeeded and left rows outside its vector index or small "
+    "fragments in its tables, requests the optimize_index run that folds them in (and moves serving to the "
+    "maintained table version) and compacts them.",
 )
-def optimize_after_refresh_sensor(context: dg.RunStatusSensorContext, lancedb: LanceDBResource):
+def optimize_after_refresh_sensor(
+    context: dg.RunStatusSensorContext, lancedb: LanceDBResource, model_registry: ModelRegistryResource
+):
     run = context.dagster_run
     version = run.tags.get(tags.PARTITION)
-    if version and not run.tags.get(tags.CLI_DRIVEN) and not unindexed_rows(lancedb, version):
-        return dg.SkipReason(f"{version}: no vector index, or every row is in it")
+    if (
+        version
+        and not run.tags.get(tags.CLI_DRIVEN)
+        and not maintenance_due(lancedb, model_registry, version)
+    ):
+        return dg.SkipReason(
+            f"{version}: every row is in its vector index (or none has one); no table to compact"
+        )
     return next_step(run, "optimize", "refresh", {})
+
+
+def maintenance_due(lancedb: LanceDBResource, model_registry: ModelRegistryResource, version_id: str) -> bool:
+    """Whether `version_id`'s index table has rows outside its vector index, or a table its refreshes
+    look keys up in has small fragments to compact."""
+    if unindexed_rows(lancedb, version_id):
+        return True
+    return bool(compaction.fragmented(lancedb.connect(), model_registry.version(version_id)))
 
 
 def unindexed_rows(lancedb: LanceDBResource, version_id: str) -> int:

@@ -32,7 +32,7 @@ from embedding_assets.defs.jobs import (
     refresh_served_job,
     refresh_version_job,
 )
-from embedding_assets.defs.maintenance import unindexed_rows
+from embedding_assets.defs.maintenance import COMPACTED, maintenance_due
 from embedding_assets.defs.resources import (
     CorpusSourceResource,
     LanceDBResource,
@@ -50,7 +50,7 @@ from embedding_assets.serving.live import LiveVersion, live_versions
 
 Launch = Callable[[str, str | None], RunOutcome]
 COUNTS = (md.CHUNKS_EMBEDDED, "chunks_reused", md.ROWS_UPSERTED, md.ROWS_DELETED)
-MAINTENANCE_KEYS = ("index_action", "unindexed_rows_before", "served", "seconds", "summary")
+MAINTENANCE_KEYS = ("index_action", "unindexed_rows_before", "served", "seconds", "summary", COMPACTED)
 
 
 @dataclass
@@ -128,16 +128,18 @@ def refresh_live_versions(
             faults.failpoint(faults.CDC_ADVANCING)
             corpus_source.advance(end_lsn)
     report.seconds = time.perf_counter() - started
-    maintain_indexes(launch, lancedb, report)
+    maintain_indexes(launch, lancedb, model_registry, report)
     return report
 
 
-def maintain_indexes(launch: Launch, lancedb: LanceDBResource, report: RefreshReport) -> None:
+def maintain_indexes(
+    launch: Launch, lancedb: LanceDBResource, model_registry: ModelRegistryResource, report: RefreshReport
+) -> None:
     """After the refresh: an optimize_index run for each version it wrote that left rows outside its
-    vector index (what optimize_after_refresh_sensor requests in a deployment)."""
+    vector index or tables to compact (what optimize_after_refresh_sensor requests in a deployment)."""
     started = time.perf_counter()
     for entry in report.versions:
-        if entry["indexed"] and unindexed_rows(lancedb, entry["id"]):
+        if entry["indexed"] and maintenance_due(lancedb, model_registry, entry["id"]):
             outcome = launch(OPTIMIZE_JOB, entry["id"])
             done = observation_metadata(outcome, index.key)
             report.maintenance.append(

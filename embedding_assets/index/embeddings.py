@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from embedding_assets import faults
-from embedding_assets.index import change_log, staging, store, tables
+from embedding_assets.index import change_log, compaction, staging, store, tables
 from embedding_assets.models.embedders import Embedder
 
 CACHE_WRITE_BATCH = 2048
@@ -85,6 +85,9 @@ def _sync(
         seconds = encode_into(
             table, texts_of(db, chunk_table, to_encode), len(to_encode), embedder, progress=progress, log=log
         )
+    if len(to_encode) > CACHE_WRITE_BATCH * compaction.MAX_SMALL_FRAGMENTS:  # a build: one fragment a batch
+        with change_log.ChangeLog(db, name).same_rows():
+            compaction.compact(table)
     staging.drop_staged(db, version.id, staging.VECTORS)  # folded in: the cache holds them now
     unique = len(pc.unique(hashes))
     return EmbedSync(
