@@ -2,13 +2,15 @@
 a rebuild is a new artifact of the same recipe that the sentinel drift gate judges."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from embedding_assets.defs.checks.gates import SENTINEL_DRIFT
 from embedding_assets.models.builds import build_static_model, read_record, recipe, recipe_fingerprint
-from embedding_assets.models.embedders import embedder_for
+from embedding_assets.models.embedders import embedder_for, load_static_model
 from embedding_assets.models.registry import (
     FingerprintMismatchError,
     ModelRegistryError,
@@ -109,3 +111,34 @@ def test_the_static_encoder_gives_model2vecs_vectors(static, small_corpus):
     a, b = ours[~empty], theirs[~empty]
     cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert (cosine > 0.99999).all(), cosine.min()
+
+
+def test_the_static_model_loads_as_model2vec_loads_it_without_its_hub_client(static):
+    """The project reads the folder itself: the same vectors, tokenizer and settings as `from_pretrained`,
+    without importing the hub client and model cards (a quarter second of every refresh)."""
+    from model2vec import StaticModel
+
+    ours = load_static_model(static.weights_path(), static.normalize)
+    theirs = StaticModel.from_pretrained(str(static.weights_path()), normalize=static.normalize)
+    assert ours.embedding.dtype == theirs.embedding.dtype
+    assert np.array_equal(ours.embedding, theirs.embedding)
+    assert ours.tokenizer.to_str() == theirs.tokenizer.to_str()
+    assert (ours.normalize, ours.max_length, ours.unk_token_id) == (
+        theirs.normalize,
+        theirs.max_length,
+        theirs.unk_token_id,
+    )
+    assert ours.weights is theirs.weights is None and ours.token_mapping is theirs.token_mapping is None
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from embedding_assets.models.embedders import load_static_model as load; "
+            f"load(__import__('pathlib').Path({str(static.weights_path())!r}), True); "
+            "print('huggingface_hub.repocard' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "False"

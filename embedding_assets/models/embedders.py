@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -284,9 +285,7 @@ class Model2VecEmbedder(Embedder):
 
     @functools.cached_property
     def model(self):
-        from model2vec import StaticModel
-
-        return StaticModel.from_pretrained(str(self.weights_path), normalize=self.version.normalize)
+        return load_static_model(self.weights_path, self.version.normalize)
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         """`StaticModel.encode` as one sparse product: its own loop averages one float16 matrix per text
@@ -332,6 +331,37 @@ class Model2VecEmbedder(Embedder):
     def _float_table(self) -> np.ndarray:
         """The token vectors in float32, one row per token id."""
         return np.asarray(self.model.embedding, dtype=np.float32)
+
+
+MODEL2VEC_FILES = ("model.safetensors", "tokenizer.json", "config.json")  # model2vec's own folder layout
+
+
+def load_static_model(folder: Path, normalize: bool):
+    """A model2vec StaticModel from a local folder in model2vec's layout, built as `from_pretrained` builds
+    it (the same tensors, tokenizer and config) without importing the hub client and model cards it uses
+    to read the README's descriptive metadata (base model, language): 0.25 s of a small refresh. Any
+    other folder is loaded by `from_pretrained`."""
+    import safetensors
+    from model2vec import StaticModel
+    from model2vec.model import DEFAULT_MAX_LENGTH
+    from tokenizers import Tokenizer
+
+    found: dict[str, np.ndarray] = {}
+    if all((folder / name).is_file() for name in MODEL2VEC_FILES):
+        with safetensors.safe_open(str(folder / "model.safetensors"), framework="numpy") as tensors:
+            found = {name: tensors.get_tensor(name) for name in tensors.keys()}  # noqa: SIM118 (not iterable)
+    if "embeddings" not in found:
+        return StaticModel.from_pretrained(str(folder), normalize=normalize)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return StaticModel(
+        vectors=found["embeddings"],
+        tokenizer=Tokenizer.from_file(str(folder / "tokenizer.json")),
+        config=config,
+        normalize=normalize,
+        weights=found.get("weights"),
+        token_mapping=found.get("mapping"),
+        max_length=config.get("max_length", DEFAULT_MAX_LENGTH),
+    )
 
 
 LOADERS: dict[str, type[Embedder]] = {
