@@ -120,3 +120,25 @@ def test_sentinels_are_the_lowest_hashes_with_their_cached_vectors(tmp_path, min
     assert stored["vector"].to_pylist() == [vectors[h] for h in distinct[:5]]
     assert [chunk_hash(t) for t in stored["text"].to_pylist()] == distinct[:5]
     assert ensure_sentinels(db, version) == (5, False)  # stored once
+
+
+def test_a_commit_time_is_listed_once_and_a_table_made_again_is_listed_afresh(tmp_path, monkeypatch):
+    """A version's commit time comes from the list of every manifest once; later asks are answered from
+    memory while that version's transaction is the same one, and a table dropped and made again (its
+    version numbers restart) is listed again, so its states never take the old table's times."""
+    db = store.connect(tmp_path)
+    table = db.create_table("t", pa.table({"k": ["a"]}))
+    table.add(pa.table({"k": ["b"]}))
+    first = store.version_committed_at(table, 1)
+    assert first == next(v["timestamp"] for v in table.list_versions() if v["version"] == 1)
+    listed = []
+    real = type(table).list_versions
+    monkeypatch.setattr(type(table), "list_versions", lambda self: listed.append(1) or real(self))
+    assert store.version_committed_at(db.open_table("t"), 1) == first and listed == []
+    assert store.version_committed_at(table, 2) is not None and listed == [1]
+
+    db.drop_table("t")
+    again = db.create_table("t", pa.table({"k": ["c"]}))
+    remade = store.version_committed_at(again, 1)
+    assert remade is not None and remade != first and len(listed) == 2
+    assert store.table_state(db, "t") == f"1@{remade}"

@@ -71,7 +71,7 @@ class ChangeLog:
             self.db,
             self.name,
             ["seq", "table_state", "settings", "input_seq", "continuous"],
-            "doc_id IS NULL",
+            "table_state IS NOT NULL",  # a commit's; a null column reads faster than the intents' ids
         )
         if not rows.num_rows:
             return []

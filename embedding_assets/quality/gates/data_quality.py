@@ -75,10 +75,10 @@ class TableMark:
         except (TypeError, KeyError, ValueError):
             return None
 
-    def still_names(self, history: dict[int, str]) -> bool:
-        """Whether the table whose `history` (version: commit time) is given is the one this mark was taken
-        on: its version is still there, committed at the same time."""
-        return history.get(self.version) == self.committed_at
+    def still_names(self, table: lancedb.table.Table) -> bool:
+        """Whether `table` is the one this mark was taken on: its version is still there, committed at the
+        same time."""
+        return str(store.version_committed_at(table, self.version)) == self.committed_at
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,8 @@ def _rows_since(
         return ValidatedRows(frame(store.read_columns(db, name, columns)), None, None)
     table = db.open_table(name)
     table.checkout(table.version)  # one version throughout, whatever another writer commits meanwhile
-    history = {v["version"]: str(v["timestamp"]) for v in table.list_versions()}  # read once
-    committed = history[table.version]
-    if mark is None or not mark.still_names(history):
+    committed = str(store.version_committed_at(table, table.version))
+    if mark is None or not mark.still_names(table):
         parts, fragment = [], -1
         for batch in table.search().select([*columns, ADDRESS]).limit(None).to_batches(store.SCAN_BATCH):
             parts.append(frame(pa.Table.from_batches([batch])))
