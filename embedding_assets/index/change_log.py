@@ -48,6 +48,18 @@ class Commit:
     continuous: bool
 
 
+def _read_commits(log: lancedb.table.Table) -> tuple[Commit, ...]:
+    """The commit rows of the log at the version it has open, oldest first."""
+    query = log.search().where("table_state IS NOT NULL")  # a commit's; a null column reads fast
+    rows = store.scanned(
+        query.select(["seq", "table_state", "settings", "input_seq", "continuous"]).limit(None)
+    )
+    return tuple(Commit(**row) for row in rows.sort_by("seq").to_pylist())
+
+
+_COMMITS = store.VersionMemo()
+
+
 @dataclass(frozen=True)
 class Scope:
     """What a stage must read: `docs`, the documents changed since it last read its input (None: every
@@ -66,17 +78,13 @@ class ChangeLog:
         self.name = tables.change_log_table(table_name)
 
     def commits(self) -> list[Commit]:
-        """Every commit the log holds, oldest first."""
-        rows = store.read_columns(
-            self.db,
-            self.name,
-            ["seq", "table_state", "settings", "input_seq", "continuous"],
-            "table_state IS NOT NULL",  # a commit's; a null column reads faster than the intents' ids
-        )
-        if not rows.num_rows:
+        """Every commit the log holds, oldest first: read once per version of the log in this process
+        (`store.VersionMemo`), since a stage and each gate ask for them again and the log keeps a whole
+        build's intents (90,000 rows at 248k chunks) beside them."""
+        if self.name not in store.table_names(self.db):
             return []
-        rows = rows.sort_by("seq")
-        return [Commit(**row) for row in rows.to_pylist()]
+        log = self.db.open_table(self.name)
+        return list(_COMMITS.get(log, log.version, lambda: _read_commits(log)))
 
     def head(self, commits: list[Commit] | None = None) -> Commit | None:
         """The last commit (of `commits`, read if not given), if it names the table's current state: every
@@ -98,8 +106,9 @@ class ChangeLog:
             return None
         if not all(c.continuous for c in commits if seq < c.seq <= head.seq):
             return None
-        where = f"doc_id IS NOT NULL AND seq > {int(seq)} AND seq <= {int(head.seq)}"
-        return pc.unique(store.flat(store.read_columns(self.db, self.name, ["doc_id"], where)["doc_id"]))
+        where = f"seq > {int(seq)} AND seq <= {int(head.seq)}"  # ids read for these rows only; commits' null
+        docs = store.flat(store.read_columns(self.db, self.name, ["doc_id"], where)["doc_id"])
+        return pc.unique(pc.drop_null(docs))
 
     def changed_after(self, then: str, now: str) -> pa.Array | None:
         """The documents written between the table states `then` and `now` (as `store.table_state`

@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import lancedb
@@ -325,39 +326,53 @@ def delete_keys(table: lancedb.table.Table, key: str, values: Iterable[str]) -> 
     return before - table.count_rows()
 
 
-def version_committed_at(table: lancedb.table.Table, version: int) -> datetime | None:
-    """When `version` of the table was committed: with the number, it identifies a table state even if
-    the table was dropped and recreated (version numbers restart, timestamps do not).
+class VersionMemo:
+    """Values read from one version of a table, kept in this process while that version's transaction
+    (one small file) has the same uuid: each commit draws a new one, so a table dropped and made again
+    under the same name (its version numbers restart) misses and is read afresh."""
 
-    Only the list of every version's manifest gives the time, and it costs more with each version kept
-    (a refresh at 248k rows asked 45 times: 0.7 s). So this process keeps a time once listed, trusted
-    again while that version's transaction (one small file) has the same uuid: each commit draws a new
-    one, so a table made again under the same name misses and is listed afresh."""
-    dataset = table.to_lance()
-    uuid = _transaction_uuid(dataset, version)
-    key = (dataset.uri, version)
-    kept = _COMMIT_TIMES.get(key)
-    if uuid is not None and kept is not None and kept[0] == uuid:
-        return kept[1]
-    found = next((v["timestamp"] for v in table.list_versions() if v["version"] == version), None)
-    if uuid is not None and found is not None:
-        if len(_COMMIT_TIMES) >= COMMIT_TIMES_KEPT:
-            _COMMIT_TIMES.clear()
-        _COMMIT_TIMES[key] = (uuid, found)
-    return found
+    def __init__(self, kept: int = 4096):
+        self._kept = kept
+        self._values: dict[tuple[str, int], tuple[str, Any]] = {}  # (dataset uri, version) -> (uuid, value)
+
+    def get(self, table: lancedb.table.Table, version: int, read: Callable[[], Any]) -> Any:
+        """The value `read()` gives for `version` of `table`, read once while that version stands."""
+        dataset = table.to_lance()
+        uuid = _transaction_uuid(dataset, version)
+        key = (dataset.uri, version)
+        kept = self._values.get(key)
+        if uuid is not None and kept is not None and kept[0] == uuid:
+            return kept[1]
+        value = read()
+        if uuid is not None and value is not None:
+            if len(self._values) >= self._kept:
+                self._values.clear()
+            self._values[key] = (uuid, value)
+        return value
 
 
-COMMIT_TIMES_KEPT = 4096
-_COMMIT_TIMES: dict[tuple[str, int], tuple[str, datetime]] = {}  # (dataset uri, version) -> (uuid, time)
-
-
-def _transaction_uuid(dataset, version: int) -> str | None:
+def _transaction_uuid(dataset: Any, version: int) -> str | None:
     """The uuid of the transaction that committed `version` of a Lance dataset, or None where none can
     be read (its file cleaned up, or written by a format that kept none)."""
     try:
         return dataset.read_transaction(version).uuid
     except Exception:
         return None
+
+
+_COMMIT_TIMES = VersionMemo()
+
+
+def version_committed_at(table: lancedb.table.Table, version: int) -> datetime | None:
+    """When `version` of the table was committed: with the number, it identifies a table state even if
+    the table was dropped and recreated (version numbers restart, timestamps do not). Only the list of
+    every version's manifest gives the time, and it costs more with each version kept (a refresh at 248k
+    rows asked 45 times: 0.72 s), so each is listed once per process (`VersionMemo`)."""
+    return _COMMIT_TIMES.get(
+        table,
+        version,
+        lambda: next((v["timestamp"] for v in table.list_versions() if v["version"] == version), None),
+    )
 
 
 def table_state(db: lancedb.DBConnection, name: str) -> str:
