@@ -41,10 +41,11 @@ def initialized(
     return _built({"resource": resource}, instance)["resource"]
 
 
-def wiring(defs: dg.Definitions | None = None) -> Wiring:
-    """The resources of `defs` (default: the project's), initialized together for use outside a run."""
+def wiring(defs: dg.Definitions | None = None, instance: dg.DagsterInstance | None = None) -> Wiring:
+    """The resources of `defs` (default: the project's), initialized together for use outside a run;
+    `instance`, the Dagster instance at hand, spares making an ephemeral one."""
     resources = (defs or project_definitions()).resources
-    return Wiring(**_built({f.name: resources[f.name] for f in fields(Wiring)}, None))
+    return Wiring(**_built({f.name: resources[f.name] for f in fields(Wiring)}, instance))
 
 
 def _built(resources: dict[str, dg.ConfigurableResource], instance: dg.DagsterInstance | None) -> dict:

@@ -385,7 +385,8 @@ def refresh(*, force: bool = False, **job: Any) -> RefreshReport:
     """Sync the corpus once, then bring every live version up to date (dual write): the refresh plan the
     sensors follow in a deployment, with each step a run of its own on this instance, one after another.
     `force` runs every live version, even one that is up to date (its gates run again)."""
-    wired = wiring(job.get("defs"))
+    job = {**job, "instance": job.get("instance") or dagster_instance()}  # one for every step's run
+    wired = wiring(job.get("defs"), job["instance"])
 
     def launch(job_name: str, version_id: str | None) -> RunOutcome:
         return execute(job_name, version_id, tags={REFRESH: "1", CLI_DRIVEN: "1"}, **job)
@@ -402,7 +403,7 @@ def refresh(*, force: bool = False, **job: Any) -> RefreshReport:
             wired.model_registry,
             wired.serving,
             wired.corpus_source,
-            job.get("instance") or dagster_instance(),
+            job["instance"],
             force=force,
         )
     finally:
