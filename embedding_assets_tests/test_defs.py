@@ -179,3 +179,29 @@ def test_a_refresh_counts_as_in_flight_until_it_ends(status):
 def test_each_asset_job_gives_memory_back_after_every_step(name):
     """An in-process run's steps share one process: each hands what it freed back before the next."""
     assert defs.resolve_job_def(name).hook_defs >= STEP_HOOKS
+
+
+def test_partitions_another_command_added_meanwhile_are_not_added_twice(tmp_path, registry, monkeypatch):
+    """Dagster reads which partitions exist and then inserts the rest, so of two commands starting on a new
+    instance the second's insert can meet the first's rows (a race two processes rarely lose on cue: here
+    the other command's add lands first, then the insert fails as SQLite fails it). The command reads
+    again and adds only what is still missing."""
+    import sqlalchemy.exc
+
+    from embedding_assets.cli import runner
+
+    instance = dg.DagsterInstance.local_temp(str(tmp_path))
+    real = instance.add_dynamic_partitions
+    calls: list[list[str]] = []
+
+    def raced(name: str, keys: list[str]) -> None:
+        calls.append(list(keys))
+        if len(calls) == 1:
+            real(name, keys[:1])  # the other command's add, between this one's read and its insert
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO dynamic_partitions", {}, Exception("UNIQUE"))
+        real(name, keys)
+
+    monkeypatch.setattr(instance, "add_dynamic_partitions", raced)
+    added = runner.sync_partitions(instance, registry)
+    assert calls == [registry.ids, registry.ids[1:]] and added == registry.ids[1:]
+    assert sorted(instance.get_dynamic_partitions(model_versions.name)) == sorted(registry.ids)

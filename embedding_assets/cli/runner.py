@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import sqlalchemy.exc
 
 from embedding_assets import locations
 from embedding_assets.defs.assets.index import index
@@ -69,6 +70,7 @@ RETRY_WAIT_SECONDS = 30  # how long a failed run's retry may take to appear
 PARENT_RUN_ID = "dagster/parent_run_id"  # Dagster's tags on a retried run and on the run it retries
 WILL_RETRY = "dagster/will_retry"
 INSTANCE_LOCK = ".instance.lock"
+PARTITION_ADD_ATTEMPTS = 3  # reads of the instance's partitions, each after another process added some
 LOCAL_INSTANCE_CONFIG = (
     "# Local instance: SQLite storage in this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
 )
@@ -87,12 +89,26 @@ def dagster_instance() -> dg.DagsterInstance:
 
 
 def sync_partitions(instance: dg.DagsterInstance, registry: ModelRegistry) -> list[str]:
-    """Add a partition for every registered version the instance lacks; return the ones added."""
-    known = set(instance.get_dynamic_partitions(model_versions.name))
-    new = [v for v in registry.ids if v not in known]
-    if new:
-        instance.add_dynamic_partitions(model_versions.name, new)
-    return new
+    """Add a partition for every registered version the instance lacks; return the ones added.
+
+    Dagster reads which partitions exist, then inserts the rest: two commands starting together on a new
+    instance both find a version missing, and the second insert breaks the unique key. That one reads
+    again and adds what is still missing."""
+    added: list[str] = []
+    for attempt in range(PARTITION_ADD_ATTEMPTS):
+        known = set(instance.get_dynamic_partitions(model_versions.name))
+        new = [v for v in registry.ids if v not in known]
+        if not new:
+            break
+        try:
+            instance.add_dynamic_partitions(model_versions.name, new)
+        except sqlalchemy.exc.IntegrityError:  # another process added some of them meanwhile
+            if attempt + 1 == PARTITION_ADD_ATTEMPTS:
+                raise
+            continue
+        added += new
+        break
+    return added
 
 
 def _known_partition(instance: dg.DagsterInstance, version_id: str | None, defs: dg.Definitions) -> None:
