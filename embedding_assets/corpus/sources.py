@@ -85,6 +85,7 @@ class Manifest(Mapping[str, ManifestEntry]):
 
     @classmethod
     def of(cls, entries: Mapping[str, ManifestEntry]) -> Manifest:
+        """`entries` as a Manifest (itself when it is one)."""
         if isinstance(entries, Manifest):
             return entries
         ids = list(entries)

@@ -39,7 +39,8 @@ class Compaction:
 
 
 def small_fragments(table: lancedb.table.Table) -> int:
-    """Fragments of fewer than SMALL_FRAGMENT_ROWS rows (deleted ones included): what compaction merges."""
+    """Fragments of fewer than SMALL_FRAGMENT_ROWS rows, counting deleted rows still in their files: what
+    compaction merges."""
     return sum(f.metadata.physical_rows < SMALL_FRAGMENT_ROWS for f in table.to_lance().get_fragments())
 
 
