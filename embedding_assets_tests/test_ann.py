@@ -197,3 +197,33 @@ def test_ann_recall_is_measured_once_per_state_of_the_index(tmp_path, monkeypatc
     assert maintained.metadata[MEASURED_AGAIN] and maintained.metadata["exact_from"] == "memo"
     expected = ann.measure_recall(db.open_table(table.name), list(minilm_embedder.encode_queries(queries)))
     assert maintained.metadata["recall@10"] == expected.recall
+
+
+def test_past_the_deleted_rows_budget_maintenance_rewrites_the_most_deleted_fragments_first(
+    tmp_path, monkeypatch
+):
+    """Every deleted row slows each ANN query, yet a refresh deletes a little from every fragment, under
+    MATERIALIZE_DELETIONS of each: past MAX_DELETED_ROWS in the table, the fragments with the largest
+    shares deleted are rewritten until the rest hold at most half of it; the others are left alone."""
+    from embedding_assets.index import store
+
+    monkeypatch.setattr(ann, "ANN_MIN_ROWS", 2_000)
+    monkeypatch.setattr(ann, "COMPACT_TARGET_ROWS", 500)  # the 1,000-row fragments count as large
+    monkeypatch.setattr(ann, "MAX_DELETED_ROWS", 100)
+    table = store.connect(tmp_path).create_table("index__test", _rows(0, 1_000, seed=0))
+    for start in (1_000, 2_000):
+        table.add(_rows(start, 1_000, seed=start))
+    ann.ensure_vector_index(table)
+    first, second, third = (f.fragment_id for f in table.to_lance().get_fragments())
+    for start, count in ((0, 50), (1_000, 45), (2_000, 10)):  # 5%, 4.5% and 1% of each: 105 rows
+        table.delete(f"chunk_id IN ({', '.join(repr(f'c{i}') for i in range(start, start + count))})")
+    table.add(_rows(3_000, 50, seed=9))  # as a refresh writes: rows for maintenance to fold in
+    assert ann.ensure_vector_index(table, fold_share=0.0).action == "optimized"
+    fragments = table.to_lance().get_fragments()
+    kept = {f.fragment_id for f in fragments}
+    assert first not in kept and second not in kept and third in kept
+    deleted = sum(f.metadata.deletion_file.num_deleted_rows for f in fragments if f.metadata.deletion_file)
+    assert deleted == 10 and table.count_rows() == 3_050 - 105 and ann.unindexed_rows(table) == 0
+    survivor = np.asarray(_rows(0, 100, seed=0)["vector"][90].as_py(), dtype=np.float32)
+    top = ann.tuned(table.search(survivor).distance_type("cosine"), True).limit(1).to_list()
+    assert top[0]["chunk_id"] == "c90"  # a moved row is still found through the index

@@ -208,11 +208,12 @@ def markdown(result: dict) -> list[str]:
         "",
         f"The project builds {ann.INDEX_TYPE} once a version's table holds {ann.ANN_MIN_ROWS:,} rows "
         f"(about sqrt(rows) partitions of {ann.RQ_BITS}-bit RaBitQ codes) and searches it probing "
-        f"{ann.NPROBES} partitions with refine factor {ann.REFINE_FACTOR}; folding rows in adds index "
-        f"segments on the trained partitions, merged past {ann.MAX_INDEX_SEGMENTS}, and the index is trained "
-        f"again once its partitions are {ann.RETRAIN_PARTITIONS_RATIO:g}x off sqrt(rows). The other IVF "
-        f"candidates have "
-        f"about sqrt(rows) partitions, probe {PQ_NPROBES} and refine 10x.",
+        f"{ann.NPROBES} partitions with refine factor {ann.REFINE_FACTOR}; folding rows in assigns them to "
+        f"the trained partitions (at most {ann.MAX_INDEX_SEGMENTS} index segment(s) kept), compaction "
+        f"rewrites the most deleted fragments once the table holds {ann.MAX_DELETED_ROWS:,} deleted rows, "
+        f"and the index is trained again once its partitions are {ann.RETRAIN_PARTITIONS_RATIO:g}x off "
+        f"sqrt(rows). The other IVF candidates have about sqrt(rows) partitions, probe {PQ_NPROBES} and "
+        "refine 10x.",
         "",
     ]
     return lines

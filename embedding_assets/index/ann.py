@@ -4,8 +4,8 @@ A version's index table gets an IVF_RQ vector index once it holds ANN_MIN_ROWS r
 exact search is fast enough and always right. Rows written after the index was trained are searched
 exactly beside it (LanceDB merges both), so results stay correct as a table grows; `fold_in` indexes
 them once they are more than OPTIMIZE_UNINDEXED of the table (index maintenance after a refresh folds
-in any). Folding in adds a delta segment to each index with the trained partitions kept; past
-MAX_INDEX_SEGMENTS the segments are merged into one, and once the table's size calls for other
+in any). Folding in adds the rows to each index with the trained partitions kept, merging its segments
+into one past MAX_INDEX_SEGMENTS (a delta segment below), and once the table's size calls for other
 partitions than the index has, it is trained again. Served table versions are tagged, so compaction and
 cleanup never remove what serving or a rollback reads. The index type and its parameters come from the
 measurements in docs/performance.md (`embedding-assets bench`).
@@ -44,12 +44,16 @@ INDEX_TYPE = "IVF_RQ"
 # at 10.5 ms probing 80 partitions with refine 5 (0.94 with 40 probes; 1-bit codes needed refine 20 and 80
 # probes for 0.96 at 15 ms). After a 1% edit (8,723 rows rewritten) it searched in 16-17 ms, and 9-11.5 ms
 # once `optimize()` (11 s) folded them in, recall 0.992.
+# At 1,022,229 rows as three 1% edits and their maintenance left them (4,517 deleted, one segment; 100
+# queries on 2 cores with AVX-512): 80 probes gave recall@10 0.969 at 11.4 ms, 100 0.975 at 12.0 ms, 120
+# 0.978 at 12.5 ms, 160 0.986 at 14.3 ms (refine 10 instead of 5: the same recall, 0.6-1 ms slower).
 RQ_BITS = 4
-NPROBES = 80
+NPROBES = 100
 REFINE_FACTOR = 5  # re-rank 5x k candidates by their full vectors
-# Every segment is searched: on the 882,205 rows a second segment cost 2.5 ms. One delta is allowed; the
-# next fold-in merges the segments into one (0.9 s at 248,861 rows, keeping the trained partitions).
-MAX_INDEX_SEGMENTS = 2
+# Every segment is searched: on the 882,205 rows a second segment cost 2.5 ms, at 1,022,229 rows 1.6 ms
+# (12.5 against 10.9 ms). So each fold-in merges the new rows and the segment into one, on the trained
+# partitions: after a 1% edit at 1,022,229 rows the maintenance took 5.8 s merging, 1.5 s adding a delta.
+MAX_INDEX_SEGMENTS = 1
 # The index is trained again (from all rows) once sqrt(rows) partitions and the partitions it has differ
 # by more than this factor: its partitions follow the table's growth.
 RETRAIN_PARTITIONS_RATIO = 2.0
@@ -58,6 +62,13 @@ RETRAIN_PARTITIONS_RATIO = 2.0
 # build wrote are left alone until enough of their rows are replaced.
 COMPACT_TARGET_ROWS = 32_768
 MATERIALIZE_DELETIONS = 0.1
+# Any deleted row costs every ANN query of the table, and each more a little: at 1,022,229 static vectors
+# in 9 fragments with one index segment, p50 7.6 ms with none deleted, 11.5 ms with 2,531, 12.1 ms with
+# 5,055 and 10,090, 17.5 ms with 30,129 (2 cores with AVX-512; nprobes 80, refine 5). A 1% edit there
+# deletes 10,000 rows spread over every fragment, far under MATERIALIZE_DELETIONS of each, and three
+# left the served table at 18.3 ms. Once a table holds more deleted rows than this, compaction also
+# rewrites the fragments with the largest shares of deleted rows until those left hold at most half.
+MAX_DELETED_ROWS = 10_000
 KEEP_VERSIONS = timedelta(days=7)  # untagged table versions older than this are cleaned up
 # A filter matching at most this many rows is searched exactly over those rows (through the BTREE on the
 # key): an IVF probe of a few partitions misses most of a selective filter's rows (recall 0.79-0.90).
@@ -158,15 +169,13 @@ def retrain(table: lancedb.table.Table, name: str, rows: int) -> str | None:
 
 
 def fold_in(table: lancedb.table.Table, name: str) -> None:
-    """Index every row the indexes do not cover: a delta segment of each index, assigned to the trained
-    partitions; past MAX_INDEX_SEGMENTS the segments of every index are merged into one. Then compact and
-    clean up. Each part works on the rows written since, not on the whole table."""
-    table.to_lance().optimize.optimize_indices(num_indices_to_merge=0)
-    table.checkout_latest()
+    """Index every row the indexes do not cover, assigned to the trained partitions: as a delta segment
+    of each index, or, once the vector index has MAX_INDEX_SEGMENTS, merged with its segments into one.
+    Then compact and clean up."""
     segments = index_segments(table, name)
-    if segments > MAX_INDEX_SEGMENTS:
-        table.to_lance().optimize.optimize_indices(num_indices_to_merge=segments)
-        table.checkout_latest()
+    merged = segments if segments >= MAX_INDEX_SEGMENTS else 0  # 0: the new rows as a delta segment
+    table.to_lance().optimize.optimize_indices(num_indices_to_merge=merged)
+    table.checkout_latest()
     _compact(table)
 
 
@@ -175,10 +184,35 @@ def _compact(table: lancedb.table.Table) -> None:
     moved), and clean up untagged versions older than KEEP_VERSIONS."""
     dataset = table.to_lance()
     dataset.optimize.compact_files(
-        target_rows_per_fragment=COMPACT_TARGET_ROWS, materialize_deletions_threshold=MATERIALIZE_DELETIONS
+        target_rows_per_fragment=COMPACT_TARGET_ROWS,
+        materialize_deletions_threshold=deletions_threshold(table),
     )
     dataset.cleanup_old_versions(older_than=KEEP_VERSIONS, error_if_tagged_old_versions=False)
     table.checkout_latest()
+
+
+def deletions_threshold(table: lancedb.table.Table) -> float:
+    """The share of a fragment's rows deleted past which compaction rewrites it: MATERIALIZE_DELETIONS
+    while the table has at most MAX_DELETED_ROWS deleted; past that, low enough that the fragments with
+    the largest shares are rewritten until the rest hold at most half of it."""
+    fragments = [
+        (
+            f.metadata.deletion_file.num_deleted_rows if f.metadata.deletion_file else 0,
+            f.metadata.physical_rows,
+        )
+        for f in table.to_lance().get_fragments()
+    ]
+    left = sum(deleted for deleted, _ in fragments)
+    if left <= MAX_DELETED_ROWS:
+        return MATERIALIZE_DELETIONS
+    threshold = MATERIALIZE_DELETIONS
+    for deleted, physical in sorted(fragments, key=lambda f: f[0] / max(f[1], 1), reverse=True):
+        if left <= MAX_DELETED_ROWS / 2:
+            break
+        # under this fragment's share, by more than float32 rounding: Lance rewrites the fragments whose
+        # share exceeds its (float32) threshold
+        threshold, left = deleted / physical * 0.999, left - deleted
+    return min(threshold, MATERIALIZE_DELETIONS)
 
 
 def index_partitions(table: lancedb.table.Table, name: str) -> int:
