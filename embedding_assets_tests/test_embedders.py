@@ -201,10 +201,13 @@ def test_a_migration_from_minilm_to_the_onnx_version_is_blocked_by_no_gate(built
         (SCORE_CALIBRATION, "WARN"),
     }
     assert project.pointer.require_current().version == ONNX_INT8_VERSION
-    # MiniLM's thresholds land within 0.02 of themselves in its int8 export's space (its entry names none,
-    # so score_calibration warns with the values to set); a model of its own would move them further.
+    # MiniLM's thresholds land within 0.02 of themselves in its int8 export's space; a model of its own
+    # would move them further. Its entry carries their images on the shipped corpus (dedup 0.9472); this
+    # small corpus has few pairs above dedup and puts it 0.01 higher, so score_calibration may warn here.
     [calibration] = [c for c in migration.checks if c["name"] == SCORE_CALIBRATION]
     mapped = calibration["metadata"]["thresholds_mapped"]
     assert mapped and all(
         abs(mapped[name] - t) < 0.02 for name, t in project.registry().get(DEFAULT_VERSION).thresholds.items()
     )
+    carried = project.registry().get(ONNX_INT8_VERSION).thresholds
+    assert carried.keys() == mapped.keys() and all(abs(mapped[n] - t) < 0.015 for n, t in carried.items())
