@@ -80,3 +80,31 @@ def test_the_step_hook_releases_after_a_step_that_grew_the_process_and_skips_one
     monkeypatch.setattr(hooks, "_released_at_gib", grown_from)
     assert not hooks.release_memory_after_step(context, []).is_skipped
     assert abs(hooks._released_at_gib - resident_gib()) <= 0.02  # the size after this release, measured
+
+
+ARROW_IDLE_CHILD = """
+import time
+import embedding_assets  # sets the allocator's purge delay before pyarrow loads
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from embedding_assets.memory import resident_gib
+ones = pa.array(np.ones(2**17, dtype=np.int64))  # numpy's memory; products are allocated in Arrow's pool
+buffers = [pc.multiply(ones, i) for i in range(512)]  # 512 MiB in 1 MiB buffers
+held = resident_gib()
+del buffers
+time.sleep({idle})
+for _ in range(3):  # the pool's next allocations purge what was idle long enough
+    pc.multiply(ones, 3)
+print(held, resident_gib())
+"""
+
+
+@pytest.mark.parametrize(("idle", "handed_back"), [(0.0, False), (1.5, True)])
+def test_arrow_memory_freed_and_left_unused_for_a_second_goes_back_to_the_system(idle, handed_back):
+    """What one stage freed in Arrow's pool is reused at once by the next, but after a second unused it
+    is handed back: a full build's stages do not stack their freed buffers."""
+    code = ARROW_IDLE_CHILD.format(idle=idle)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    held, after = (float(v) for v in done.stdout.split())
+    assert (held - after >= 0.4) is handed_back, (held, after)
