@@ -8,11 +8,12 @@ the process held 0.65 GiB after the table was closed, 0.41 GiB once trimmed; wit
 peaked at 6.17 GiB while no stage alone needed 3.
 
 Arrow's own pool (mimalloc) purges freed memory after a second unused (`MIMALLOC_PURGE_DELAY=1000`, set
-in the package's `__init__`), not 10 ms: a stage reuses the buffers it freed moments before without page
-faults (purging after 10 ms cost a 1% refresh at 248k chunks 3 s of re-faulting on a VM). Never purging
-(-1) also kept them from the release after each step, and what a full build's stages freed stacked up:
-the 1.02M build peaked at 4.03 GiB. What glibc's arenas hold (LanceDB's Rust side) is trimmed after
-each step too.
+in the package's `__init__`), not mimalloc's 10 ms: a stage reuses what it freed moments before without
+page faults. The release after each step purges the pool too. Never purging (-1) kept even that from
+happening, and what a full build's stages freed stacked up: the 1.02M build peaked at 4.03 GiB, 3.59 with
+this. On a VM where a page handed back cost a fault to the host, purging after every stage had cost a 1%
+refresh at 248k chunks 3 s; on the 2-core machine of those builds the refresh did not slow (5.0-5.7 s
+against 5.0-5.6 s). What glibc's arenas hold (LanceDB's Rust side) is trimmed after each step too.
 
 A full garbage collection walks every object the process holds: 0.58 s once Dagster and
 great-expectations are loaded, paid after every step. So what survives a collection is frozen
