@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import lancedb
 import numpy as np
@@ -31,6 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.index import BTree, IvfRq
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import lance
 
 VECTOR_COLUMN = "vector"
 KEY_COLUMNS = ("chunk_id", "doc_id")  # BTREE indexes: merges find keys, filters find their rows fast
@@ -185,13 +189,13 @@ def _compact(table: lancedb.table.Table) -> None:
     dataset = table.to_lance()
     dataset.optimize.compact_files(
         target_rows_per_fragment=COMPACT_TARGET_ROWS,
-        materialize_deletions_threshold=deletions_threshold(table),
+        materialize_deletions_threshold=deletions_threshold(dataset),
     )
     dataset.cleanup_old_versions(older_than=KEEP_VERSIONS, error_if_tagged_old_versions=False)
     table.checkout_latest()
 
 
-def deletions_threshold(table: lancedb.table.Table) -> float:
+def deletions_threshold(dataset: lance.LanceDataset) -> float:
     """The share of a fragment's rows deleted past which compaction rewrites it: MATERIALIZE_DELETIONS
     while the table has at most MAX_DELETED_ROWS deleted; past that, low enough that the fragments with
     the largest shares are rewritten until the rest hold at most half of it."""
@@ -200,7 +204,7 @@ def deletions_threshold(table: lancedb.table.Table) -> float:
             f.metadata.deletion_file.num_deleted_rows if f.metadata.deletion_file else 0,
             f.metadata.physical_rows,
         )
-        for f in table.to_lance().get_fragments()
+        for f in dataset.get_fragments()
     ]
     left = sum(deleted for deleted, _ in fragments)
     if left <= MAX_DELETED_ROWS:
